@@ -1,0 +1,264 @@
+"""Where weights live and how their bytes get into a model: ``weights/``, a local file, or the HF hub.
+
+Only safetensors are loaded by default, because a pickle (.pth/.bin) can run code when unpickled and
+a model zoo is trusted with other people's files. A pickle is read only when the caller says it
+trusts it (``allow_pickle=True``), and then with ``torch.load(weights_only=True)``.
+``save_pretrained`` writes the folder ``create_model(name, checkpoint_path=folder)`` reads back:
+``model.safetensors`` + ``config.json`` (cfg, class names, sha256) + a model card ``README.md``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_save
+from torch import nn
+
+from .errors import UnsafeWeightsError, WeightsError, WeightsIntegrityError, WeightsMismatchError, WeightsNotFoundError
+from .fileio import write_bytes_atomic, write_text_atomic
+
+_logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+CARD_NAME = "README.md"
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl")
+REPO_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def weights_dirs() -> List[Path]:
+    """Folders searched for a cfg's relative ``file``: ``$CLIPOOD_WEIGHTS_DIR`` (os.pathsep-separated), then the repo's ``weights/``."""
+    env = os.environ.get("CLIPOOD_WEIGHTS_DIR", "")
+    return [Path(p) for p in env.split(os.pathsep) if p] + [REPO_WEIGHTS_DIR]
+
+
+def sha256_file(path: PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_sha256(path: PathLike, expected: Optional[str]) -> None:
+    if not expected:
+        return
+    actual = sha256_file(path)
+    if actual != expected.lower():
+        raise WeightsIntegrityError(
+            f"sha256 mismatch for {path}: expected {expected}, got {actual}. The file is corrupted or not the "
+            "published one; delete it and fetch it again (or pass the right file with checkpoint_path=)."
+        )
+
+
+def _checkpoint_file(checkpoint_path: PathLike) -> Path:
+    path = Path(checkpoint_path)
+    if path.is_dir():
+        path = path / WEIGHTS_NAME
+    if not path.is_file():
+        raise WeightsNotFoundError(
+            f"No weights file at {path}. Pass a .safetensors file or a folder written by save_pretrained()."
+        )
+    return path
+
+
+def _local_file(file: str) -> Path:
+    candidates = [Path(file)] if Path(file).is_absolute() else [d / file for d in weights_dirs()]
+    for path in candidates:
+        if path.is_file():
+            return path
+    tried = ", ".join(str(p) for p in candidates)
+    raise WeightsNotFoundError(
+        f"Weights file {file!r} not found (looked in: {tried}). Install clipood-zoo from a source checkout "
+        "(pip install -e .), set CLIPOOD_WEIGHTS_DIR to the folder holding it, or pass checkpoint_path=."
+    )
+
+
+def _hub_file(repo_id: str, filename: str, cache_dir: Optional[PathLike]) -> Path:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(repo_id, filename, cache_dir=cache_dir))
+    except (LocalEntryNotFoundError, EntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+        why = "HF_HUB_OFFLINE is set and the file is not in the cache" if offline else f"{type(e).__name__}: {e}"
+        raise WeightsNotFoundError(
+            f"Could not get {filename!r} from the Hugging Face hub repo {repo_id!r} ({why}). Download it where the "
+            f"hub is reachable (huggingface-cli download {repo_id} {filename}) into the cache "
+            f"({cache_dir or 'the default HF cache'}), or pass the file with checkpoint_path=."
+        ) from e
+
+
+def resolve_weights(cfg: Any, checkpoint_path: Optional[PathLike] = None, cache_dir: Optional[PathLike] = None) -> Path:
+    """The weights file for a model: ``checkpoint_path`` first, then the cfg's ``file``, then its ``hf_hub_id``.
+
+    The cfg's ``sha256`` is checked for the cfg's own file; a user's ``checkpoint_path`` is their own file
+    and is not expected to match the published hash.
+    """
+    if checkpoint_path is not None:
+        return _checkpoint_file(checkpoint_path)
+    if cfg.file:
+        path = _local_file(cfg.file)
+    elif cfg.hf_hub_id:
+        path = _hub_file(cfg.hf_hub_id, cfg.hf_hub_filename or WEIGHTS_NAME, cache_dir)
+    else:
+        how = f"\n  {cfg.train_command}" if getattr(cfg, "train_command", None) else ""
+        raise WeightsNotFoundError(
+            f"{cfg.architecture} has no published weights (its cfg has no file or hf_hub_id). Make them by "
+            f"fine-tuning:{how}\nthen load them with create_model('{cfg.architecture}', "
+            "checkpoint_path='<output>/model.safetensors'). pretrained=False builds the untrained model."
+        )
+    verify_sha256(path, getattr(cfg, "sha256", None))
+    return path
+
+
+def load_state_dict(path: PathLike, allow_pickle: bool = False) -> Dict[str, torch.Tensor]:
+    """Tensors from a safetensors file; a pickle only with ``allow_pickle`` (and then ``weights_only=True``)."""
+    path = Path(path)
+    if path.suffix in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise UnsafeWeightsError(
+                f"{path} is a pickle ({path.suffix}); loading it could run arbitrary code, so it is refused. "
+                "Convert it to safetensors (clipood_zoo.hub.save_pretrained or safetensors.torch.save_file), "
+                "or pass allow_pickle=True if you trust the file."
+            )
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return state.get("state_dict", state) if isinstance(state, dict) else state
+    try:
+        with open(path, "rb") as f:
+            return safetensors_load(f.read())
+    except (SafetensorError, ValueError) as e:
+        raise WeightsError(
+            f"{path} is not a readable safetensors file ({e}); it may be truncated or corrupted. "
+            "Fetch or export it again."
+        ) from e
+
+
+def _read_config(weights_file: Path) -> Dict[str, Any]:
+    config_file = weights_file.parent / CONFIG_NAME
+    if not config_file.is_file():
+        return {}
+    try:
+        return json.loads(config_file.read_text())
+    except json.JSONDecodeError as e:
+        raise WeightsError(f"{config_file} is not valid JSON ({e}); re-export it with save_pretrained().") from e
+
+
+def _check_fits(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong_shape = [
+        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape
+    ]
+    if missing or unexpected or wrong_shape:
+        def few(items: List[str]) -> str:
+            return ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
+
+        problems = [f"{name}: {few(items)}" for name, items in
+                    (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)) if items]
+        raise WeightsMismatchError(
+            f"{path} does not fit {type(model).__name__} ({'; '.join(problems)}). Is it the weights of another "
+            "architecture? Create the model whose name matches the file's config.json."
+        )
+
+
+def load_weights(model: nn.Module, path: PathLike, allow_pickle: bool = False) -> None:
+    """Load a weights file into a ClipoodClassifier, taking its class count and names from the file.
+
+    A fine-tuned model may classify a different class set than its registry entry (its head is just
+    frozen text embeddings), so the head is resized to the file's ``head.weight`` and the class names
+    are read from the ``config.json`` beside it when there is one.
+    """
+    path = Path(path)
+    state_dict = load_state_dict(path, allow_pickle=allow_pickle)
+    head_weight = state_dict.get("head.weight")
+    if head_weight is not None and hasattr(model, "reset_classifier") and head_weight.shape[0] != model.num_classes:
+        model.reset_classifier(head_weight.shape[0])
+    _check_fits(model, state_dict, path)
+    model.load_state_dict(state_dict, strict=True)
+    label_names = _read_config(path).get("pretrained_cfg", {}).get("label_names")
+    if label_names is not None and hasattr(model, "class_names"):
+        model.class_names = list(label_names)
+
+
+def save_pretrained(
+    model: nn.Module,
+    save_dir: PathLike,
+    model_name: Optional[str] = None,
+    dtype: Optional[torch.dtype] = None,
+    card_sections: Optional[Mapping[str, str]] = None,
+    extra_config: Optional[Mapping[str, Any]] = None,
+) -> Path:
+    """Write ``model.safetensors``, ``config.json`` and ``README.md`` into ``save_dir``; returns the weights path.
+
+    ``dtype`` (e.g. ``torch.float16``) casts floating tensors for a smaller file. Each file is written
+    atomically, weights first, so a folder never holds a config describing weights that are not there.
+    """
+    save_dir = Path(save_dir)
+    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+    model_name = model_name or cfg.get("architecture") or type(model).__name__
+    state_dict = {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+    }
+    weights_path = save_dir / WEIGHTS_NAME
+    write_bytes_atomic(weights_path, safetensors_save(state_dict, metadata={"format": "pt", "architecture": model_name}))
+    digest = sha256_file(weights_path)
+
+    for key in ("file", "hf_hub_id", "hf_hub_filename", "url", "source", "sha256", "state_dict"):
+        cfg.pop(key, None)  # where the *registry's* weights live says nothing about this folder
+    cfg.update(architecture=model_name, num_classes=getattr(model, "num_classes", cfg.get("num_classes")))
+    if getattr(model, "class_names", None):
+        cfg["label_names"] = list(model.class_names)
+    config = {"architecture": model_name, "sha256": digest, "pretrained_cfg": cfg, **dict(extra_config or {})}
+    write_text_atomic(save_dir / CONFIG_NAME, json.dumps(config, indent=2, default=str) + "\n")
+    write_text_atomic(save_dir / CARD_NAME, model_card(model_name, cfg, digest, card_sections))
+    return weights_path
+
+
+def model_card(model_name: str, cfg: Mapping[str, Any], digest: str, sections: Optional[Mapping[str, str]]) -> str:
+    """A Hugging Face style model card: what the model is, how to load it, and what the caller adds."""
+    lines = [
+        "---", "library_name: clipood-zoo", "tags: [image-classification, clip, domain-generalization, clipood]",
+        f"license: {cfg.get('license') or 'apache-2.0'}", "---", f"# {model_name}", "",
+        cfg.get("description") or "A CLIP image encoder fine-tuned with CLIPood; class text embeddings frozen.", "",
+        "## Model details",
+        f"- open_clip architecture: {cfg.get('clip_arch', 'n/a')}",
+        f"- classes: {cfg.get('num_classes')}",
+        f"- dataset: {cfg.get('dataset') or 'n/a'}; held-out domain: {cfg.get('heldout_domain') or 'n/a'}",
+        f"- input size: {cfg.get('input_size')}; mean {cfg.get('mean')}; std {cfg.get('std')}",
+        f"- weights sha256: `{digest}`", "",
+        "## Use", "```python", "import clipood_zoo",
+        f"model = clipood_zoo.create_model('{model_name}', checkpoint_path='path/to/this/folder')", "```", "",
+    ]
+    if cfg.get("recipe"):
+        lines += ["## Recipe", *(f"- {k}: {v}" for k, v in cfg["recipe"].items()), ""]
+    for title, body in (sections or {}).items():
+        lines += [f"## {title}", body.rstrip(), ""]
+    return "\n".join(lines)
+
+
+def push_to_hub(model: nn.Module, repo_id: str, model_name: Optional[str] = None, private: bool = False,
+                commit_message: str = "Add clipood-zoo weights", token: Optional[str] = None, **save_kwargs: Any) -> str:
+    """``save_pretrained`` into a temporary folder and upload it with huggingface_hub; returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pretrained(model, tmp, model_name=model_name, **save_kwargs)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        return str(api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message))
+

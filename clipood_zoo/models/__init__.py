@@ -1,0 +1,6 @@
+"""Model classes and the families that register names; importing this registers every family."""
+from . import domainbed, imagenet  # noqa: F401  (registration side effect, as timm.models does)
+from .classifier import ClipoodClassifier, CosineClassifierHead, FrozenTextTower
+from .factory import build_classifier, build_zoo_model
+
+__all__ = ["ClipoodClassifier", "CosineClassifierHead", "FrozenTextTower", "build_classifier", "build_zoo_model"]

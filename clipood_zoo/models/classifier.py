@@ -1,0 +1,163 @@
+"""ClipoodClassifier: an open_clip image tower classifying against frozen class-text embeddings.
+
+CLIPood fine-tunes only the image encoder; the class text embeddings come from the frozen text
+encoder and act as a fixed classifier. Holding them as a buffer (not running the text tower in
+the forward pass) makes the model a plain timm-style image classifier: timm's train/validate
+loops, ``ModelEmaV3`` and :class:`clipood_zoo.ModelBma` all work on it unchanged, and shipped
+fine-tuned weights need only the image tower plus a [C, D] matrix.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from open_clip.zero_shot_classifier import build_zero_shot_classifier
+from torch import nn
+
+from ..errors import ConfigError
+
+DEFAULT_TEMPLATES = ("a photo of a {}.",)  # CLIPood's single DomainBed template
+
+
+class CosineClassifierHead(nn.Module):
+    """Logits = exp(logit_scale) * normalize(x) @ weight.T with ``weight`` the normalised class embeddings.
+
+    ``weight`` and ``logit_scale`` are buffers: they are saved with the weights but never trained,
+    which is what "the text encoder stays frozen" means for the classifier.
+    """
+
+    def __init__(self, class_embeddings: torch.Tensor, logit_scale: float):
+        super().__init__()
+        self.register_buffer("weight", F.normalize(class_embeddings.float(), dim=-1))
+        self.register_buffer("logit_scale", torch.tensor(float(logit_scale)).log())
+
+    @property
+    def num_classes(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = F.normalize(x, dim=-1)
+        if pre_logits or self.num_classes == 0:
+            return x
+        return self.logit_scale.exp() * x @ self.weight.to(x.dtype).T
+
+
+class FrozenTextTower:
+    """The open_clip text encoder and tokenizer, kept *outside* the module tree on purpose.
+
+    Not an ``nn.Module`` attribute of the classifier, so it is not in ``state_dict()`` (shipped
+    weights stay image-tower-only), gets no gradients, is not wrapped by DDP, and copies of the
+    classifier (BMA/EMA) share it instead of duplicating hundreds of MB of frozen weights.
+    """
+
+    def __init__(self, clip_model: nn.Module, tokenizer: Any):
+        clip_model.visual = nn.Identity()  # the image tower lives in the classifier; drop this reference
+        clip_model.requires_grad_(False).eval()
+        self.model = clip_model
+        self.tokenizer = tokenizer
+
+    def __deepcopy__(self, memo: dict) -> "FrozenTextTower":
+        return self
+
+    @torch.no_grad()
+    def class_embeddings(
+        self, class_names: Sequence[str], templates: Sequence[str], device: torch.device
+    ) -> torch.Tensor:
+        """[C, D] normalised, template-averaged embeddings (open_clip's zero-shot recipe)."""
+        self.model.to(device)
+        weights = build_zero_shot_classifier(
+            self.model, self.tokenizer, list(class_names), list(templates),
+            num_classes_per_batch=32, device=device, use_tqdm=len(class_names) > 256,
+        )
+        return weights.T.contiguous()
+
+
+class ClipoodClassifier(nn.Module):
+    """open_clip image tower + frozen class-text embeddings, with timm's classifier interface."""
+
+    def __init__(
+        self,
+        visual: nn.Module,
+        class_embeddings: torch.Tensor,
+        logit_scale: float = 100.0,
+        class_names: Optional[Sequence[str]] = None,
+        templates: Sequence[str] = DEFAULT_TEMPLATES,
+        text_tower: Optional[FrozenTextTower] = None,
+        image_size: int = 224,
+    ):
+        super().__init__()
+        if class_names is not None and len(class_names) != class_embeddings.shape[0]:
+            raise ConfigError(
+                f"{len(class_names)} class names for {class_embeddings.shape[0]} class embeddings; "
+                "pass one name per row of the embedding matrix"
+            )
+        self.visual = visual
+        self.head = CosineClassifierHead(class_embeddings, logit_scale)
+        self.class_names: List[str] = list(class_names) if class_names is not None else []
+        self.templates = tuple(templates)
+        self.text_tower = text_tower
+        self.num_features = self.head_hidden_size = class_embeddings.shape[1]
+        self.image_size = image_size
+        self.pretrained_cfg: Dict[str, Any] = {}
+
+    # --- timm's model interface -------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return self.head.num_classes
+
+    @property
+    def default_cfg(self) -> Dict[str, Any]:  # timm's older name, still read by some scripts
+        return self.pretrained_cfg
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Projected image embeddings [B, D], not normalised (open_clip's ``encode_image``)."""
+        return self.visual(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits [B, C]; with ``pre_logits`` the normalised embeddings the logits are computed from."""
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, class_names: Optional[Sequence[str]] = None) -> None:
+        """timm semantics: a new, untrained head of ``num_classes`` rows; 0 makes ``forward`` return embeddings.
+
+        With a text tower and ``class_names`` the new head holds their text embeddings instead.
+        """
+        if class_names is not None:
+            if len(class_names) != num_classes:
+                raise ConfigError(f"reset_classifier({num_classes}) got {len(class_names)} class names")
+            self.set_classes(class_names)
+            return
+        weight = self.head.weight
+        self.head.weight = F.normalize(torch.randn(num_classes, weight.shape[1], device=weight.device), dim=-1)
+        self.class_names = []
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.visual.set_grad_checkpointing(enable)
+
+    def no_weight_decay(self) -> set:
+        nwd = getattr(self.visual, "no_weight_decay", lambda: set())()
+        return {f"visual.{n}" for n in nwd}
+
+    # --- open-vocabulary use ----------------------------------------------------------------
+    def set_classes(self, class_names: Sequence[str], templates: Optional[Sequence[str]] = None) -> None:
+        """Replace the classifier by the frozen text tower's embeddings of ``class_names``."""
+        if self.text_tower is None:
+            raise ConfigError(
+                "this model has no text tower, so it cannot embed new class names; create it with "
+                "with_text_tower=True (random text weights) or clip_pretrained=<open_clip tag> "
+                "(e.g. create_model(name, clip_pretrained='openai'))"
+            )
+        if len(class_names) == 0:
+            raise ConfigError("set_classes needs at least one class name")
+        templates = tuple(templates) if templates is not None else self.templates
+        device = self.head.weight.device
+        self.head.weight = self.text_tower.class_embeddings(class_names, templates, device)
+        self.class_names = list(class_names)
+        self.templates = templates

@@ -1,0 +1,142 @@
+"""Model names and their pretrained cfgs, kept in timm's own registry.
+
+Every clipood-zoo entrypoint is registered with ``timm.models.register_model`` so that
+``timm.create_model('clipood_vitb16_pacs_art')`` and timm's train/validate scripts see it, and the
+pretrained cfgs go through ``generate_default_cfgs`` exactly as timm's model files do. What timm's
+registry cannot say is which names are ours; this module keeps that set and the zoo's extra cfg
+fields (the open_clip architecture, the training recipe, the sha256 of the weights).
+"""
+from __future__ import annotations
+
+import difflib
+import sys
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+
+import timm
+from timm.models import PretrainedCfg, generate_default_cfgs
+from timm.models import get_pretrained_cfg as timm_get_pretrained_cfg
+from timm.models import register_model as timm_register_model
+from torch import nn
+
+from .errors import UnknownModelError
+
+__all__ = [
+    "ZooPretrainedCfg", "register_model", "register_entrypoints", "generate_default_cfgs", "create_model",
+    "list_models", "list_pretrained", "is_model", "get_pretrained_cfg",
+]
+
+_ZOO_MODELS: Set[str] = set()
+
+
+@dataclass
+class ZooPretrainedCfg(PretrainedCfg):
+    """timm's PretrainedCfg plus what a CLIP classifier needs to be rebuilt and its weights trusted."""
+
+    clip_arch: str = ""  # open_clip model config name, e.g. 'ViT-B-16'
+    quick_gelu: bool = False  # OpenAI's CLIP weights were trained with QuickGELU
+    clip_pretrained: Optional[str] = None  # open_clip tag of the zero-shot starting point, e.g. 'openai'
+    templates: Tuple[str, ...] = ("a photo of a {}.",)
+    logit_scale: float = 100.0
+    dataset: Optional[str] = None
+    heldout_domain: Optional[str] = None
+    sha256: Optional[str] = None  # of the weights file; checked before loading when set
+    recipe: Dict[str, Any] = field(default_factory=dict)  # the paper's hyper-parameters for this entry
+    train_command: Optional[str] = None  # how to make the weights where none are published
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """timm's ``register_model`` (cfgs read from the module's ``default_cfgs``), remembered as a zoo name."""
+    timm_register_model(fn)
+    _ZOO_MODELS.add(fn.__name__)
+    return fn
+
+
+def register_entrypoints(module_name: str, builder: Callable[..., nn.Module]) -> None:
+    """Register one entrypoint per name in the module's ``default_cfgs``.
+
+    A family (DomainBed x domains, say) has dozens of names that differ only in their cfg, so the
+    entrypoints are generated rather than written out; each is an ordinary named function in that
+    module, which is what timm's registry and ``list_models(module=...)`` expect.
+    """
+    for name in sys.modules[module_name].default_cfgs:
+        def entrypoint(pretrained: bool = False, _name: str = name, **kwargs: Any) -> nn.Module:
+            return builder(_name, pretrained=pretrained, **kwargs)
+
+        entrypoint.__name__ = entrypoint.__qualname__ = name
+        entrypoint.__module__ = module_name
+        entrypoint.__doc__ = f"Create {name} (see get_pretrained_cfg('{name}') for its data and recipe)."
+        register_model(entrypoint)
+
+
+def _check_name(model_name: str) -> None:
+    if model_name not in _ZOO_MODELS:
+        close = difflib.get_close_matches(model_name, sorted(_ZOO_MODELS), n=5, cutoff=0.6)
+        hint = f" Closest names: {', '.join(close)}." if close else ""
+        raise UnknownModelError(
+            f"Unknown model {model_name!r}.{hint} List them with clipood_zoo.list_models('*pattern*')."
+        )
+
+
+def is_model(model_name: str) -> bool:
+    return model_name in _ZOO_MODELS
+
+
+def list_models(filter: str = "", pretrained: bool = False) -> List[str]:
+    """Zoo names matching the fnmatch ``filter``, in timm's natural order; only those with weights if ``pretrained``."""
+    return [m for m in timm.list_models(filter, pretrained=pretrained) if m in _ZOO_MODELS]
+
+
+def list_pretrained(filter: str = "") -> List[str]:
+    return list_models(filter, pretrained=True)
+
+
+def get_pretrained_cfg(model_name: str) -> ZooPretrainedCfg:
+    """A copy of the model's cfg, safe to change."""
+    _check_name(model_name)
+    return timm_get_pretrained_cfg(model_name)
+
+
+def resolve_pretrained_cfg(
+    model_name: str,
+    pretrained_cfg: Optional[Any] = None,
+    pretrained_cfg_overlay: Optional[Dict[str, Any]] = None,
+) -> ZooPretrainedCfg:
+    """The cfg to build with: the registered one, or one passed in (as timm allows), with the overlay applied."""
+    if isinstance(pretrained_cfg, ZooPretrainedCfg):
+        cfg = pretrained_cfg
+    elif isinstance(pretrained_cfg, dict):
+        cfg = replace(get_pretrained_cfg(model_name), **pretrained_cfg)
+    else:  # None, or a timm tag string (our names carry no tags)
+        cfg = get_pretrained_cfg(model_name)
+    return replace(cfg, **pretrained_cfg_overlay) if pretrained_cfg_overlay else cfg
+
+
+def create_model(
+    model_name: str,
+    pretrained: bool = False,
+    pretrained_cfg_overlay: Optional[Dict[str, Any]] = None,
+    checkpoint_path: Optional[str] = None,
+    cache_dir: Optional[str] = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Create a zoo model, timm's way.
+
+    Args:
+        model_name: a registered name (``list_models()``).
+        pretrained: load the weights its cfg points to (``weights/``, a file, or the HF hub).
+        pretrained_cfg_overlay: cfg fields to replace, e.g. ``{'file': '/path/model.safetensors'}``.
+        checkpoint_path: a safetensors file (or a folder written by ``save_pretrained``) loaded instead.
+        cache_dir: huggingface_hub cache for hub weights.
+        **kwargs: passed to the builder, e.g. ``clip_pretrained='openai'`` to start from open_clip's
+            CLIP weights with class embeddings from its text tower, ``with_text_tower=True``.
+    """
+    _check_name(model_name)
+    entrypoint = timm.models.model_entrypoint(model_name)
+    return entrypoint(
+        pretrained=pretrained,
+        pretrained_cfg_overlay=pretrained_cfg_overlay,
+        checkpoint_path=checkpoint_path,
+        cache_dir=cache_dir,
+        **{k: v for k, v in kwargs.items() if v is not None},
+    )

@@ -1,0 +1,31 @@
+"""Shared test setup: offline hub, a tiny open_clip architecture and a tiny zoo family built on it.
+
+Everything runs on CPU with random-init models the tests make; no network, no downloaded weights.
+"""
+import os
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub is imported: tests must never reach a hub
+
+import open_clip  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+open_clip.add_model_config(Path(__file__).parent / "model_configs")
+
+import clipood_zoo  # noqa: E402
+from tests import tiny_family  # noqa: E402,F401  registers the testzoo_* names
+
+TINY_ARCH = "clipood-test-tiny"
+TINY_CLASSES = tiny_family.CLASS_NAMES
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def tiny_model():
+    """A registered zoo model (4 classes) with its text tower, random init."""
+    return clipood_zoo.create_model("testzoo_tiny_toy_a", with_text_tower=True)
