@@ -16,21 +16,38 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 @contextlib.contextmanager
-def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file beside ``path``; on a clean exit it replaces ``path``, on an error it is removed."""
+def atomic_write(path: PathLike, mode: str = "wb", commit: bool = True) -> Iterator[IO]:
+    """A file under a temporary name beside ``path`` (``f.name``), flushed and fsynced on a clean exit.
+
+    With ``commit`` it then replaces ``path``; without, the caller renames it later (a split's shards
+    wait until all of them are whole). On an error the temporary file is removed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as f:
+        with open(tmp, mode) as f:  # reopened by name so that f.name is the temporary path
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if commit:
+            os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def fsync_dir(path: PathLike) -> None:
+    """Make renames in ``path`` durable (a no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_bytes_atomic(path: PathLike, data: bytes) -> None:

@@ -1,0 +1,259 @@
+"""``_info.json``: what a folder of shards holds, read once and checked up front.
+
+The file is timm's WebDataset info format (``timm/data/readers/reader_wds.py``), so timm's own reader
+can open our shards, plus the fields a domain-generalisation benchmark needs::
+
+    {"name": "pacs",
+     "classes": ["dog", ...],                 # index = label stored in each sample's .cls
+     "domains": ["art_painting", ...],        # each sample's .json names one of them
+     "base_classes": [0, 2, ...],             # optional, CoOp-style base-to-new split (class indices)
+     "new_classes": [1, 3, ...],
+     "splits": {"train": {"name": "train", "num_samples": 8, "filenames": ["train-000000.tar"],
+                          "shard_lengths": [8],
+                          "domain_class_counts": [[...], ...],   # optional [domain][class] counts
+                          "shard_domains": [[0, 1]]}}}           # optional domains in each shard
+
+The two optional per-split fields are written by :mod:`clipood_zoo.data.writer`; they let a loader
+count a filtered split without reading it and skip shards that hold none of the wanted domains.
+Validation happens here so that a broken folder fails at start-up with the file and the fix in the
+message, not minutes later inside a DataLoader worker.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterable, Optional, Sequence
+
+from ..errors import ConfigError, DatasetError
+
+INFO_FILENAME = "_info.json"
+CLASS_SUBSETS = ("all", "base", "new")
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    """One split: its shards (relative to the dataset folder) and how many samples each holds."""
+
+    name: str
+    num_samples: int
+    filenames: tuple[str, ...]
+    shard_lengths: tuple[int, ...]
+    domain_class_counts: Optional[tuple[tuple[int, ...], ...]] = None
+    shard_domains: Optional[tuple[tuple[int, ...], ...]] = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "num_samples": self.num_samples,
+            "filenames": list(self.filenames),
+            "shard_lengths": list(self.shard_lengths),
+        }
+        if self.domain_class_counts is not None:
+            out["domain_class_counts"] = [list(row) for row in self.domain_class_counts]
+        if self.shard_domains is not None:
+            out["shard_domains"] = [list(row) for row in self.shard_domains]
+        return out
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A validated ``_info.json``; ``root`` is the folder that holds it and the shards."""
+
+    root: Path
+    name: str
+    classes: tuple[str, ...]
+    domains: tuple[str, ...]
+    splits: dict[str, SplitInfo]
+    base_classes: Optional[tuple[int, ...]] = None
+    new_classes: Optional[tuple[int, ...]] = None
+
+    @property
+    def path(self) -> Path:
+        return self.root / INFO_FILENAME
+
+    def split(self, name: str) -> SplitInfo:
+        """The split called ``name``; the error lists the splits there are."""
+        if name not in self.splits:
+            raise DatasetError(
+                f"{self.path} has no split {name!r}; it has {sorted(self.splits)}. "
+                f"Pick one of those or write the split with clipood_zoo.data.writer.write_split.")
+        return self.splits[name]
+
+    def shard_paths(self, split: str) -> list[str]:
+        return [str(self.root / f) for f in self.split(split).filenames]
+
+    def domain_index(self, name: str) -> int:
+        """Index of domain ``name`` (the ``domain_idx`` a loader yields)."""
+        try:
+            return self.domains.index(name)
+        except ValueError:
+            raise ConfigError(
+                f"unknown domain {name!r} for dataset {self.name!r} ({self.path}); "
+                f"its domains are {list(self.domains)}.") from None
+
+    def class_subset(self, which: str) -> tuple[int, ...]:
+        """Class indices of ``'all'`` classes or of the CoOp-style ``'base'``/``'new'`` halves."""
+        if which not in CLASS_SUBSETS:
+            raise ConfigError(f"class subset must be one of {CLASS_SUBSETS}, got {which!r}.")
+        if which == "all":
+            return tuple(range(len(self.classes)))
+        subset = self.base_classes if which == "base" else self.new_classes
+        if subset is None:
+            raise DatasetError(
+                f"dataset {self.name!r} ({self.path}) defines no base/new split of its classes; use "
+                f"'all', or convert it again with base classes (--base-classes).")
+        return subset
+
+    def domain_indices(self, names: Optional[Sequence[str] | str]) -> Optional[tuple[int, ...]]:
+        """Domain names -> sorted indices (None keeps all); unknown names raise with the list of domains."""
+        if names is None:
+            return None
+        if isinstance(names, str):
+            names = [names]
+        return tuple(sorted({self.domain_index(n) for n in names}))
+
+    def class_indices(self, classes: Optional[Sequence[int] | str]) -> Optional[tuple[int, ...]]:
+        """``'all'``/``'base'``/``'new'`` or class indices -> validated indices in the order given."""
+        if classes is None:
+            return None
+        if isinstance(classes, str):
+            return self.class_subset(classes)
+        indices = tuple(int(c) for c in classes)
+        bad = [c for c in indices if not 0 <= c < len(self.classes)]
+        if bad:
+            raise ConfigError(f"class indices {bad[:5]} out of range for dataset {self.name!r} "
+                              f"({len(self.classes)} classes).")
+        if len(set(indices)) != len(indices):
+            raise ConfigError(f"class indices {list(indices)} contain duplicates.")
+        return indices
+
+    def count(self, split: str, domains: Optional[Iterable[int]] = None,
+              classes: Optional[Iterable[int]] = None) -> Optional[int]:
+        """Samples of ``split`` in the given domain/class indices (all when None).
+
+        None when the filter needs per-domain/class counts the file does not record (shards written by
+        another tool); :func:`clipood_zoo.data.pipeline.count_samples` then scans the shards.
+        """
+        info = self.split(split)
+        if domains is None and classes is None:
+            return info.num_samples
+        if info.domain_class_counts is None:
+            return None
+        domain_set = set(range(len(self.domains)) if domains is None else domains)
+        class_set = set(range(len(self.classes)) if classes is None else classes)
+        return sum(n for d, row in enumerate(info.domain_class_counts) if d in domain_set
+                   for c, n in enumerate(row) if c in class_set)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "classes": list(self.classes), "domains": list(self.domains)}
+        if self.base_classes is not None:
+            out["base_classes"] = list(self.base_classes)
+            out["new_classes"] = list(self.new_classes or ())
+        out["splits"] = {name: s.to_json() for name, s in self.splits.items()}
+        return out
+
+
+def read_dataset_info(data_dir: str | os.PathLike) -> DatasetInfo:
+    """Read and validate ``data_dir/_info.json``, including that every listed shard exists."""
+    root = Path(data_dir)
+    path = root / INFO_FILENAME
+    if not path.is_file():
+        raise DatasetError(
+            f"no {INFO_FILENAME} in {root}: it is not a clipood-zoo dataset folder. Convert the images with "
+            f"`python -m clipood_zoo.data.convert domainbed|imagefolder SRC {root}`.")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatasetError(f"{path} is not valid JSON ({e}); convert the dataset again.") from None
+    return parse_dataset_info(raw, root, check_files=True)
+
+
+def parse_dataset_info(raw: Any, root: Path, check_files: bool = True) -> DatasetInfo:
+    """Build a :class:`DatasetInfo` from the decoded JSON, raising :class:`DatasetError` on any flaw."""
+    path = root / INFO_FILENAME
+
+    def fail(problem: str) -> DatasetError:
+        return DatasetError(f"{path}: {problem}. Fix the file or convert the dataset again.")
+
+    if not isinstance(raw, dict):
+        raise fail("the top level must be a JSON object")
+    missing = [k for k in ("name", "classes", "domains", "splits") if k not in raw]
+    if missing:
+        raise fail(f"missing key(s) {missing}")
+    classes = _str_list(raw["classes"], "classes", fail)
+    domains = _str_list(raw["domains"], "domains", fail)
+    if not classes or not domains:
+        raise fail("'classes' and 'domains' must not be empty")
+    if ("base_classes" in raw) != ("new_classes" in raw):
+        raise fail("'base_classes' and 'new_classes' must be given together")
+    base = new = None
+    if "base_classes" in raw:
+        base = _index_list(raw["base_classes"], len(classes), "base_classes", fail)
+        new = _index_list(raw["new_classes"], len(classes), "new_classes", fail)
+        if set(base) & set(new):
+            raise fail(f"classes {sorted(set(base) & set(new))} are in both 'base_classes' and 'new_classes'")
+    if not isinstance(raw["splits"], dict):
+        raise fail("'splits' must be an object {split name: split info}")
+    splits = {name: _parse_split(name, s, len(domains), len(classes), fail)
+              for name, s in raw["splits"].items()}
+    if check_files:
+        for s in splits.values():
+            absent = [f for f in s.filenames if not (root / f).is_file()]
+            if absent:
+                raise fail(f"split {s.name!r} lists shard(s) missing on disk: {absent[:5]}"
+                           f"{' ...' if len(absent) > 5 else ''} (in {root})")
+    return DatasetInfo(root=root, name=str(raw["name"]), classes=classes, domains=domains, splits=splits,
+                       base_classes=base, new_classes=new)
+
+
+def _str_list(value: Any, key: str, fail) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise fail(f"'{key}' must be a list of strings")
+    if len(set(value)) != len(value):
+        raise fail(f"'{key}' has duplicates")
+    return tuple(value)
+
+
+def _index_list(value: Any, size: int, key: str, fail) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise fail(f"'{key}' must be a list of integers")
+    bad = [v for v in value if not 0 <= v < size]
+    if bad:
+        raise fail(f"'{key}' has indices {bad[:5]} out of range [0, {size})")
+    return tuple(value)
+
+
+def _parse_split(name: str, raw: Any, num_domains: int, num_classes: int, fail) -> SplitInfo:
+    where = f"split {name!r}"
+    if not isinstance(raw, dict):
+        raise fail(f"{where} must be an object")
+    missing = [k for k in ("num_samples", "filenames", "shard_lengths") if k not in raw]
+    if missing:
+        raise fail(f"{where} is missing key(s) {missing}")
+    filenames = _str_list(raw["filenames"], f"splits.{name}.filenames", fail)
+    for f in filenames:
+        p = PurePosixPath(f)
+        if p.is_absolute() or ".." in p.parts:
+            raise fail(f"{where}: shard {f!r} must be a path inside the dataset folder")
+    lengths = _index_list(raw["shard_lengths"], 2 ** 63, f"splits.{name}.shard_lengths", fail)
+    if len(lengths) != len(filenames):
+        raise fail(f"{where} has {len(filenames)} filenames but {len(lengths)} shard_lengths")
+    if raw["num_samples"] != sum(lengths):
+        raise fail(f"{where}: num_samples {raw['num_samples']} != sum of shard_lengths {sum(lengths)}")
+    counts = raw.get("domain_class_counts")
+    if counts is not None:
+        if not isinstance(counts, list) or len(counts) != num_domains:
+            raise fail(f"{where}: domain_class_counts must have one row per domain ({num_domains})")
+        counts = tuple(_index_list(row, 2 ** 63, f"splits.{name}.domain_class_counts", fail) for row in counts)
+        if any(len(row) != num_classes for row in counts) or sum(map(sum, counts)) != sum(lengths):
+            raise fail(f"{where}: domain_class_counts must be [domain][class] and sum to num_samples")
+    shard_domains = raw.get("shard_domains")
+    if shard_domains is not None:
+        if not isinstance(shard_domains, list) or len(shard_domains) != len(filenames):
+            raise fail(f"{where}: shard_domains must have one list of domain indices per shard")
+        shard_domains = tuple(_index_list(row, num_domains, f"splits.{name}.shard_domains", fail)
+                              for row in shard_domains)
+    return SplitInfo(name=str(raw.get("name", name)), num_samples=sum(lengths), filenames=filenames,
+                     shard_lengths=lengths, domain_class_counts=counts, shard_domains=shard_domains)

@@ -1,0 +1,384 @@
+"""WebDataset loaders over the shards described by ``_info.json``.
+
+``create_loader`` yields batches ``(images [B,3,H,W], targets [B] long, domain_idx [B] long)``.
+
+How the data is divided
+    Shards (never samples) are divided: first over distributed ranks (``wds.split_by_node``, which
+    reads ``RANK``/``WORLD_SIZE`` or ``torch.distributed``), then over DataLoader workers
+    (``wds.split_by_worker``). In evaluation the shard list is not shuffled or resampled and nothing is
+    cut to equal length, so each shard is read by exactly one (rank, worker) and every sample is seen
+    exactly once. The price is that ranks may get different numbers of batches: evaluate by summing
+    correct/total counts over ranks (``all_reduce``), never by assuming equal batches. A (rank, worker)
+    with no shard simply yields nothing; use at least ``world_size * num_workers`` shards to keep all busy.
+
+Training
+    Without ``resampled``, an epoch is one pass over the shards: the shard order is shuffled with a seed
+    from ``(seed, epoch)`` (the same on every rank, so the division stays a partition), then samples go
+    through a shuffle buffer seeded from ``(seed, epoch, rank, worker)``. Call
+    ``loader.set_epoch(e)`` before each epoch; the epoch lives in shared memory so workers see it.
+    Ranks can end an epoch with different batch counts; for DDP with few shards use
+    ``resampled=True``: every (rank, worker) draws shards with replacement and yields exactly
+    ``len(loader)`` batches per epoch in total, the same on every rank.
+
+Bad data
+    A sample whose image does not decode, whose ``.cls`` is missing or out of range, whose ``.json`` is
+    unreadable or names an unknown domain is skipped, logged (the first few) and counted in
+    ``loader.skipped``; so are samples that a truncated or corrupt shard no longer holds (the shard
+    yielded fewer samples than ``_info.json`` lists). With ``strict=True`` the first one raises
+    :class:`DatasetError` naming the shard and the sample key. The counter lives in shared memory, so it
+    includes what the workers skipped; read it after the epoch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import math
+import multiprocessing
+import os
+import random
+import tarfile
+from functools import partial
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import torch
+import webdataset as wds
+from PIL import Image
+from timm.data.readers.shared_count import SharedCount
+from torch.utils.data import IterableDataset, default_collate
+
+from ..errors import ConfigError, DatasetError
+from .info import DatasetInfo, read_dataset_info
+
+_logger = logging.getLogger(__name__)
+
+IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
+SKIP_REASONS = ("no_image", "bad_label", "bad_meta", "unknown_domain", "bad_image", "missing_from_shard")
+
+
+class SkipCounter:
+    """How many samples were skipped, per reason; shared with DataLoader workers through shared memory."""
+
+    def __init__(self, log_limit: int = 20):
+        self._counts = multiprocessing.Array("q", len(SKIP_REASONS))
+        self.log_limit = log_limit
+
+    def record(self, reason: str, message: str, n: int = 1) -> None:
+        """Count ``n`` skipped samples; log the first ``log_limit`` events so a bad dataset cannot flood logs."""
+        with self._counts.get_lock():
+            self._counts[SKIP_REASONS.index(reason)] += n
+            total = sum(self._counts)
+        if total - n < self.log_limit:
+            _logger.warning("skipped %s: %s", reason, message)
+            if total >= self.log_limit:
+                _logger.warning("further skipped samples are counted in loader.skipped, not logged")
+
+    @property
+    def total(self) -> int:
+        return sum(self._counts)
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(zip(SKIP_REASONS, self._counts))
+
+    def __repr__(self) -> str:
+        return f"SkipCounter({self.as_dict()})"
+
+
+class BadSample(Exception):
+    """A sample (or part of a shard) that cannot be used; turned into a skip or a DatasetError."""
+
+    def __init__(self, reason: str, shard: str, key: Optional[str], detail: str, n: int = 1):
+        super().__init__(f"{detail} (shard {shard}" + (f", sample key {key!r})" if key else ")"))
+        self.reason, self.shard, self.key, self.n = reason, shard, key, n
+
+
+@dataclasses.dataclass
+class _SkipPolicy:
+    """What to do with bad data: count it and continue, or raise :class:`DatasetError` when strict.
+
+    Calling it is the webdataset handler of the sample stages; :meth:`shard_error` handles errors
+    raised while reading a tar.
+    """
+
+    counter: SkipCounter
+    strict: bool
+
+    def __call__(self, exn: Exception) -> bool:
+        if isinstance(exn, BadSample):
+            if self.strict:
+                raise DatasetError(f"bad sample: {exn}. Fix or re-convert the shard, or load with strict=False.")
+            self.counter.record(exn.reason, str(exn), exn.n)
+            return True
+        raise exn  # a bug, not bad data
+
+    def shard_error(self, url: str, exn: Exception) -> bool:
+        if isinstance(exn, DatasetError):  # ours, raised deeper in webdataset's tar reader, seen again
+            exn.args = exn.args[:1]  # webdataset appends the stream and url to args on the way out
+            raise exn
+        detail = exn.args[0] if exn.args else repr(exn)
+        if self.strict:
+            raise DatasetError(f"shard {url} is unreadable or truncated ({detail}). Re-convert or re-download it, "
+                               f"or load with strict=False to skip what cannot be read.") from exn
+        # The samples the shard loses are counted by _ReadShards when it ends.
+        _logger.warning("error reading shard %s, going on with the next one: %s", url, detail)
+        return True
+
+
+class _ReadShards(wds.PipelineStage):
+    """``tarfile_to_samples`` one shard at a time, so that a shard yielding fewer samples than
+    ``_info.json`` lists (truncated, corrupt, unreadable) is noticed and counted."""
+
+    def __init__(self, lengths: dict[str, int], policy: _SkipPolicy):
+        self.lengths, self.policy = lengths, policy
+
+    def run(self, shards: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for shard in shards:
+            url, n = shard["url"], 0
+            for sample in wds.tarfile_samples([dict(shard)], handler=partial(self.policy.shard_error, url)):
+                n += 1
+                yield sample
+            expected = self.lengths[url]
+            if n < expected:
+                self.policy(BadSample("missing_from_shard", url, None,
+                                      f"{expected - n} of {expected} samples could not be read", n=expected - n))
+
+
+class _EpochShuffle(wds.PipelineStage):
+    """A shuffle buffer whose seed is derived from (seed, epoch[, rank, worker]) at iteration time.
+
+    ``per_worker=False`` gives every rank and worker the same order (needed for the shard list, so
+    that splitting it afterwards is a partition); ``True`` decorrelates the sample streams.
+    """
+
+    def __init__(self, bufsize: int, seed: int, epoch: SharedCount, per_worker: bool):
+        self.bufsize, self.seed, self.epoch, self.per_worker = bufsize, seed, epoch, per_worker
+
+    def run(self, src: Iterator[Any]) -> Iterator[Any]:
+        return wds.shuffle(self.bufsize, self.bufsize, rng=_rng(self.seed, self.epoch, self.per_worker))(src)
+
+
+class _ResampledShards(IterableDataset):
+    """An endless stream of shards drawn with replacement, seeded per (seed, epoch, rank, worker)."""
+
+    def __init__(self, urls: Sequence[str], seed: int, epoch: SharedCount):
+        super().__init__()
+        self.urls, self.seed, self.epoch = list(urls), seed, epoch
+
+    def __iter__(self) -> Iterator[dict[str, str]]:
+        rng = _rng(self.seed, self.epoch, per_worker=True)
+        while True:
+            yield dict(url=rng.choice(self.urls))
+
+
+def _rng(seed: int, epoch: SharedCount, per_worker: bool) -> random.Random:
+    rank, _, worker, _ = wds.utils.pytorch_worker_info()
+    parts = (seed, epoch.value) + ((rank, worker) if per_worker else ())
+    return random.Random("-".join(map(str, parts)))  # str seeds are hashed with sha512: stable across runs
+
+
+def _parse(sample: dict[str, Any], num_classes: int, domain_index: dict[str, int]) -> dict[str, Any]:
+    """Check the label, domain and image of a raw sample; keep the image undecoded (filters come first)."""
+    shard, key = sample.get("__url__", "?"), sample.get("__key__")
+    image_key = next((k for k in IMAGE_KEYS if k in sample), None)
+    if image_key is None:
+        raise BadSample("no_image", shard, key, f"no image member ({'/'.join(IMAGE_KEYS)})")
+    try:
+        target = int(sample["cls"])
+    except (KeyError, ValueError):
+        raise BadSample("bad_label", shard, key, "missing or non-integer .cls") from None
+    if not 0 <= target < num_classes:
+        raise BadSample("bad_label", shard, key, f"class index {target} out of range [0, {num_classes})")
+    try:
+        domain = json.loads(sample["json"])["domain"]
+    except (KeyError, TypeError, ValueError):
+        raise BadSample("bad_meta", shard, key, "missing or unreadable .json, or no 'domain' in it") from None
+    if not isinstance(domain, str) or domain not in domain_index:
+        raise BadSample("unknown_domain", shard, key, f"domain {domain!r} is not in _info.json's domains")
+    return dict(__url__=shard, __key__=key, image=sample[image_key], target=target, domain=domain_index[domain])
+
+
+def _keep(sample: dict[str, Any], domains: Optional[frozenset[int]], classes: Optional[frozenset[int]]) -> bool:
+    return (domains is None or sample["domain"] in domains) and (classes is None or sample["target"] in classes)
+
+
+def _decode(sample: dict[str, Any], class_map: Optional[dict[int, int]]) -> tuple[Image.Image, int, int]:
+    try:
+        with Image.open(io.BytesIO(sample["image"])) as img:
+            image = img.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise BadSample("bad_image", sample["__url__"], sample["__key__"], f"image does not decode ({e})") from None
+    target = class_map[sample["target"]] if class_map is not None else sample["target"]
+    return image, target, sample["domain"]
+
+
+def _apply_transform(sample: tuple[Image.Image, int, int], transform: Callable[[Image.Image], Any]):
+    image, target, domain = sample
+    return transform(image), target, domain
+
+
+class ShardLoader:
+    """The loader ``create_loader`` returns: iterate it for batches; ``len()`` is batches per epoch.
+
+    ``len()`` is exact with ``resampled=True``; otherwise it is ``num_samples / (world_size *
+    batch_size)`` rounded as the batching rounds, an estimate for progress bars and schedulers because
+    shards (and each worker's last partial batch) are not spread evenly. ``num_samples`` is exact: the
+    samples of the filtered split over all ranks, from ``_info.json`` (see :func:`count_samples`).
+    """
+
+    def __init__(self, loader: wds.WebLoader, info: DatasetInfo, split: str, num_samples: int,
+                 num_batches: int, skipped: SkipCounter, epoch: SharedCount):
+        self.loader, self.dataset_info, self.split = loader, info, split
+        self.num_samples, self.num_batches, self.skipped = num_samples, num_batches, skipped
+        self._epoch = epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed shard and sample shuffling (and resampling) for ``epoch``; call before iterating it."""
+        self._epoch.value = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        return iter(self.loader)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+
+def create_loader(
+        data_dir: str | os.PathLike,
+        split: str,
+        *,
+        transform: Callable[[Image.Image], torch.Tensor],
+        batch_size: int,
+        is_training: bool,
+        domains: Optional[Sequence[str]] = None,
+        classes: Optional[Sequence[int] | str] = None,
+        relabel_classes: bool = False,
+        num_workers: int = 0,
+        seed: int = 0,
+        shuffle_buffer: int = 1000,
+        epoch: int = 0,
+        resampled: bool = False,
+        drop_last: Optional[bool] = None,
+        pin_memory: bool = False,
+        strict: bool = False,
+) -> ShardLoader:
+    """A loader of ``(images, targets, domain_idx)`` batches from split ``split`` of ``data_dir``.
+
+    Args:
+        transform: PIL RGB image -> tensor [3,H,W] (runs in the workers; must be picklable for spawn).
+        domains: domain names to keep (None: all). ``domain_idx`` stays the index in ``_info.json``.
+        classes: class indices to keep, or ``'base'``/``'new'``/``'all'`` (None: all).
+        relabel_classes: number targets by their position in ``classes`` (so a head built over exactly
+            those classes lines up, as CoOp's base-to-new evaluation does); by default targets keep the
+            dataset's class indices.
+        seed, epoch, resampled, shuffle_buffer: training only, see the module docstring.
+        drop_last: drop each worker's last partial batch (default: ``is_training``).
+        strict: raise :class:`DatasetError` on the first bad sample instead of skipping it.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
+    if num_workers < 0 or shuffle_buffer < 1:
+        raise ConfigError(f"num_workers must be >= 0 and shuffle_buffer >= 1, got {num_workers}, {shuffle_buffer}.")
+    if resampled and not is_training:
+        raise ConfigError("resampled=True is for training; evaluation must see every sample exactly once.")
+    if relabel_classes and classes is None:
+        raise ConfigError("relabel_classes=True needs classes (the subset whose positions become the targets).")
+    drop_last = is_training if drop_last is None else drop_last
+    info = read_dataset_info(data_dir)
+    domain_ids = info.domain_indices(domains)
+    class_ids = info.class_indices(classes)
+    num_samples = count_samples(info, split, domains, classes)
+    shards = _shards(info, split, domain_ids)
+    _, world_size, _, _ = wds.utils.pytorch_worker_info()
+    if not shards or num_samples == 0:
+        raise DatasetError(f"split {split!r} of {info.path} has no samples in domains {domains} and classes "
+                           f"{classes}; check the filters.")
+    if is_training and not resampled and len(shards) < world_size * max(1, num_workers):
+        _logger.warning("%d shard(s) for %d rank(s) x %d worker(s): some read nothing; write smaller shards or "
+                        "use resampled=True", len(shards), world_size, max(1, num_workers))
+
+    counter = SkipCounter()
+    policy = _SkipPolicy(counter, strict)
+    shared_epoch = SharedCount(epoch)
+    if resampled:
+        per_rank = max(1, num_samples // (world_size * batch_size))
+        per_worker = math.ceil(per_rank / max(1, num_workers))
+        num_batches = per_worker * max(1, num_workers)
+        stages: list[Any] = [_ResampledShards(shards, seed, shared_epoch)]
+    else:
+        num_batches = (math.floor if drop_last else math.ceil)(num_samples / (world_size * batch_size))
+        stages = [wds.SimpleShardList(shards)]
+        if is_training:
+            stages.append(_EpochShuffle(len(shards), seed, shared_epoch, per_worker=False))
+        stages += [wds.split_by_node, wds.split_by_worker]
+    stages.append(_ReadShards({s: n for s, n in zip(info.shard_paths(split), info.split(split).shard_lengths)},
+                              policy))
+    if is_training:
+        stages.append(_EpochShuffle(shuffle_buffer, seed, shared_epoch, per_worker=True))
+    class_map = {c: i for i, c in enumerate(class_ids)} if relabel_classes else None
+    stages += [
+        wds.map(partial(_parse, num_classes=len(info.classes),
+                        domain_index={d: i for i, d in enumerate(info.domains)}), handler=policy),
+        wds.select(partial(_keep, domains=None if domain_ids is None else frozenset(domain_ids),
+                           classes=None if class_ids is None else frozenset(class_ids))),
+        wds.map(partial(_decode, class_map=class_map), handler=policy),
+        wds.map(partial(_apply_transform, transform=transform)),
+        wds.batched(batch_size, collation_fn=default_collate, partial=not drop_last),
+    ]
+    pipeline = wds.DataPipeline(*stages)
+    if resampled:
+        pipeline = pipeline.with_epoch(nbatches=per_worker)
+    loader = wds.WebLoader(pipeline, batch_size=None, shuffle=False, num_workers=num_workers,
+                           pin_memory=pin_memory)
+    return ShardLoader(loader, info, split, num_samples, num_batches, counter, shared_epoch)
+
+
+def _shards(info: DatasetInfo, split: str, domain_ids: Optional[Sequence[int]]) -> list[str]:
+    """The split's shard paths, without those that ``_info.json`` says hold none of the wanted domains."""
+    s = info.split(split)
+    paths = info.shard_paths(split)
+    if domain_ids is None or s.shard_domains is None:
+        return paths
+    return [p for p, held in zip(paths, s.shard_domains) if set(held) & set(domain_ids)]
+
+
+def count_samples(data_dir: str | os.PathLike | DatasetInfo, split: str, domains: Optional[Sequence[str]] = None,
+                  classes: Optional[Sequence[int] | str] = None) -> int:
+    """Samples of ``split`` in the given domains (names) and classes (indices or 'base'/'new'/'all').
+
+    Taken from ``_info.json``: ``num_samples`` unfiltered, the per-domain/class counts our writer
+    records otherwise. For shards written without those counts, the shards' ``.cls``/``.json`` members
+    are read (tar headers let the images be skipped without reading them). Samples whose image turns
+    out not to decode are included here; the loader skips and counts them.
+    """
+    info = data_dir if isinstance(data_dir, DatasetInfo) else read_dataset_info(data_dir)
+    domain_ids, class_ids = info.domain_indices(domains), info.class_indices(classes)
+    n = info.count(split, domain_ids, class_ids)
+    if n is None:
+        s = dataclasses.replace(info.split(split), domain_class_counts=_scan_counts(info, split))
+        n = dataclasses.replace(info, splits={**info.splits, split: s}).count(split, domain_ids, class_ids)
+    return n
+
+
+def _scan_counts(info: DatasetInfo, split: str) -> tuple[tuple[int, ...], ...]:
+    """[domain][class] counts of the samples in ``split`` with a valid label and a known domain."""
+    counts = [[0] * len(info.classes) for _ in info.domains]
+    domain_index = {d: i for i, d in enumerate(info.domains)}
+    for path in info.shard_paths(split):
+        members: dict[str, dict[str, bytes]] = {}
+        try:
+            with tarfile.open(path, "r:") as tar:
+                for m in tar:
+                    key, _, ext = m.name.rpartition("/")[2].partition(".")
+                    if ext in ("cls", "json") and m.isreg():
+                        members.setdefault(key, {})[ext] = tar.extractfile(m).read()
+        except (tarfile.TarError, OSError) as e:
+            _logger.warning("counting %s stopped early: %r", path, e)
+        for key, m in members.items():
+            try:
+                c, d = int(m["cls"]), domain_index[json.loads(m["json"])["domain"]]
+            except (KeyError, TypeError, ValueError):
+                continue
+            if 0 <= c < len(info.classes):
+                counts[d][c] += 1
+    return tuple(map(tuple, counts))
