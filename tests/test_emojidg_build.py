@@ -1,0 +1,210 @@
+"""Offline unit tests of the EmojiDG raw-data builder's pure parts (no npm, no network).
+
+The SVG rasterisation test needs resvg-py (or cairosvg) and is skipped without it; the rest needs
+only numpy and Pillow.
+"""
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+
+from emojidg import assets, catalog, render, sources  # noqa: E402
+from emojidg.catalog import Entry  # noqa: E402
+
+HAS_RASTERISER = any(importlib.util.find_spec(m) for m in ("resvg_py", "cairosvg"))
+
+
+def entry(name: str, seq: str = "1F34E", category: str = "food-drink", order: int = 0, **kw) -> Entry:
+    return Entry(seq=seq, emoji="", name=name, category=category, subgroup="", order=order, **kw)
+
+
+# --- codepoint normalisation -------------------------------------------------------------------
+@pytest.mark.parametrize("raw,expected", [
+    ("1f34e", "1F34E"),
+    ("1F34E-FE0F", "1F34E"),
+    ("39-fe0f-20e3", "0039-20E3"),
+    ("0039-FE0F-20E3", "0039-20E3"),
+    ("U+2764_FE0F", "2764"),
+    ("1f43b-200d-2744-fe0f", "1F43B-200D-2744"),
+])
+def test_normalize_seq(raw: str, expected: str) -> None:
+    assert catalog.normalize_seq(raw) == expected
+
+
+def test_seq_from_chars_strips_variation_selector() -> None:
+    assert catalog.seq_from_chars("\u2764\ufe0f") == catalog.seq_from_chars("\u2764") == "2764"
+
+
+def test_names_and_dirnames() -> None:
+    assert catalog.class_name("Man’s  Shoe") == "man's shoe"
+    assert catalog.dirname_for("man's shoe") == "mans_shoe"
+    assert catalog.dirname_for("jack-o-lantern") == "jack_o_lantern"
+    assert catalog.slug("Fork & Knife") == "fork-and-knife"
+
+
+# --- class filtering rules ---------------------------------------------------------------------
+@pytest.mark.parametrize("e,reason", [
+    (entry("grinning face", "1F600", "smileys-emotion"), "category"),
+    (entry("waving hand", "1F44B-1F3FB", "objects"), "skin tone"),
+    (entry("flag: japan", "1F1EF-1F1F5", "objects"), "flag"),
+    (entry("keycap: 1", "0031-20E3", "objects"), "keycap"),
+    (entry("woman cook", "1F469-200D-1F373", "objects"), "person variant"),
+    (entry("woman's hat", "1F452", "objects"), "person word"),
+    (entry("three o'clock", "1F552", "travel-places"), "clock"),
+    (entry("red apple", "1F34E", "food-drink"), None),
+    (entry("polar bear", "1F43B-200D-2744", "animals-nature"), None),  # ZWJ without a person is a thing
+])
+def test_reject_reason(e: Entry, reason: str | None) -> None:
+    assert catalog.reject_reason(e) == reason
+
+
+def test_near_duplicates_keep_shortest_name() -> None:
+    es = [entry("dog face", "1F436", order=1), entry("dog", "1F415", order=2),
+          entry("sun with face", "1F31E", order=3), entry("sun", "2600", order=4), entry("hot dog", "1F32D", order=5)]
+    kept, dropped = catalog.drop_near_duplicates(es)
+    assert [e.name for e in kept] == ["dog", "sun", "hot dog"]
+    assert ("dog face", "dog") in dropped and ("sun with face", "sun") in dropped
+
+
+def test_select_classes_requires_all_downstream_and_min_pretrain() -> None:
+    es = [entry("red apple", "1F34E", order=1), entry("pear", "1F350", order=2),
+          entry("dog", "1F415", "animals-nature", order=3), entry("flag: japan", "1F1EF-1F1F5", order=4)]
+    all_seqs = {e.seq for e in es}
+    available = {"3d": all_seqs, "line": all_seqs - {"1F350"},
+                 "a": all_seqs, "b": {"1F34E", "1F1EF-1F1F5"}, "c": {"1F415"}}
+    classes, stats = catalog.select_classes(es, available, ["3d", "line"], ["a", "b", "c"], min_pretrain=2)
+    assert [c.name for c in classes] == ["dog", "red apple"]  # pear missing in line, flag rejected
+    assert stats["rejected"] == {"flag": 1}
+    capped, _ = catalog.select_classes(es, available, ["3d", "line"], ["a", "b", "c"], 1, max_classes=1)
+    assert len(capped) == 1
+
+
+# --- base/new split ----------------------------------------------------------------------------
+def _classes() -> list[Entry]:
+    cats = list(catalog.CATEGORIES)
+    sizes = [7, 6, 5, 4, 9]
+    return [entry(f"{cat} {i}", f"{0x1F300 + 50 * k + i:X}", cat) for k, (cat, n) in enumerate(zip(cats, sizes))
+            for i in range(n)]
+
+
+def test_split_is_balanced_and_deterministic() -> None:
+    cls = _classes()
+    base, new = catalog.split_base_new(cls, seed=0)
+    assert sorted(base + new) == list(range(len(cls))) and not set(base) & set(new)
+    assert abs(len(base) - len(new)) <= 1
+    for cat in catalog.CATEGORIES:
+        nb = sum(cls[i].category == cat for i in base)
+        nn = sum(cls[i].category == cat for i in new)
+        assert abs(nb - nn) <= 1
+    assert catalog.split_base_new(cls, seed=0) == (base, new)
+    assert catalog.split_base_new(list(cls), seed=1) != (base, new)
+
+
+# --- rendering ---------------------------------------------------------------------------------
+def _png_asset(tmp_path: Path) -> tuple[str, str]:
+    im = Image.new("RGBA", (50, 30), (0, 0, 0, 0))
+    im.paste((20, 20, 20, 255), (5, 5, 45, 25))
+    p = tmp_path / "icon.png"
+    im.save(p)
+    return ("raster", str(p))
+
+
+def test_render_raster_size_no_alpha_deterministic(tmp_path: Path) -> None:
+    asset = _png_asset(tmp_path)
+    a = render.render_variants(asset, 40, 3, seed=7)
+    b = render.render_variants(asset, 40, 3, seed=7)
+    assert len(a) == 3
+    for x, y in zip(a, b):
+        assert x.size == (40, 40) and x.mode == "RGB"
+        assert np.array_equal(np.asarray(x), np.asarray(y))
+    assert not np.array_equal(np.asarray(a[0]), np.asarray(a[1]))  # renders vary
+
+
+def test_background_contrasts_with_dark_icon() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        bg = np.asarray(render.background(16, rng, icon_lum=0.0), dtype=np.float64)
+        assert render.luminance(bg).mean() > 0.2
+
+
+@pytest.mark.skipif(not HAS_RASTERISER, reason="needs resvg-py or cairosvg")
+def test_rasterise_svg_string() -> None:
+    icon = {"body": '<circle cx="8" cy="8" r="6" fill="currentColor"/>'}
+    svg = assets.iconify_svg(icon, 16, 16)
+    rgba = render.svg_to_rgba(svg, 32)
+    assert rgba.size == (32, 32) and rgba.getpixel((16, 16))[3] == 255 and rgba.getpixel((0, 0))[3] == 0
+    out = render.render_variants(("svg", svg), 24, 2, seed=0)
+    assert all(im.size == (24, 24) and im.mode == "RGB" for im in out)
+
+
+# --- iconify name matching ---------------------------------------------------------------------
+def test_iconify_matching_by_chars_and_names(tmp_path: Path) -> None:
+    (tmp_path / "icons.json").write_text(json.dumps({"width": 16, "height": 16, "icons": {
+        "red-apple": {"body": "<g/>"}, "sakebottleandcup": {"body": "<g/>"},
+        "pear-2": {"body": "<g id='alt'/>"}, "x": {"body": "<g id='x'/>"}}}))
+    (tmp_path / "chars.json").write_text(json.dumps({"1f415": "x"}))
+    cat = [entry("red apple", "1F34E"), entry("sake", "1F376"), entry("pear", "1F350"), entry("dog", "1F415")]
+    got = assets.load_iconify(tmp_path, cat)
+    assert set(got) == {"1F34E", "1F376", "1F350", "1F415"}  # slug, Unicode name, alternate, chars.json
+    assert "id='x'" in got["1F415"][1]
+
+
+# --- sources: sha256 pin and licence -----------------------------------------------------------
+def test_sha256_verification_refuses_mismatch(tmp_path: Path) -> None:
+    f = tmp_path / "pkg.tgz"
+    f.write_bytes(b"emoji")
+    good = sources.sha256_file(f)
+    assert sources.verify_sha256(f, good) == good
+    with pytest.raises(sources.ChecksumError, match=good):
+        sources.verify_sha256(f, "0" * 64)
+
+
+def _tarball(tmp_path: Path, license_field: str | None) -> Path:
+    pj = json.dumps({"name": "x", "version": "1.0.0", **({"license": license_field} if license_field else {})})
+    p = tmp_path / "x-1.0.0.tgz"
+    with tarfile.open(p, "w:gz") as tf:
+        data = pj.encode()
+        info = tarfile.TarInfo("package/package.json")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    return p
+
+
+def test_license_check(tmp_path: Path) -> None:
+    pj = sources.read_package_json(_tarball(tmp_path, "CC-BY-4.0"))
+    assert sources.check_license("x", pj, "CC-BY-4.0") == "CC-BY-4.0"
+    with pytest.raises(sources.LicenseError):
+        sources.check_license("x", pj, "MIT")  # differs from the pin
+    with pytest.raises(sources.LicenseError):
+        sources.check_license("x", {"license": "SEE LICENSE IN LICENSE.md"}, None)
+    with pytest.raises(sources.LicenseError):
+        sources.check_license("x", {}, None)
+
+
+def test_fetch_all_uses_cache_and_refuses_bad_pin(tmp_path: Path) -> None:
+    tgz = _tarball(tmp_path, "MIT")  # already in the cache, so npm is never called
+    pkg = sources.Package(name="x", version="1.0.0", role="pretrain", styles={"x": "pretrain"},
+                          license="MIT", homepage="", sha256="f" * 64)
+    with pytest.raises(sources.ChecksumError):
+        sources.fetch_all([pkg], tmp_path)
+    pkg.sha256 = sources.sha256_file(tgz)
+    dirs = sources.fetch_all([pkg], tmp_path)
+    assert (dirs["x"] / "package.json").exists()
+
+
+def test_manifest_is_pinned() -> None:
+    pkgs = sources.load_manifest()
+    assert pkgs and all(p.sha256 and len(p.sha256) == 64 for p in pkgs)
+    assert all(p.license in sources.OPEN_LICENSES for p in pkgs)
+    roles = {s: r for p in pkgs for s, r in p.styles.items()}
+    assert {s for s, r in roles.items() if r == "downstream"} == {"3d", "flat", "mono", "line"}
