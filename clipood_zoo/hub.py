@@ -176,13 +176,13 @@ def _check_fits(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: 
 
 
 def load_weights(model: nn.Module, path: PathLike, allow_pickle: bool = False) -> None:
-    """Load a weights file into a ClipoodClassifier, taking its class count and names from the file.
+    """Load a weights file (or a save_pretrained folder) into a ClipoodClassifier, with the file's classes.
 
     A fine-tuned model may classify a different class set than its registry entry (its head is just
     frozen text embeddings), so the head is resized to the file's ``head.weight`` and the class names
     are read from the ``config.json`` beside it when there is one.
     """
-    path = Path(path)
+    path = _checkpoint_file(path)
     state_dict = load_state_dict(path, allow_pickle=allow_pickle)
     head_weight = state_dict.get("head.weight")
     if head_weight is not None and hasattr(model, "reset_classifier") and head_weight.shape[0] != model.num_classes:

@@ -1,0 +1,55 @@
+"""Training checkpoints that a killed run resumes from to the same final weights.
+
+A checkpoint holds the model, the BMA average, optimizer, scheduler, AMP scaler, the step and epoch,
+and the run's arguments. It is written atomically (temporary file, fsync, rename), so a crash during a
+save leaves the previous checkpoint whole, and read with ``torch.load(weights_only=True)``, so it can
+hold nothing but tensors and plain containers.
+
+RNG state is not stored because it is not history: the loop reseeds every RNG from (seed, epoch) at the
+start of each epoch and a resumed run replays the batches of the current epoch up to its step, so the
+data order and augmentations after a resume are those of the uninterrupted run by construction.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+
+from .errors import WeightsError
+from .fileio import write_bytes_atomic
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def save_checkpoint(path: Path, *, model: nn.Module, bma: Optional[nn.Module], optimizer: torch.optim.Optimizer,
+                    scheduler: Any, scaler: Any, step: int, epoch: int, extra: Optional[Dict[str, Any]] = None) -> None:
+    state = {
+        "model": model.state_dict(),
+        "bma": bma.module.state_dict() if bma is not None else None,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "step": step,
+        "epoch": epoch,
+        **(extra or {}),
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path) -> Dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise WeightsError(f"no checkpoint at {path}; --resume takes a checkpoint.pt written by train.py "
+                           "(or the output folder holding one)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated or foreign files
+        raise WeightsError(f"{path} is not a readable train.py checkpoint ({type(e).__name__}: {e}); "
+                           "resume from an earlier one or start again") from e

@@ -1,0 +1,41 @@
+"""What train.py and validate.py share: building a model for a dataset, AMP dtypes, device choice."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .data.catalog import prettify_class_name
+from .data.info import DatasetInfo
+from .evaluate import align_classes
+from .hub import load_weights
+from .models import build_classifier
+from .models.factory import default_cfg
+from .registry import create_model, is_model
+
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def model_for_dataset(name: str, info: DatasetInfo, pretrained: bool = False, checkpoint: Optional[str] = None,
+                      clip_pretrained: Optional[str] = None) -> nn.Module:
+    """A zoo model by registry name, or a new classifier on an open_clip architecture, over ``info``'s classes.
+
+    An open_clip architecture gets the dataset's class names (embedded by the text tower when
+    ``clip_pretrained`` loads CLIP weights); a zoo model must already classify the dataset's classes
+    unless it has a text tower to re-embed them (``align_classes``).
+    """
+    if is_model(name):
+        model = create_model(name, pretrained=pretrained, checkpoint_path=checkpoint, clip_pretrained=clip_pretrained)
+    else:
+        model = build_classifier(name, class_names=[prettify_class_name(c) for c in info.classes],
+                                 clip_pretrained=clip_pretrained)
+        if checkpoint:
+            load_weights(model, checkpoint)
+        model.pretrained_cfg = {**default_cfg(name).to_dict(), "architecture": name}
+    align_classes(model, info)
+    return model

@@ -1,0 +1,80 @@
+"""One evaluation loop shared by validate.py and train.py's in-training evaluation."""
+from __future__ import annotations
+
+import contextlib
+from typing import Dict, Iterable, Optional, Sequence
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .data.catalog import prettify_class_name
+from .data.info import DatasetInfo
+from .errors import ConfigError
+from .metrics import AccuracyMeter
+
+
+def same_classes(model_names: Sequence[str], dataset_names: Sequence[str]) -> bool:
+    """Class lists equal up to folder-name spelling ('Alarm_Clock' == 'alarm clock')."""
+    norm = lambda names: [prettify_class_name(n).lower() for n in names]  # noqa: E731
+    return norm(model_names) == norm(dataset_names)
+
+
+def align_classes(model: nn.Module, info: DatasetInfo) -> None:
+    """Make the head hold the dataset's classes in its label order, or say why it cannot."""
+    if model.class_names and same_classes(model.class_names, info.classes):
+        return
+    if model.text_tower is not None:
+        model.set_classes([prettify_class_name(c) for c in info.classes])
+        return
+    raise ConfigError(
+        f"{model.pretrained_cfg.get('architecture', 'the model')} classifies {model.num_classes} classes "
+        f"({', '.join(model.class_names[:3])}...) but {info.path} has {len(info.classes)} "
+        f"({', '.join(info.classes[:3])}...). Use a model made for this dataset, or start from CLIP weights "
+        "(--clip-pretrained) so the text tower can embed the dataset's class names.")
+
+
+def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
+    """torch.autocast for ``amp_dtype`` on ``device``; a no-op context when AMP is off."""
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    device: torch.device,
+    domain_names: Sequence[str],
+    base_classes: Optional[Sequence[int]] = None,
+    new_classes: Optional[Sequence[int]] = None,
+    amp_dtype: Optional[torch.dtype] = None,
+    channels_last: bool = False,
+    logit_columns: Optional[Sequence[int]] = None,
+    progress: bool = False,
+    desc: str = "eval",
+) -> Dict[str, float]:
+    """top1/top5, per-domain top1 and (with a base/new split) base/new/hm of ``model`` over ``loader``.
+
+    ``logit_columns`` restricts the classifier to those classes (CoOp's base-only or new-only
+    evaluation; the loader must then number targets by position, ``relabel_classes=True``). Counts stay
+    on the device until the end (no host sync per batch) and are summed over ranks.
+    """
+    was_training = model.training
+    model.eval()
+    meter = AccuracyMeter(len(domain_names), base_classes, new_classes, device=device)
+    columns = None if logit_columns is None else torch.as_tensor(list(logit_columns), device=device)
+    batches = tqdm(loader, desc=desc, total=len(loader), leave=False) if progress else loader
+    for images, target, domain in batches:
+        images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp_dtype):
+            logits = model(images)
+        if columns is not None:
+            logits = logits[:, columns]
+        meter.update(logits.float(), target.to(device, non_blocking=True), domain.to(device, non_blocking=True))
+    meter.all_reduce()
+    model.train(was_training)
+    return meter.compute(domain_names)

@@ -1,0 +1,81 @@
+"""Accuracy counters for OOD evaluation: top-k, per domain, and CoOp's base/new/harmonic mean.
+
+timm's ``accuracy`` gives batch percentages; domain generalisation needs *counts* kept per domain
+and per class subset (so ranks and batches can be summed exactly), and base-to-new needs each
+subset scored with the classifier restricted to that subset's classes, as CoCoOp evaluates it.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence
+
+import torch
+
+
+def harmonic_mean(a: float, b: float) -> float:
+    return 0.0 if a + b == 0 else 2 * a * b / (a + b)
+
+
+class AccuracyMeter:
+    """Counts of correct predictions, updated batch by batch, all on the logits' device (no host syncs).
+
+    Args:
+        num_domains: size of the domain index space (per-domain top-1 is kept for each).
+        base_classes / new_classes: class indices of a base-to-new split; when given, each sample of a
+            base (new) class is also scored by the argmax over the base (new) columns only.
+    """
+
+    def __init__(self, num_domains: int = 1, base_classes: Optional[Sequence[int]] = None,
+                 new_classes: Optional[Sequence[int]] = None, device: Optional[torch.device] = None):
+        self.num_domains = num_domains
+        # counts: [total, top1, top5, base_total, base_top1, new_total, new_top1]
+        self.counts = torch.zeros(7, dtype=torch.long, device=device)
+        self.domain_counts = torch.zeros(2, num_domains, dtype=torch.long, device=device)  # [total, top1]
+        self.subsets = None
+        if base_classes is not None and new_classes is not None:
+            self.subsets = (torch.as_tensor(list(base_classes), device=device),
+                            torch.as_tensor(list(new_classes), device=device))
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor, target: torch.Tensor, domain: Optional[torch.Tensor] = None) -> None:
+        device = self.counts.device
+        logits, target = logits.to(device), target.to(device)
+        k = min(5, logits.shape[1])
+        topk = logits.topk(k, dim=1).indices
+        top1 = topk[:, 0] == target
+        top5 = (topk == target[:, None]).any(dim=1)
+        self.counts[0] += target.numel()
+        self.counts[1] += top1.sum()
+        self.counts[2] += top5.sum()
+        domain = torch.zeros_like(target) if domain is None else domain.to(device)
+        self.domain_counts[0].index_add_(0, domain, torch.ones_like(domain))
+        self.domain_counts[1].index_add_(0, domain, top1.long())
+        if self.subsets is not None:
+            for offset, subset in ((3, self.subsets[0]), (5, self.subsets[1])):
+                member = (target[:, None] == subset[None, :])
+                in_subset = member.any(dim=1)
+                pred = subset[logits[:, subset].argmax(dim=1)]
+                self.counts[offset] += in_subset.sum()
+                self.counts[offset + 1] += (in_subset & (pred == target)).sum()
+
+    def all_reduce(self) -> None:
+        """Sum the counts over distributed ranks (each rank saw different samples)."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(self.counts)
+            torch.distributed.all_reduce(self.domain_counts)
+
+    def compute(self, domain_names: Optional[Sequence[str]] = None) -> Dict[str, float]:
+        """Percentages: top1, top5, their errors, ``top1_<domain>`` and, with subsets, base/new/hm."""
+        c = self.counts.tolist()
+        pct = lambda num, den: round(100.0 * num / den, 3) if den else float("nan")  # noqa: E731
+        out = {"top1": pct(c[1], c[0]), "top5": pct(c[2], c[0]), "num_samples": c[0]}
+        out["top1_err"], out["top5_err"] = round(100 - out["top1"], 3), round(100 - out["top5"], 3)
+        totals, correct = self.domain_counts.tolist()
+        for i, (n, k) in enumerate(zip(totals, correct)):
+            if n:
+                name = domain_names[i] if domain_names is not None else str(i)
+                out[f"top1_{name}"] = pct(k, n)
+        if self.subsets is not None:
+            out["base_top1"], out["new_top1"] = pct(c[4], c[3]), pct(c[6], c[5])
+            if c[3] and c[5]:
+                out["hm"] = round(harmonic_mean(out["base_top1"], out["new_top1"]), 3)
+        return out
