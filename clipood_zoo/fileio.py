@@ -26,6 +26,7 @@ def atomic_write(path: PathLike, mode: str = "wb", commit: bool = True) -> Itera
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a dataset or weights file is meant to be shared
     try:
         with open(tmp, mode) as f:  # reopened by name so that f.name is the temporary path
             yield f
@@ -36,6 +37,12 @@ def atomic_write(path: PathLike, mode: str = "wb", commit: bool = True) -> Itera
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def fsync_dir(path: PathLike) -> None:

@@ -135,7 +135,7 @@ def _write_shards(root: Path, split: str, samples: Iterable[Sample], info: Datas
                 final = root / shard_name(split, len(lengths))
                 f = stack.enter_context(atomic_write(final, commit=False))
                 temps.append((Path(f.name), final))
-                writer = stack.enter_context(wds.TarWriter(f, mtime=0.0))  # mtime 0: reproducible bytes
+                writer = stack.enter_context(wds.TarWriter(f, mtime=0))  # int 0: reproducible bytes, no pax header
                 lengths.append(0)
                 shard_domains.append(set())
             d = domain_idx[sample.domain]
