@@ -33,7 +33,7 @@ import torch
 from timm.data import create_transform, resolve_data_config
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from timm.utils import NativeScaler, update_summary
+from timm.utils import ModelEmaV3, NativeScaler, update_summary
 from timm.utils.distributed import init_distributed_device_so
 
 import clipood_zoo
@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fixed-margin", action="store_true", help="ablation: the same margin for every wrong class")
     g.add_argument("--bma-beta", type=float, default=0.5, help="Beta(beta, beta) weights; 0 disables BMA")
     g.add_argument("--no-bma", action="store_true", help="evaluate and export the last weights")
+    g.add_argument("--model-ema", action="store_true", help="timm's ModelEmaV3 instead of BMA (the paper's ablation)")
+    g.add_argument("--model-ema-decay", type=float, default=0.999)
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=None, help="passes over the training split (default 1 unless --steps)")
     g.add_argument("--steps", type=int, default=None, help="total optimizer steps (overrides --epochs)")
@@ -196,9 +198,7 @@ class Run:
         self.scheduler, _ = create_scheduler_v2(
             self.optimizer, sched=args.sched, num_epochs=self.total_steps, updates_per_epoch=1, step_on_epochs=False,
             warmup_epochs=args.warmup_steps, warmup_lr=args.warmup_lr, min_lr=args.min_lr)
-        use_bma = self.method.default_bma and not args.no_bma and args.bma_beta > 0
-        self.bma = ModelBma(self.model, total_steps=self.total_steps, beta=args.bma_beta,
-                            exclude_buffers=True) if use_bma else None
+        self.average = self.weight_average()
         self.amp_dtype = AMP_DTYPES[args.amp_dtype] if args.amp else None
         self.scaler = NativeScaler(device=self.device.type) if self.amp_dtype == torch.float16 else None
 
@@ -214,17 +214,27 @@ class Run:
         if args.resume:
             self.resume(args.resume)
 
+    def weight_average(self) -> Optional[torch.nn.Module]:
+        """BMA for methods that use it (unless disabled), timm's EMA when asked, else None (last weights)."""
+        args = self.args
+        if args.model_ema:
+            return ModelEmaV3(self.model, decay=args.model_ema_decay)
+        if self.method.default_bma and not args.no_bma and args.bma_beta > 0:
+            return ModelBma(self.model, total_steps=self.total_steps, beta=args.bma_beta, exclude_buffers=True)
+        return None
+
     @property
     def eval_model(self) -> torch.nn.Module:
-        return self.bma.module if self.bma is not None else self.model
+        return self.average.module if self.average is not None else self.model
 
     def resume(self, path: str) -> None:
         state = load_checkpoint(Path(path))
         self.model.load_state_dict(state["model"])
-        if self.bma is not None:
-            if state["bma"] is None:
-                raise ConfigError(f"{path} was written without BMA; resume it with --no-bma")
-            self.bma.module.load_state_dict(state["bma"])
+        if (self.average is None) != (state["average"] is None):
+            raise ConfigError(f"{path} was written {'with' if state['average'] is not None else 'without'} a weight "
+                              "average; resume with the same --no-bma/--model-ema flags as the run")
+        if self.average is not None:
+            self.average.module.load_state_dict(state["average"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state["scaler"] is not None:
@@ -235,7 +245,7 @@ class Run:
 
     def save(self) -> None:
         if self.is_main:
-            save_checkpoint(self.out_dir / CHECKPOINT_NAME, model=self.model, bma=self.bma, optimizer=self.optimizer,
+            save_checkpoint(self.out_dir / CHECKPOINT_NAME, model=self.model, average=self.average, optimizer=self.optimizer,
                             scheduler=self.scheduler, scaler=self.scaler, step=self.step,
                             epoch=self.step // self.updates_per_epoch, extra={"best": self.best})
 
@@ -276,8 +286,8 @@ class Run:
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             self.scheduler.step_update(num_updates=self.step)
-            if self.bma is not None:
-                self.bma.update(self.model, step=self.step)
+            if self.average is not None:
+                self.average.update(self.model, step=self.step)
             if self.step % args.log_interval == 0 or self.step == self.total_steps:
                 elapsed = time.time() - last_log
                 _logger.info("Train: %d [%d/%d (%.0f%%)]  Loss: %.4f  LR: %.3e  %.1f img/s", epoch, self.step,
@@ -314,7 +324,8 @@ class Run:
         method = self.method.describe()
         recipe = {**method, "lr": args.lr, "steps": self.total_steps, "batch_size": args.batch_size * self.world_size,
                   "opt": args.opt, "weight_decay": args.weight_decay, "sched": args.sched,
-                  "warmup_steps": args.warmup_steps, "bma_beta": args.bma_beta if self.bma is not None else None,
+                  "warmup_steps": args.warmup_steps, "weight_average": type(self.average).__name__ if self.average is not None else "last",
+                  "bma_beta": args.bma_beta if isinstance(self.average, ModelBma) else None,
                   "seed": args.seed}
         model = self.eval_model
         model.pretrained_cfg = {**self.model.pretrained_cfg, "recipe": recipe, "heldout_domain": args.holdout,

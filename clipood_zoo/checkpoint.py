@@ -1,6 +1,6 @@
 """Training checkpoints that a killed run resumes from to the same final weights.
 
-A checkpoint holds the model, the BMA average, optimizer, scheduler, AMP scaler, the step and epoch,
+A checkpoint holds the model, the weight average (BMA or EMA), optimizer, scheduler, AMP scaler, the step and epoch,
 and the run's arguments. It is written atomically (temporary file, fsync, rename), so a crash during a
 save leaves the previous checkpoint whole, and read with ``torch.load(weights_only=True)``, so it can
 hold nothing but tensors and plain containers.
@@ -24,11 +24,11 @@ from .fileio import write_bytes_atomic
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-def save_checkpoint(path: Path, *, model: nn.Module, bma: Optional[nn.Module], optimizer: torch.optim.Optimizer,
+def save_checkpoint(path: Path, *, model: nn.Module, average: Optional[nn.Module], optimizer: torch.optim.Optimizer,
                     scheduler: Any, scaler: Any, step: int, epoch: int, extra: Optional[Dict[str, Any]] = None) -> None:
     state = {
         "model": model.state_dict(),
-        "bma": bma.module.state_dict() if bma is not None else None,
+        "average": average.module.state_dict() if average is not None else None,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,

@@ -43,9 +43,9 @@ def test_train_exports_bma_weights_that_validate_scores_like_an_independent_coun
     assert {"model.safetensors", "config.json", "README.md", "checkpoint.pt", "summary.csv"} <= set(os.listdir(run_dir))
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     exported = load_file(run_dir / "model.safetensors")
-    for key, value in checkpoint["bma"].items():  # the export is the BMA average, not the last weights
+    for key, value in checkpoint["average"].items():  # the export is the BMA average, not the last weights
         torch.testing.assert_close(exported[key], value)
-    assert not torch.equal(checkpoint["bma"]["visual.conv1.weight"], checkpoint["model"]["visual.conv1.weight"])
+    assert not torch.equal(checkpoint["average"]["visual.conv1.weight"], checkpoint["model"]["visual.conv1.weight"])
     card = (run_dir / "README.md").read_text()
     assert "train.py" in card and "source_top1" in card
     assert result["step"] == 4
@@ -109,7 +109,7 @@ def test_resume_mid_epoch_ends_with_the_uninterrupted_weights(shards, tmp_path, 
     a = torch.load(straight / "run" / "checkpoint.pt", weights_only=True)
     b = torch.load(killed / "run" / "checkpoint.pt", weights_only=True)
     assert a["step"] == b["step"] == 9
-    for part in ("model", "bma"):
+    for part in ("model", "average"):
         for key, value in a[part].items():
             assert torch.equal(value, b[part][key]), (part, key)
     assert load_file(straight / "run" / "model.safetensors").keys() == load_file(killed / "run" / "model.safetensors").keys()
@@ -151,3 +151,19 @@ def test_validate_base_classes_only_and_wildcards(shards, tmp_path, capsys):
     assert rows[0]["num_samples"] == expected
     header = (tmp_path / "r.csv").read_text().splitlines()[0].split(",")
     assert header[:9] == list(validate.TIMM_FIELDS)
+
+
+@pytest.mark.parametrize("extra,average", [(["--method", "erm"], None), (["--model-ema", "--model-ema-decay", "0.5"],
+                                                                          "ModelEmaV3")])
+def test_erm_exports_last_weights_and_ema_is_an_option(shards, tmp_path, extra, average):
+    train.main(train_args(shards, tmp_path, "--steps", "3", *extra))
+    run_dir = tmp_path / "run"
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    exported = load_file(run_dir / "model.safetensors")
+    recipe = json.loads((run_dir / "config.json").read_text())["pretrained_cfg"]["recipe"]
+    assert recipe["weight_average"] == (average or "last")
+    source = checkpoint["model"] if average is None else checkpoint["average"]
+    for key, value in source.items():
+        torch.testing.assert_close(exported[key], value)
+    if average is not None:
+        assert not torch.equal(checkpoint["average"]["visual.conv1.weight"], checkpoint["model"]["visual.conv1.weight"])
