@@ -83,3 +83,15 @@ def test_class_names_must_match_embeddings():
 def test_unknown_open_clip_arch():
     with pytest.raises(ConfigError, match="open_clip architecture"):
         build_classifier("ViT-B-161", num_classes=3)
+
+
+def test_set_classes_with_open_clips_template_set(tiny_model):
+    from open_clip.zero_shot_metadata import SIMPLE_IMAGENET_TEMPLATES
+
+    tiny_model.set_classes(["cat", "dog"], "simple_imagenet")
+    by_name = tiny_model.head.weight.clone()
+    tiny_model.set_classes(["cat", "dog"], SIMPLE_IMAGENET_TEMPLATES)
+    torch.testing.assert_close(tiny_model.head.weight, by_name)
+    assert len(tiny_model.templates) == len(SIMPLE_IMAGENET_TEMPLATES)
+    with pytest.raises(ConfigError, match="unknown template set"):
+        tiny_model.set_classes(["cat"], "imagenet_80")

@@ -8,16 +8,19 @@ fine-tuned weights need only the image tower plus a [C, D] matrix.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from open_clip.zero_shot_classifier import build_zero_shot_classifier
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 from torch import nn
 
 from ..errors import ConfigError
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)  # CLIPood's single DomainBed template
+TEMPLATE_SETS = {"openai_imagenet": OPENAI_IMAGENET_TEMPLATES, "simple_imagenet": SIMPLE_IMAGENET_TEMPLATES}
+Templates = Union[str, Sequence[Union[str, Callable[[str], str]]]]
 
 
 class CosineClassifierHead(nn.Module):
@@ -146,8 +149,12 @@ class ClipoodClassifier(nn.Module):
         return {f"visual.{n}" for n in nwd}
 
     # --- open-vocabulary use ----------------------------------------------------------------
-    def set_classes(self, class_names: Sequence[str], templates: Optional[Sequence[str]] = None) -> None:
-        """Replace the classifier by the frozen text tower's embeddings of ``class_names``."""
+    def set_classes(self, class_names: Sequence[str], templates: Optional[Templates] = None) -> None:
+        """Replace the classifier by the frozen text tower's embeddings of ``class_names``.
+
+        ``templates``: format strings or callables, or the name of one of open_clip's sets
+        (``'openai_imagenet'``: CLIP's 80 ImageNet prompts, ``'simple_imagenet'``); default: the model's.
+        """
         if self.text_tower is None:
             raise ConfigError(
                 "this model has no text tower, so it cannot embed new class names; create it with "
@@ -156,6 +163,10 @@ class ClipoodClassifier(nn.Module):
             )
         if len(class_names) == 0:
             raise ConfigError("set_classes needs at least one class name")
+        if isinstance(templates, str):
+            if templates not in TEMPLATE_SETS:
+                raise ConfigError(f"unknown template set {templates!r}; known: {', '.join(TEMPLATE_SETS)}")
+            templates = TEMPLATE_SETS[templates]
         templates = tuple(templates) if templates is not None else self.templates
         device = self.head.weight.device
         self.head.weight = self.text_tower.class_embeddings(class_names, templates, device)
