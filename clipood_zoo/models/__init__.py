@@ -1,5 +1,5 @@
 """Model classes and the families that register names; importing this registers every family."""
-from . import domainbed, imagenet  # noqa: F401  (registration side effect, as timm.models does)
+from . import domainbed, emoji, imagenet  # noqa: F401  (registration side effect, as timm.models does)
 from .classifier import ClipoodClassifier, CosineClassifierHead, FrozenTextTower
 from .factory import build_classifier, build_zoo_model
 

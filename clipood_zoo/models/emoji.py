@@ -1,0 +1,54 @@
+"""The shipped small family: a CLIP pretrained here on emoji styles, and CLIPood/ERM fine-tunes of it.
+
+- ``clip_vitt_emoji``: the zero-shot base, a ViT (patch 8, 40 px) image tower trained LiT-style
+  against a locked all-MiniLM-L6-v2 text tower on eight pretraining emoji styles
+  (tools/pretrain_emoji_clip.py); its head holds the 444 EmojiDG class embeddings.
+- ``clipood_vitt_emojidg_<domain>`` / ``erm_vitt_emojidg_<domain>``: fine-tuned with train.py on the
+  other three downstream styles' base classes, ``<domain>`` held out (tools/emojidg/run_benchmark.py).
+
+Weights live in the repo's ``weights/<name>/``; their sha256 is recorded in ``shipped_weights.json``
+(tools/emojidg/run_benchmark.py writes it), and a name without an entry has no weights yet.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict
+
+from ..data import emojidg
+from ..registry import ZooPretrainedCfg, generate_default_cfgs, register_entrypoints
+from .factory import build_zoo_model, default_cfg
+
+ARCH = "ViT-T-8-40-MiniLM"
+TEMPLATES = ("a photo of a {}.", "an emoji of a {}.", "a {} icon.")
+MANIFEST = Path(__file__).parent / "shipped_weights.json"
+SHIPPED: Dict[str, Dict] = json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {}
+RECIPE = dict(lr=1e-4, steps=500, batch_size=64, warmup_steps=50, opt="adamw", weight_decay=0.1, sched="cosine",
+              train_classes="base")
+
+
+def _cfg(name: str, heldout: str = None, method: str = None) -> ZooPretrainedCfg:
+    shipped = SHIPPED.get(name, {})
+    recipe = dict(RECIPE, method=method, **({"margin_lambda": 0.3, "bma_beta": 0.5} if method == "clipood" else {}))
+    command = None
+    if method:
+        command = (f"python train.py --model clip_vitt_emoji --pretrained --data-dir data/emojidg --holdout {heldout} "
+                   f"--train-classes base --method {method} --steps {RECIPE['steps']} -b {RECIPE['batch_size']} "
+                   f"--lr {RECIPE['lr']} --warmup-steps {RECIPE['warmup_steps']} --export-name {name}")
+    return default_cfg(
+        ARCH, file=shipped.get("file"), sha256=shipped.get("sha256"), num_classes=len(emojidg.CLASS_NAMES),
+        label_names=emojidg.CLASS_NAMES, templates=TEMPLATES, logit_scale=shipped.get("logit_scale", 20.0),
+        dataset="emojidg", heldout_domain=heldout, recipe=recipe if method else {}, train_command=command,
+        license="cc-by-sa-4.0", description=(
+            f"{method.upper() if method != 'clipood' else 'CLIPood'} fine-tune of clip_vitt_emoji on EmojiDG, "
+            f"'{heldout}' held out." if method else
+            "A small CLIP (ViT patch 8, 40 px; locked all-MiniLM-L6-v2 text) pretrained on eight emoji styles."),
+    )
+
+
+default_cfgs: Dict = generate_default_cfgs({
+    "clip_vitt_emoji": _cfg("clip_vitt_emoji"),
+    **{f"{method}_vitt_emojidg_{d}": _cfg(f"{method}_vitt_emojidg_{d}", d, method)
+       for method in ("clipood", "erm") for d in emojidg.DOMAINS},
+})
+register_entrypoints(__name__, build_zoo_model)

@@ -1,0 +1,134 @@
+#!/usr/bin/env python
+"""Run the EmojiDG leave-one-domain-out study with train.py and validate.py, then ship the weights.
+
+    python tools/emojidg/run_benchmark.py --data-dir data/emojidg --out output/emojidg --seeds 0 1 2 --ship
+
+For every held-out domain and seed: zero-shot (validate only), ERM and CLIPood, and the paper's
+ablations (MMS vs CE, adaptive vs fixed margin, BMA vs EMA vs last weights), each fine-tuned from
+``clip_vitt_emoji`` on the other domains' *base* classes with the same budget, selected on the source
+domains' ``val`` split, and scored by validate.py on the held-out domain's ``val`` split (all 444
+classes, plus base/new restricted). Every result is a validate.py JSON file under ``OUT/results``;
+``tools/emojidg/report.py`` turns them into the README table and plots. Finished runs are skipped, so
+the command can be re-run after an interruption. ``--ship`` re-saves the first seed's CLIPood and ERM
+models as fp16 into ``weights/`` and records their sha256 in ``clipood_zoo/models/shipped_weights.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+import clipood_zoo  # noqa: E402
+from clipood_zoo.data import emojidg  # noqa: E402
+from clipood_zoo.hub import sha256_file  # noqa: E402
+from clipood_zoo.models.emoji import MANIFEST, RECIPE  # noqa: E402
+
+# variant -> train.py flags; 'zeroshot' trains nothing
+VARIANTS: Dict[str, List[str]] = {
+    "erm": ["--method", "erm"],
+    "clipood": ["--method", "clipood"],
+    "ce_bma": ["--method", "clipood", "--margin-lambda", "0"],
+    "fixed_margin": ["--method", "clipood", "--fixed-margin"],
+    "clipood_ema": ["--method", "clipood", "--model-ema", "--model-ema-decay", "0.99"],
+    "clipood_last": ["--method", "clipood", "--no-bma"],
+}
+SHIPPED_VARIANTS = ("clipood", "erm")
+
+
+def run(cmd: List[str]) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=REPO, check=True)
+
+
+def validate(model: str, checkpoint: Path | None, data_dir: Path, domain: str, out: Path) -> None:
+    cmd = [sys.executable, "validate.py", "--model", model, "--data-dir", str(data_dir), "--split", "val",
+           "--domains", domain, "--results-file", str(out), "--workers", "2"]
+    if checkpoint is None:
+        cmd.append("--pretrained")
+    else:
+        cmd += ["--checkpoint", str(checkpoint)]
+    run(cmd)
+
+
+def train(variant: str, domain: str, seed: int, data_dir: Path, runs: Path) -> Path:
+    name = f"{variant}-{domain}-s{seed}"
+    cmd = [sys.executable, "train.py", "--model", "clip_vitt_emoji", "--pretrained", "--data-dir", str(data_dir),
+           "--holdout", domain, "--train-classes", RECIPE["train_classes"], "--steps", str(RECIPE["steps"]),
+           "-b", str(RECIPE["batch_size"]), "--lr", str(RECIPE["lr"]), "--warmup-steps", str(RECIPE["warmup_steps"]),
+           "--weight-decay", str(RECIPE["weight_decay"]), "--eval-interval", "4", "--log-interval", "100",
+           "--seed", str(seed), "--output", str(runs), "--experiment", name, "--workers", "1",
+           "--export-name", f"{variant}_vitt_emojidg_{domain}", *VARIANTS[variant]]
+    run(cmd)
+    return runs / name
+
+
+def record_shipped(names: List[str]) -> None:
+    """Write each ``weights/<name>/model.safetensors``'s sha256 into the manifest the registry reads."""
+    manifest = json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {}
+    for name in names:
+        path = REPO / "weights" / name / "model.safetensors"
+        manifest[name] = {"file": f"{name}/model.safetensors", "sha256": sha256_file(path)}
+    MANIFEST.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def ship(runs: Path, results: Path, seed: int) -> None:
+    """fp16 copies of the selected models in weights/, with model cards, recorded in the manifest."""
+    names = []
+    for variant in SHIPPED_VARIANTS:
+        for domain in emojidg.DOMAINS:
+            name = f"{variant}_vitt_emojidg_{domain}"
+            model = clipood_zoo.create_model(name, checkpoint_path=runs / f"{variant}-{domain}-s{seed}")
+            row = json.loads((results / f"{variant}-{domain}-s{seed}.json").read_text())[0]
+            card = (runs / f"{variant}-{domain}-s{seed}" / "README.md").read_text().split("## Training", 1)[-1]
+            sections = {
+                "Training": card.split("## Results", 1)[0].strip(),
+                "Results (validate.py, held-out domain, val split)": "\n".join(
+                    f"- {k}: {row[k]}" for k in ("top1", "base_top1", "new_top1", "hm", "num_samples")),
+                "Data and licences": "EmojiDG images are rendered from openly licensed emoji sets; see "
+                                     "datasets/emojidg-mini/licenses/ATTRIBUTION.md.",
+            }
+            clipood_zoo.save_pretrained(model, REPO / "weights" / name, model_name=name, dtype=torch.float16,
+                                        card_sections=sections)
+            names.append(name)
+    record_shipped(names)
+
+
+def main(argv: List[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", type=Path, default=REPO / "data" / "emojidg")
+    p.add_argument("--out", type=Path, default=REPO / "output" / "emojidg")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--domains", nargs="+", default=list(emojidg.DOMAINS))
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--ship", action="store_true", help="copy the first seed's CLIPood/ERM models into weights/")
+    args = p.parse_args(argv)
+    results, runs = args.out / "results", args.out / "runs"
+    results.mkdir(parents=True, exist_ok=True)
+    record_shipped(["clip_vitt_emoji"])  # the starting point every run loads with --pretrained
+    for domain in args.domains:
+        zeroshot = results / f"zeroshot-{domain}.json"
+        if not zeroshot.exists():
+            validate("clip_vitt_emoji", None, args.data_dir, domain, zeroshot)
+        for seed in args.seeds:
+            for variant in args.variants:
+                out = results / f"{variant}-{domain}-s{seed}.json"
+                if out.exists():
+                    continue
+                run_dir = train(variant, domain, seed, args.data_dir, runs)
+                validate(f"{variant}_vitt_emojidg_{domain}" if variant in SHIPPED_VARIANTS else "clip_vitt_emoji",
+                         run_dir, args.data_dir, domain, out)
+    if args.ship:
+        ship(runs, results, args.seeds[0])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
