@@ -167,3 +167,17 @@ def test_erm_exports_last_weights_and_ema_is_an_option(shards, tmp_path, extra, 
         torch.testing.assert_close(exported[key], value)
     if average is not None:
         assert not torch.equal(checkpoint["average"]["visual.conv1.weight"], checkpoint["model"]["visual.conv1.weight"])
+
+
+def test_amp_channels_last_compile_and_grad_accumulation_run_on_cpu(shards, tmp_path):
+    """The GPU flags take the same code path on CPU (bf16 autocast; the 'eager' compile backend keeps it fast)."""
+    result = train.main(train_args(shards, tmp_path, "--steps", "2", "--amp", "--amp-dtype", "bfloat16",
+                                   "--channels-last", "--torchcompile", "eager", "--grad-accum-steps", "2"))
+    assert result["step"] == 2
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["model"]["visual.conv1.weight"].dtype == torch.float32  # autocast, not a bf16 model
+    assert all(torch.isfinite(v).all() for v in checkpoint["average"].values() if v.is_floating_point())
+    rows = validate.main(["--model", "clipood-test-tiny", "--model-config", TINY_CONFIG, "--checkpoint",
+                          str(tmp_path / "run"), "--data-dir", str(shards), "--workers", "0", "--amp",
+                          "--channels-last", "--torchcompile", "eager"])
+    assert rows[0]["num_samples"] > 0
