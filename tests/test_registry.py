@@ -6,6 +6,7 @@ import torch
 import clipood_zoo
 from clipood_zoo import ConfigError, UnknownModelError, WeightsNotFoundError
 from clipood_zoo.data.catalog import DOMAINBED, DOMAINNET, IMAGENET
+from clipood_zoo.data.protocols.base2new import DATASETS as B2N_DATASETS
 from clipood_zoo.models import ClipoodClassifier
 
 
@@ -13,6 +14,7 @@ def test_every_domainbed_domain_and_imagenet_is_registered():
     names = clipood_zoo.list_models("clipood_vitb16_*")
     expected = {f"clipood_vitb16_{ds.name}_{d.slug}" for ds in DOMAINBED.values() for d in ds.domains}
     expected.add("clipood_vitb16_imagenet")
+    expected |= {f"clipood_vitb16_b2n_{name}" for name in B2N_DATASETS}
     assert set(names) == expected
     assert len(clipood_zoo.list_models("clipood_vitb16_domainnet_*")) == 6
     assert clipood_zoo.list_models("*pacs*") == [f"clipood_vitb16_pacs_{d}" for d in ("art", "cartoon", "photo", "sketch")]

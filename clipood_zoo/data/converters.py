@@ -183,7 +183,7 @@ def _samples(domains: list[str], domain_dirs: dict[str, Path], files: dict[str, 
         for i in indices[domain]:
             path, label = files[domain][i]
             rel = Path(path).relative_to(domain_dirs[domain]).as_posix()
-            image = _read_image(path)
+            image = read_image(path)
             if image is None:
                 skipped.append(f"{domain}/{rel}")
                 continue
@@ -192,7 +192,7 @@ def _samples(domains: list[str], domain_dirs: dict[str, Path], files: dict[str, 
                          domain=domain, meta={"path": rel})
 
 
-def _read_image(path: str) -> Optional[tuple[bytes, str]]:
+def read_image(path: str) -> Optional[tuple[bytes, str]]:
     """(bytes, shard extension), the original bytes for png/jpg/webp and a png otherwise; None if unreadable.
 
     The image is fully decoded once so that a truncated file is caught here rather than at training time.
