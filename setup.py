@@ -29,5 +29,7 @@ setup(
         "webdataset>=1.0,<1.1",
         "tqdm",
     ],
-    extras_require={"dev": ["pytest>=8"]},
+    extras_require={
+        "dev": ["pytest>=8", "hypothesis>=6"],
+    },
 )

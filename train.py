@@ -12,6 +12,26 @@ the evaluation with the best accuracy on the source domains' ``val`` split, and 
 ``create_model(name, checkpoint_path=<run folder>)`` and ``validate.py --checkpoint`` load it.
 Multi-process: ``torchrun --nproc_per_node N train.py ...`` (NCCL on GPU, gloo on CPU).
 The flags follow timm's train.py where they mean the same thing.
+
+Faults, and what the run does about them:
+
+- Bad samples (image that does not decode, missing/out-of-range label, unknown domain, truncated shard)
+  are skipped with a warning and counted; the final log and the printed result give the counts for
+  training and evaluation (``skipped_train``/``skipped_eval``). ``--strict-data`` stops at the first one.
+- A NaN/inf loss or gradient: that optimizer step is skipped (no weight change, gradients dropped, so the
+  weights and the BMA average never take NaN/inf), with a warning, and counted (``nonfinite_steps`` in
+  the result and the checkpoint); the step counter, schedule and BMA weights go on as if it had run, so
+  the run stays comparable and resumable. After 10 consecutive skipped steps the run stops with a
+  :class:`TrainingError` (exit code 2): it has diverged, and its last checkpoint is the one to look at.
+  float16 AMP whose logits can overflow (``(1 + margin) / tau > 65504``) is refused before training.
+  Cost: the check reads the loss and the gradient norm once per optimizer step (one device-to-host
+  sync; on a GPU it stops the CPU from queuing the next step's kernels until the backward pass is done,
+  plus one extra read of the gradients, about a fifth of an AdamW step's memory traffic; in DDP one
+  one-element all_reduce so every rank skips the same steps). With ``--amp-dtype float16`` the grad
+  scaler, which already syncs once per step, does the gradient check.
+- Killed at any point: checkpoints are atomic; ``--resume`` continues to exactly the weights of an
+  uninterrupted run, including an evaluation/export that the kill interrupted. A checkpoint that cannot
+  be written (disk full) stops the run with a :class:`CheckpointError`; the previous checkpoint is intact.
 """
 from __future__ import annotations
 
@@ -41,10 +61,12 @@ from clipood_zoo import ClipoodError, ConfigError, ModelBma
 from clipood_zoo.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from clipood_zoo.data import DatasetInfo, create_loader, read_dataset_info
 from clipood_zoo.cli_utils import AMP_DTYPES, default_device, model_for_dataset
+from clipood_zoo.errors import TrainingError
 from clipood_zoo.evaluate import autocast, evaluate
 from clipood_zoo.methods import METHODS, TrainStep, create_method
 
 _logger = logging.getLogger("train")
+MAX_NONFINITE_RUN = 10  # consecutive skipped steps after which a run is taken to have diverged
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,9 +139,13 @@ def check_args(args: argparse.Namespace) -> None:
     positive.update({k: v for k, v in (("--steps", args.steps), ("--epochs", args.epochs),
                                        ("--checkpoint-interval", args.checkpoint_interval)) if v is not None})
     for flag, value in positive.items():
-        if value <= 0:
+        if not value > 0:  # also refuses nan
             raise ConfigError(f"{flag} must be > 0, got {value}")
-    if args.bma_beta < 0:
+    if args.temperature is not None and not args.temperature > 0:
+        raise ConfigError(f"--temperature must be > 0 (tau; 0.01 is CLIP's), got {args.temperature}")
+    if not args.margin_lambda >= 0:
+        raise ConfigError(f"--margin-lambda must be >= 0, got {args.margin_lambda}")
+    if not args.bma_beta >= 0:
         raise ConfigError(f"--bma-beta must be > 0 (or 0 to disable BMA), got {args.bma_beta}")
     if args.method not in METHODS:
         raise ConfigError(f"unknown --method {args.method!r}; available: {', '.join(sorted(METHODS))}")
@@ -177,7 +203,13 @@ class Run:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.method = create_method(args.method, temperature=args.temperature, margin_lambda=args.margin_lambda,
                                     adaptive_margin=not args.fixed_margin)
-        self.method.resolve_temperature(self.model)
+        tau = self.method.resolve_temperature(self.model)
+        max_logit = (1.0 + getattr(self.method, "margin_lambda", 0.0)) / tau
+        if args.amp and args.amp_dtype == "float16" and max_logit > torch.finfo(torch.float16).max:
+            raise ConfigError(
+                f"with --amp-dtype float16 the logits reach (1 + margin) / tau = {max_logit:.3g}, beyond float16's "
+                f"{torch.finfo(torch.float16).max:.0f}: every loss would be inf. Use --amp-dtype bfloat16, or a larger "
+                "--temperature (a smaller logit scale).")
 
         data_config = resolve_data_config({}, model=self.model)
         self.eval_transform = create_transform(**data_config)
@@ -211,6 +243,8 @@ class Run:
         name = args.experiment or "-".join(str(x) for x in (args.model, args.method, args.holdout or "all") if x)
         self.out_dir = Path(args.output) / name
         self.step, self.start_epoch, self.best = 0, 0, None
+        self.nonfinite_steps, self._nonfinite_run, self.next_epoch = 0, 0, 0
+        self.eval_skipped: Dict[str, int] = {}
         if args.resume:
             self.resume(args.resume)
 
@@ -240,23 +274,51 @@ class Run:
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.best = state["step"], state.get("best")
-        self.start_epoch = self.step // self.updates_per_epoch
+        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
+        # "epoch" is the epoch to run next: the current one until its evaluation and export are done.
+        self.start_epoch = int(state.get("epoch", self.step // self.updates_per_epoch))
         _logger.info("Resumed from %s at step %d (epoch %d)", path, self.step, self.start_epoch)
 
     def save(self) -> None:
+        """Checkpoint; a resume starts at ``self.next_epoch`` (the current epoch until it is evaluated)."""
         if self.is_main:
             save_checkpoint(self.out_dir / CHECKPOINT_NAME, model=self.model, average=self.average, optimizer=self.optimizer,
-                            scheduler=self.scheduler, scaler=self.scaler, step=self.step,
-                            epoch=self.step // self.updates_per_epoch, extra={"best": self.best})
+                            scheduler=self.scheduler, scaler=self.scaler, step=self.step, epoch=self.next_epoch,
+                            extra={"best": self.best, "nonfinite_steps": self.nonfinite_steps})
+
+    def _finite_step(self, finite: torch.Tensor) -> bool:
+        """Whether the step's loss (and gradients) were finite, the same answer on every rank (one host sync)."""
+        if self.distributed:
+            flag = finite.to(torch.int32)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+            finite = flag.bool()
+        if bool(finite):
+            self._nonfinite_run = 0
+            return True
+        self.nonfinite_steps += 1
+        self._nonfinite_run += 1
+        if self.nonfinite_steps <= 5:
+            _logger.warning("non-finite loss or gradient at step %d: step skipped (%d so far)", self.step + 1,
+                            self.nonfinite_steps)
+        if self._nonfinite_run >= MAX_NONFINITE_RUN:
+            raise TrainingError(
+                f"the loss or gradients were NaN/inf for {MAX_NONFINITE_RUN} consecutive steps (up to step "
+                f"{self.step + 1}): the run diverged. Lower --lr, use --clip-grad, use --amp-dtype bfloat16 instead "
+                f"of float16, or a larger --temperature; the last finite checkpoint is in {self.out_dir}.")
+        return False
 
     def train_epoch(self, epoch: int) -> Dict[str, float]:
         args = self.args
         reseed(args.seed, epoch, self.rank)
+        self.next_epoch = epoch  # until its evaluation and export are done
         self.train_loader.set_epoch(epoch)
         self.train_step.train()
         replay = (self.step - epoch * self.updates_per_epoch) * args.grad_accum_steps  # batches done before a resume
         loss_sum = torch.zeros((), device=self.device)
         loss_count, last_log, images_seen = 0, time.time(), 0
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
+        if replay >= self.updates_per_epoch * args.grad_accum_steps or self.step >= self.total_steps:
+            return {"loss": float("nan")}  # resumed after this epoch's last step: only its evaluation is left
         for batch_idx, (images, target, _) in enumerate(self.train_loader):
             if batch_idx < replay:
                 continue
@@ -269,20 +331,29 @@ class Run:
             with autocast(self.device, self.amp_dtype):
                 loss = self.train_step(images, target) / args.grad_accum_steps
             need_update = (batch_idx + 1) % args.grad_accum_steps == 0
-            if self.scaler is not None:
+            loss_finite = torch.isfinite(loss.detach())
+            finite &= loss_finite
+            if self.scaler is not None:  # GradScaler skips the optimizer step itself when a gradient is inf/nan
                 self.scaler(loss, self.optimizer, clip_grad=args.clip_grad, parameters=self.model.parameters(),
                             need_update=need_update)
+                if need_update:
+                    self._finite_step(finite)
             else:
                 loss.backward()
                 if need_update:
+                    grads = [p.grad for p in self.model.parameters() if p.grad is not None]
                     if args.clip_grad:
-                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.clip_grad)
-                    self.optimizer.step()
-            loss_sum += loss.detach() * args.grad_accum_steps
+                        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.clip_grad)
+                    else:
+                        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
+                    if self._finite_step(finite & torch.isfinite(norm)):
+                        self.optimizer.step()
+            loss_sum += torch.where(loss_finite, loss.detach(), 0.0) * args.grad_accum_steps
             loss_count += 1
             images_seen += images.shape[0]
             if not need_update:
                 continue
+            finite = torch.ones((), dtype=torch.bool, device=self.device)
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             self.scheduler.step_update(num_updates=self.step)
@@ -299,9 +370,9 @@ class Run:
         return {"loss": (loss_sum / max(loss_count, 1)).item()}
 
     def loader(self, split: str, domains: Sequence[str], classes: Optional[Sequence[int]]):
-        return create_loader(self.args.data_dir, split, transform=self.eval_transform, batch_size=self.args.batch_size,
+        return _CountingLoader(self, create_loader(self.args.data_dir, split, transform=self.eval_transform, batch_size=self.args.batch_size,
                              is_training=False, domains=domains, classes=classes, num_workers=self.args.workers,
-                             strict=self.args.strict_data)
+                             strict=self.args.strict_data))
 
     def evaluate(self) -> Dict[str, float]:
         """Source-domain validation (model selection) and the held-out domain (reported, never selected on)."""
@@ -363,14 +434,39 @@ class Run:
                 if self.is_main:
                     update_summary(epoch, train_metrics, metrics, self.out_dir / "summary.csv",
                                    lr=self.optimizer.param_groups[0]["lr"], write_header=epoch == 0)
+            self.next_epoch = epoch + 1
             self.save()
             if last:
                 break
         skipped = self.train_loader.skipped
         if skipped.total:
             _logger.warning("Skipped %d bad training samples: %s", skipped.total, skipped.as_dict())
+        eval_skipped = sum(self.eval_skipped.values())
+        if eval_skipped:
+            _logger.warning("Skipped %d bad evaluation samples: %s", eval_skipped,
+                            {k: v for k, v in self.eval_skipped.items() if v})
+        if self.nonfinite_steps:
+            _logger.warning("Skipped %d of %d optimizer steps for a NaN/inf loss or gradient", self.nonfinite_steps,
+                            self.total_steps)
         _logger.info("rank %d final weights digest %s", self.rank, weights_digest(self.eval_model))
-        return {"step": self.step, "best_source_top1": self.best, "output": str(self.out_dir), **metrics}
+        return {"step": self.step, "best_source_top1": self.best, "output": str(self.out_dir),
+                "skipped_train": skipped.total, "skipped_eval": eval_skipped, "nonfinite_steps": self.nonfinite_steps,
+                **metrics}
+
+
+class _CountingLoader:
+    """An evaluation loader whose skipped samples are added to the run's count once it has been read."""
+
+    def __init__(self, run: Run, loader: Any):
+        self.run, self.loader = run, loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        yield from self.loader
+        for reason, n in self.loader.skipped.as_dict().items():
+            self.run.eval_skipped[reason] = self.run.eval_skipped.get(reason, 0) + n
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:

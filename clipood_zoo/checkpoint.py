@@ -18,8 +18,9 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from .errors import WeightsError
+from .errors import CheckpointError, WeightsError
 from .fileio import write_bytes_atomic
+from .hub import load_error_summary
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -38,7 +39,13 @@ def save_checkpoint(path: Path, *, model: nn.Module, average: Optional[nn.Module
     }
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    write_bytes_atomic(path, buffer.getvalue())
+    try:
+        write_bytes_atomic(path, buffer.getvalue())
+    except OSError as e:  # disk full, quota, permissions: atomic_write has removed its temporary file
+        raise CheckpointError(
+            f"could not write the checkpoint {path} at step {step} ({e.strerror or e}); the previous checkpoint there, "
+            "if any, is intact. Free space or fix the folder, then continue with --resume "
+            f"{path}.") from e
 
 
 def load_checkpoint(path: Path) -> Dict[str, Any]:
@@ -51,5 +58,5 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
-        raise WeightsError(f"{path} is not a readable train.py checkpoint ({type(e).__name__}: {e}); "
+        raise WeightsError(f"{path} is not a readable train.py checkpoint ({load_error_summary(e)}); "
                            "resume from an earlier one or start again") from e

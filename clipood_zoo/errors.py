@@ -40,3 +40,11 @@ class DatasetError(ClipoodError, ValueError):
 
 class ConfigError(ClipoodError, ValueError):
     """An argument that is out of range or inconsistent (batch size 0, beta <= 0, unknown domain ...)."""
+
+
+class CheckpointError(WeightsError):
+    """A training checkpoint that cannot be written (disk full, permissions) or read back."""
+
+
+class TrainingError(ClipoodError, RuntimeError):
+    """A training run that cannot go on (e.g. its loss stayed NaN/inf for many consecutive steps)."""

@@ -123,6 +123,16 @@ def resolve_weights(cfg: Any, checkpoint_path: Optional[PathLike] = None, cache_
     return path
 
 
+_PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip container; a raw pickle (protocol >= 2)
+
+
+def load_error_summary(e: BaseException) -> str:
+    """One line of a torch.load error: the refused global when weights_only names one, else its first line."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    line = next((x for x in lines if "GLOBAL" in x or "global" in x), lines[0] if lines else "empty or truncated file")
+    return f"{type(e).__name__}: {line[:200]}"
+
+
 def load_state_dict(path: PathLike, allow_pickle: bool = False) -> Dict[str, torch.Tensor]:
     """Tensors from a safetensors file; a pickle only with ``allow_pickle`` (and then ``weights_only=True``)."""
     path = Path(path)
@@ -133,15 +143,33 @@ def load_state_dict(path: PathLike, allow_pickle: bool = False) -> Dict[str, tor
                 "Convert it to safetensors (clipood_zoo.hub.save_pretrained or safetensors.torch.save_file), "
                 "or pass allow_pickle=True if you trust the file."
             )
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        return state.get("state_dict", state) if isinstance(state, dict) else state
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # UnpicklingError (code or classes weights_only refuses), EOFError, zip errors ...
+            raise UnsafeWeightsError(
+                f"{path} cannot be read with torch.load(weights_only=True) ({load_error_summary(e)}). It is empty, "
+                "truncated, or "
+                "a pickle that holds more than tensors (which is never unpickled here, even with allow_pickle=True). "
+                "Re-export the weights with safetensors.torch.save_file from a session where you trust the file."
+            ) from None
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise WeightsError(f"{path} holds a {type(state).__name__}, not a state dict of tensors; pass a file "
+                               "saved from model.state_dict().")
+        return state
+    data = path.read_bytes()
     try:
-        with open(path, "rb") as f:
-            return safetensors_load(f.read())
+        return safetensors_load(data)
     except (SafetensorError, ValueError) as e:
+        if data.startswith(_PICKLE_MAGIC):
+            raise UnsafeWeightsError(
+                f"{path} is named {path.suffix or 'without a suffix'} but holds a pickle (torch.save), not "
+                "safetensors; it was not unpickled. Convert it to safetensors, or rename it to .pth and pass "
+                "allow_pickle=True if you trust the file."
+            ) from None
+        what = "empty" if not data else "truncated or corrupted"
         raise WeightsError(
-            f"{path} is not a readable safetensors file ({e}); it may be truncated or corrupted. "
-            "Fetch or export it again."
+            f"{path} is not a readable safetensors file ({e}); it is {what}. Fetch or export it again."
         ) from e
 
 
@@ -150,9 +178,18 @@ def _read_config(weights_file: Path) -> Dict[str, Any]:
     if not config_file.is_file():
         return {}
     try:
-        return json.loads(config_file.read_text())
-    except json.JSONDecodeError as e:
-        raise WeightsError(f"{config_file} is not valid JSON ({e}); re-export it with save_pretrained().") from e
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise WeightsError(f"{config_file} is not valid JSON ({e}); re-export it with save_pretrained() "
+                           f"or delete it to load {weights_file.name} without its class names.") from None
+    cfg = config.get("pretrained_cfg", {}) if isinstance(config, dict) else None
+    names = cfg.get("label_names") if isinstance(cfg, dict) else None
+    if cfg is None or not isinstance(cfg, dict) or not (
+            names is None or (isinstance(names, list) and all(isinstance(n, str) for n in names))):
+        raise WeightsError(f"{config_file} is not a save_pretrained() config (expected an object whose "
+                           "'pretrained_cfg.label_names' is a list of strings); re-export it with save_pretrained() "
+                           f"or delete it to load {weights_file.name} without its class names.")
+    return config
 
 
 def _check_fits(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
@@ -162,6 +199,10 @@ def _check_fits(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: 
     wrong_shape = [
         f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
         for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape
+    ]
+    wrong_shape += [
+        f"{k}: file dtype {state_dict[k].dtype} vs model {v.dtype}" for k, v in expected.items()
+        if k in state_dict and state_dict[k].is_floating_point() != v.is_floating_point()
     ]
     if missing or unexpected or wrong_shape:
         def few(items: List[str]) -> str:
@@ -173,6 +214,12 @@ def _check_fits(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: 
             f"{path} does not fit {type(model).__name__} ({'; '.join(problems)}). Is it the weights of another "
             "architecture? Create the model whose name matches the file's config.json."
         )
+    not_finite = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if not_finite:
+        raise WeightsError(
+            f"{path} holds NaN/inf values in {len(not_finite)} tensor(s) ({', '.join(not_finite[:5])}); the run that "
+            "wrote it diverged or the file is corrupted. Use an earlier checkpoint or export it again."
+        )
 
 
 def load_weights(model: nn.Module, path: PathLike, allow_pickle: bool = False) -> None:
@@ -183,13 +230,16 @@ def load_weights(model: nn.Module, path: PathLike, allow_pickle: bool = False) -
     are read from the ``config.json`` beside it when there is one.
     """
     path = _checkpoint_file(path)
+    config = _read_config(path)
     state_dict = load_state_dict(path, allow_pickle=allow_pickle)
+    if path.name == WEIGHTS_NAME and isinstance(config.get("sha256"), str):
+        verify_sha256(path, config["sha256"])  # save_pretrained recorded it: catches flipped bits in the tensors
     head_weight = state_dict.get("head.weight")
     if head_weight is not None and hasattr(model, "reset_classifier") and head_weight.shape[0] != model.num_classes:
         model.reset_classifier(head_weight.shape[0])
     _check_fits(model, state_dict, path)
     model.load_state_dict(state_dict, strict=True)
-    label_names = _read_config(path).get("pretrained_cfg", {}).get("label_names")
+    label_names = config.get("pretrained_cfg", {}).get("label_names")
     if label_names is not None and hasattr(model, "class_names"):
         model.class_names = list(label_names)
 

@@ -104,6 +104,10 @@ class DatasetInfo:
             raise DatasetError(
                 f"dataset {self.name!r} ({self.path}) defines no base/new split of its classes; use "
                 f"'all', or convert it again with base classes (--base-classes).")
+        if not subset:
+            raise DatasetError(
+                f"dataset {self.name!r} ({self.path}) has an empty '{which}_classes' list, so there is nothing to "
+                f"train or evaluate on with {which!r}; use 'all', or convert it again with a non-empty base split.")
         return subset
 
     def domain_indices(self, names: Optional[Sequence[str] | str]) -> Optional[tuple[int, ...]]:
@@ -165,8 +169,8 @@ def read_dataset_info(data_dir: str | os.PathLike) -> DatasetInfo:
             f"`python -m clipood_zoo.data.convert domainbed|imagefolder SRC {root}`.")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DatasetError(f"{path} is not valid JSON ({e}); convert the dataset again.") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise DatasetError(f"{path} is not valid JSON ({e or type(e).__name__}); convert the dataset again.") from None
     return parse_dataset_info(raw, root, check_files=True)
 
 

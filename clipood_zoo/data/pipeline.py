@@ -177,7 +177,7 @@ def _rng(seed: int, epoch: SharedCount, per_worker: bool) -> random.Random:
     return random.Random("-".join(map(str, parts)))  # str seeds are hashed with sha512: stable across runs
 
 
-def _parse(sample: dict[str, Any], num_classes: int, domain_index: dict[str, int]) -> dict[str, Any]:
+def _parse(sample: dict[str, Any], classes: Sequence[str], domain_index: dict[str, int]) -> dict[str, Any]:
     """Check the label, domain and image of a raw sample; keep the image undecoded (filters come first)."""
     shard, key = sample.get("__url__", "?"), sample.get("__key__")
     image_key = next((k for k in IMAGE_KEYS if k in sample), None)
@@ -187,12 +187,17 @@ def _parse(sample: dict[str, Any], num_classes: int, domain_index: dict[str, int
         target = int(sample["cls"])
     except (KeyError, ValueError):
         raise BadSample("bad_label", shard, key, "missing or non-integer .cls") from None
-    if not 0 <= target < num_classes:
-        raise BadSample("bad_label", shard, key, f"class index {target} out of range [0, {num_classes})")
+    if not 0 <= target < len(classes):
+        raise BadSample("bad_label", shard, key, f"class index {target} out of range [0, {len(classes)})")
     try:
-        domain = json.loads(sample["json"])["domain"]
-    except (KeyError, TypeError, ValueError):
+        meta = json.loads(sample["json"])
+        domain = meta["domain"]
+    except (KeyError, TypeError, ValueError, RecursionError):
         raise BadSample("bad_meta", shard, key, "missing or unreadable .json, or no 'domain' in it") from None
+    classname = meta.get("classname")
+    if isinstance(classname, str) and classname != classes[target]:  # never a silent wrong label
+        raise BadSample("bad_label", shard, key, f".cls {target} is {classes[target]!r} in _info.json but the sample's "
+                                                 f".json says {classname!r}: the shard and _info.json disagree")
     if not isinstance(domain, str) or domain not in domain_index:
         raise BadSample("unknown_domain", shard, key, f"domain {domain!r} is not in _info.json's domains")
     return dict(__url__=shard, __key__=key, image=sample[image_key], target=target, domain=domain_index[domain])
@@ -206,7 +211,8 @@ def _decode(sample: dict[str, Any], class_map: Optional[dict[int, int]]) -> tupl
     try:
         with Image.open(io.BytesIO(sample["image"])) as img:
             image = img.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Exception as e:  # noqa: BLE001  PIL's decoders raise OSError, SyntaxError, ValueError, EOFError,
+        # struct.error, IndexError, DecompressionBombError ... on malformed bytes: all mean "does not decode"
         raise BadSample("bad_image", sample["__url__"], sample["__key__"], f"image does not decode ({e})") from None
     target = class_map[sample["target"]] if class_map is not None else sample["target"]
     return image, target, sample["domain"]
@@ -317,7 +323,7 @@ def create_loader(
         stages.append(_EpochShuffle(shuffle_buffer, seed, shared_epoch, per_worker=True))
     class_map = {c: i for i, c in enumerate(class_ids)} if relabel_classes else None
     stages += [
-        wds.map(partial(_parse, num_classes=len(info.classes),
+        wds.map(partial(_parse, classes=info.classes,
                         domain_index={d: i for i, d in enumerate(info.domains)}), handler=policy),
         wds.select(partial(_keep, domains=None if domain_ids is None else frozenset(domain_ids),
                            classes=None if class_ids is None else frozenset(class_ids))),
