@@ -90,11 +90,6 @@ class ModelBma(nn.Module):
             step = self.total_steps
         return self._cum_weights[step - 1] / self._cum_weights[step]
 
-    def _averaged_keys(self) -> set:
-        if self.exclude_buffers:
-            return {name for name, _ in self.module.named_parameters()}
-        return {k for k, v in self.module.state_dict().items() if v.is_floating_point()}
-
     def _master(self, key: str, tensor: torch.Tensor) -> torch.Tensor:
         """The float32 accumulator for a half-precision tensor: averaging in fp16/bf16 would round updates away."""
         if tensor.dtype not in _LOW_PRECISION:
@@ -108,24 +103,38 @@ class ModelBma(nn.Module):
     def update(self, model: nn.Module, step: Optional[int] = None) -> None:
         decay = self.get_decay(step)
         self.num_updates = self.num_updates + 1 if step is None else int(step)
-        averaged = self._averaged_keys()
+        # One pass over both state dicts, as timm's EMA does: ``keep_vars=True`` on the average tells
+        # parameters (nn.Parameter) from buffers without a further named_parameters() walk, and the
+        # model's state_dict() is already detached. A tensor reached under two names (tied weights) is
+        # averaged once.
         avg_values: List[torch.Tensor] = []
         model_values: List[torch.Tensor] = []
         written_back: List[torch.Tensor] = []
         masters: List[torch.Tensor] = []
-        for (key, avg_v), model_v in zip(self.module.state_dict().items(), model.state_dict().values()):
-            model_v = model_v.detach()
-            if self.device is not None:
-                model_v = model_v.to(self.device)
-            if key not in averaged:
-                avg_v.copy_(model_v)
+        copy_dst: List[torch.Tensor] = []
+        copy_src: List[torch.Tensor] = []
+        seen = set()
+        params_only = self.exclude_buffers
+        to_device = self.device
+        for (key, avg_v), model_v in zip(self.module.state_dict(keep_vars=True).items(),
+                                         model.state_dict().values()):
+            if to_device is not None:
+                model_v = model_v.to(to_device)
+            if not (isinstance(avg_v, nn.Parameter) if params_only else avg_v.is_floating_point()):
+                copy_dst.append(avg_v)
+                copy_src.append(model_v)
                 continue
+            if id(avg_v) in seen:
+                continue
+            seen.add(id(avg_v))
             target = self._master(key, avg_v)
             if target is not avg_v:
                 written_back.append(avg_v)
                 masters.append(target)
             avg_values.append(target)
             model_values.append(model_v)
+        for dst, src in zip(copy_dst, copy_src):
+            dst.copy_(src)
         self._lerp(avg_values, model_values, 1.0 - decay)
         if written_back:
             if self.foreach:
