@@ -21,6 +21,7 @@ from ..errors import ConfigError
 from ..hub import load_weights, resolve_weights
 from ..registry import ZooPretrainedCfg, resolve_pretrained_cfg
 from .classifier import DEFAULT_TEMPLATES, ClipoodClassifier, FrozenTextTower
+from .text_towers import create_clip
 
 _logger = logging.getLogger(__name__)
 
@@ -58,12 +59,12 @@ def build_classifier(
     image_size = model_cfg["vision_cfg"]["image_size"]
     text_tower = None
     if clip_pretrained or with_text_tower:
-        clip = open_clip.create_model(clip_arch, pretrained=clip_pretrained, force_quick_gelu=quick_gelu,
+        clip, tokenizer = create_clip(clip_arch, pretrained=clip_pretrained, force_quick_gelu=quick_gelu,
                                       cache_dir=cache_dir)
         visual = clip.visual
         if clip_pretrained:
             logit_scale = float(clip.logit_scale.exp())
-        text_tower = FrozenTextTower(clip, open_clip.get_tokenizer(clip_arch))
+        text_tower = FrozenTextTower(clip, tokenizer)
     else:
         visual = _build_vision_tower(model_cfg["embed_dim"], model_cfg["vision_cfg"], quick_gelu=quick_gelu)
     embed_dim = model_cfg["embed_dim"]
