@@ -398,8 +398,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     model.train()
     if locked:
         model.text.eval()
-    log, t_train, seen, best = [], time.time(), 0, None
-    step, last_val = 0, 0
+    log, t_train, seen, step = [], time.time(), 0, 0
     while step < args.steps and progress(step) < 1.0:
         step += 1
         for group in opt.param_groups:
