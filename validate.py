@@ -12,9 +12,6 @@ weights, so the evaluation loop is image tower + one matrix product per batch.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 import logging
 import time
 from pathlib import Path
@@ -26,7 +23,7 @@ from timm.data import create_transform, resolve_data_config
 
 import clipood_zoo
 from clipood_zoo import ClipoodError, ConfigError
-from clipood_zoo.cli_utils import AMP_DTYPES, default_device, model_for_dataset
+from clipood_zoo.cli_utils import AMP_DTYPES, default_device, format_results, model_for_dataset
 from clipood_zoo.data import create_loader, read_dataset_info
 from clipood_zoo.evaluate import evaluate
 from clipood_zoo.fileio import write_text_atomic
@@ -118,19 +115,6 @@ def validate_one(name: str, args: argparse.Namespace, device: torch.device) -> D
     _logger.info("%s: top1 %.2f top5 %.2f on %d samples (%.1f img/s)", name, row["top1"], row["top5"],
                  row["num_samples"], row["num_samples"] / max(elapsed, 1e-9))
     return row
-
-
-def format_results(rows: List[Dict[str, Any]], fmt: str) -> str:
-    if fmt == "json":
-        return json.dumps(rows, indent=2) + "\n"
-    fields: List[str] = []
-    for row in rows:
-        fields += [k for k in row if k not in fields]
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
 
 
 def print_table(rows: List[Dict[str, Any]]) -> None:

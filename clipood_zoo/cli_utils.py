@@ -1,7 +1,10 @@
-"""What train.py and validate.py share: building a model for a dataset, AMP dtypes, device choice."""
+"""What the CLIs share: building a model for a dataset, AMP dtypes, device choice, result files."""
 from __future__ import annotations
 
-from typing import Optional
+import csv
+import io
+import json
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import nn
@@ -39,3 +42,17 @@ def model_for_dataset(name: str, info: DatasetInfo, pretrained: bool = False, ch
         model.pretrained_cfg = {**default_cfg(name).to_dict(), "architecture": name}
     align_classes(model, info)
     return model
+
+
+def format_results(rows: Sequence[Dict[str, Any]], fmt: str) -> str:
+    """Result rows as JSON, or CSV whose header is the union of the rows' keys in first-seen order."""
+    if fmt == "json":
+        return json.dumps(list(rows), indent=2) + "\n"
+    fields: list = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()

@@ -17,7 +17,15 @@ import clipood_zoo  # noqa: E402
 from tests import tiny_family  # noqa: E402,F401  registers the testzoo_* names
 
 TINY_ARCH = "clipood-test-tiny"
+TINY_CONFIG = str(Path(__file__).parent / "model_configs" / "clipood-test-tiny.json")
 TINY_CLASSES = tiny_family.CLASS_NAMES
+
+
+def train_args(shards, out, *extra):
+    """train.py argv for the tiny arch on synthetic shards (held-out 'sketch', base classes, CPU)."""
+    return ["--model", TINY_ARCH, "--model-config", TINY_CONFIG, "--data-dir", str(shards),
+            "--holdout", "sketch", "--train-classes", "base", "-b", "4", "--lr", "1e-3", "--workers", "0",
+            "--output", str(out), "--experiment", "run", "--log-interval", "1", "--seed", "3", *extra]
 
 
 @pytest.fixture(autouse=True)

@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 import clipood_zoo.checkpoint
 import train
 import validate
+from tests.conftest import TINY_CONFIG, train_args
 from clipood_zoo import create_model, save_pretrained
 from clipood_zoo.checkpoint import load_checkpoint
 from clipood_zoo.data.info import parse_dataset_info, read_dataset_info
@@ -45,7 +46,6 @@ from clipood_zoo.methods import TrainStep
 from tests import tiny_family
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_CONFIG = str(Path(__file__).parent / "model_configs" / "clipood-test-tiny.json")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 TRAIN_ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}  # the threads of the in-process reference run: same float sums
 STEPS = 6  # 16 base-class training samples of the sources / batch 4 = 4 steps an epoch: two epochs
@@ -56,12 +56,6 @@ def shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("syn")
     write_synthetic_dataset(root, per_class=4, shard_size=6)
     return root
-
-
-def train_args(shards, out, *extra):
-    return ["--model", "clipood-test-tiny", "--model-config", TINY_CONFIG, "--data-dir", str(shards),
-            "--holdout", "sketch", "--train-classes", "base", "-b", "4", "--lr", "1e-3", "--workers", "0",
-            "--output", str(out), "--experiment", "run", "--log-interval", "1", "--seed", "3", *extra]
 
 
 def exits_with(main, argv, capsys, code=2):

@@ -15,13 +15,13 @@ from timm.data import create_transform, resolve_data_config
 
 import train
 import validate
+from tests.conftest import TINY_CONFIG, train_args
 from clipood_zoo import load_weights
 from clipood_zoo.data import count_samples
 from clipood_zoo.data.synthetic import write_synthetic_dataset
 from clipood_zoo.models import build_classifier
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_CONFIG = str(Path(__file__).parent / "model_configs" / "clipood-test-tiny.json")
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +29,6 @@ def shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("syn")
     write_synthetic_dataset(root, per_class=8, shard_size=6)
     return root
-
-
-def train_args(shards, out, *extra):
-    return ["--model", "clipood-test-tiny", "--model-config", TINY_CONFIG, "--data-dir", str(shards),
-            "--holdout", "sketch", "--train-classes", "base", "-b", "4", "--lr", "1e-3", "--workers", "0",
-            "--output", str(out), "--experiment", "run", "--log-interval", "1", "--seed", "3", *extra]
 
 
 def test_train_exports_bma_weights_that_validate_scores_like_an_independent_count(shards, tmp_path):

@@ -23,7 +23,7 @@ ARCH = "ViT-T-8-40-MiniLM"
 TEMPLATES = ("a photo of a {}.", "an emoji of a {}.", "a {} icon.")
 MANIFEST = Path(__file__).parent / "shipped_weights.json"
 SHIPPED: Dict[str, Dict] = json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {}
-RECIPE = dict(lr=1e-4, steps=500, batch_size=64, warmup_steps=50, opt="adamw", weight_decay=0.1, sched="cosine",
+RECIPE = dict(lr=1e-4, steps=300, batch_size=64, warmup_steps=30, opt="adamw", weight_decay=0.1, sched="cosine",
               train_classes="base")
 
 

@@ -5,13 +5,14 @@ byte-stable tarball per (name, version), so a sha256 pin makes the raw data repr
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from clipood_zoo.hub import sha256_file
 
 MANIFEST = Path(__file__).with_name("sources.json")
 
@@ -68,14 +69,6 @@ def save_manifest(packages: list[Package], path: Path = MANIFEST) -> None:
         entry.update(version=p.version, sha256=p.sha256, license=p.license)
         entry.update(p.extra)
     path.write_text(json.dumps(data, indent=2) + "\n")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def verify_sha256(path: Path, expected: str | None) -> str:

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ...cli_utils import format_results
 from ...errors import ClipoodError
 from ...fileio import write_text_atomic
 from . import base2new, domainbed, imagenet
@@ -91,7 +92,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(r["dataset"], r["top1"], f"({r['eval_classes']} classes, {r['num_samples']} images)")
             if args.results_file:
                 fmt = "json" if args.results_file.endswith(".json") else "csv"
-                write_text_atomic(args.results_file, imagenet.format_rows(rows, fmt))
+                write_text_atomic(args.results_file, format_results(rows, fmt))
     except ClipoodError as e:
         parser.exit(2, f"error: {e}\n")
     return 0

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
 import re
@@ -304,16 +303,3 @@ def validate_shifts(model_name: str, data_dirs: Sequence[str | os.PathLike], *, 
                      "num_samples": m["num_samples"], "split": m["split"], "eval_classes": m["eval_classes"],
                      "dataset": info.name})
     return rows
-
-
-def format_rows(rows: Sequence[Dict[str, Any]], fmt: str) -> str:
-    if fmt == "json":
-        return json.dumps(list(rows), indent=2) + "\n"
-    fields: list[str] = []
-    for r in rows:
-        fields += [k for k in r if k not in fields]
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
