@@ -20,7 +20,8 @@ from ..registry import ZooPretrainedCfg, generate_default_cfgs, register_entrypo
 from .factory import build_zoo_model, default_cfg
 
 ARCH = "ViT-T-8-40-MiniLM"
-TEMPLATES = ("a photo of a {}.", "an emoji of a {}.", "a {} icon.")
+# the templates clip_vitt_emoji's class embeddings average (tools/pretrain_emoji_clip.py NAME_TEMPLATES)
+TEMPLATES = ("a photo of a {}.", "an emoji of a {}.", "a {} emoji.", "a {} icon.", "an icon of a {}.", "a drawing of a {}.")
 MANIFEST = Path(__file__).parent / "shipped_weights.json"
 SHIPPED: Dict[str, Dict] = json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {}
 RECIPE = dict(lr=1e-4, steps=300, batch_size=64, warmup_steps=30, opt="adamw", weight_decay=0.1, sched="cosine",
