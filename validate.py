@@ -6,7 +6,8 @@
 One row per model, with timm's result fields (model, top1, top1_err, top5, top5_err, param_count,
 img_size, crop_pct, interpolation) plus ``top1_<domain>`` for every domain and, where the dataset
 defines base/new classes, ``base_top1``/``new_top1``/``hm`` (each subset scored with the classifier
-restricted to its own classes, as CoCoOp reports base-to-new). Class embeddings are part of the
+restricted to its own classes, as CoCoOp reports base-to-new). A dataset whose ``_info.json`` declares
+``eval_classes`` (ImageNet-A and -R: 200 of the 1000 classes) is scored over those classes only. Class embeddings are part of the
 weights, so the evaluation loop is image tower + one matrix product per batch.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ import clipood_zoo
 from clipood_zoo import ClipoodError, ConfigError
 from clipood_zoo.cli_utils import AMP_DTYPES, default_device, format_results, model_for_dataset
 from clipood_zoo.data import create_loader, read_dataset_info
+from clipood_zoo.data.protocols.imagenet import eval_classes
 from clipood_zoo.evaluate import evaluate
 from clipood_zoo.fileio import write_text_atomic
 
@@ -84,7 +86,9 @@ def validate_one(name: str, args: argparse.Namespace, device: torch.device) -> D
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     data_config = resolve_data_config({}, model=model)
-    subset = None if args.classes == "all" else info.class_subset(args.classes)
+    # a class subset to score over: --classes base/new, or the one the dataset declares (ImageNet-A/-R's 200)
+    declared = eval_classes(args.data_dir)
+    subset = info.class_subset(args.classes) if args.classes != "all" else declared
     loader = create_loader(args.data_dir, args.split, transform=create_transform(**data_config),
                            batch_size=args.batch_size, is_training=False, domains=args.domains, classes=subset,
                            relabel_classes=subset is not None, num_workers=args.workers, strict=args.strict_data,
@@ -111,6 +115,7 @@ def validate_one(name: str, args: argparse.Namespace, device: torch.device) -> D
         "num_samples": metrics["num_samples"],
         "split": args.split,
         "classes": args.classes,
+        **({"eval_classes": len(declared)} if declared is not None and args.classes == "all" else {}),
     }
     _logger.info("%s: top1 %.2f top5 %.2f on %d samples (%.1f img/s)", name, row["top1"], row["top5"],
                  row["num_samples"], row["num_samples"] / max(elapsed, 1e-9))

@@ -175,3 +175,37 @@ def test_amp_channels_last_compile_and_grad_accumulation_run_on_cpu(shards, tmp_
                           str(tmp_path / "run"), "--data-dir", str(shards), "--workers", "0", "--amp",
                           "--channels-last", "--torchcompile", "eager"])
     assert rows[0]["num_samples"] > 0
+
+
+def test_validate_scores_declared_eval_classes_only(tmp_path):
+    """A dataset declaring ``eval_classes`` (ImageNet-A/-R style) is scored with the argmax over those classes."""
+    from clipood_zoo import save_pretrained
+    from clipood_zoo.data.protocols._common import add_info_fields
+
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, classes=("cat", "dog", "fish", "owl", "bee", "elk"), per_class=3,
+                            splits=("val",), with_base_new=False)
+    subset = [1, 3, 4]
+    add_info_fields(data, eval_classes=subset)
+    model = build_classifier("clipood-test-tiny", class_names=["cat", "dog", "fish", "owl", "bee", "elk"])
+    model.pretrained_cfg = {"input_size": (3, 32, 32), "interpolation": "bicubic", "crop_pct": 1.0,
+                            "mean": (0.48145466, 0.4578275, 0.40821073), "std": (0.26862954, 0.26130258, 0.27577711)}
+    save_pretrained(model, tmp_path / "ckpt")
+    (row,) = validate.main(["--model", "clipood-test-tiny", "--model-config", TINY_CONFIG, "--checkpoint",
+                            str(tmp_path / "ckpt"), "--data-dir", str(data), "--workers", "0"])
+    transform = create_transform(**resolve_data_config({}, model=model))
+    info = json.loads((data / "_info.json").read_text())
+    correct = total = 0
+    model.eval()
+    for shard in info["splits"]["val"]["filenames"]:
+        for sample in wds.WebDataset(str(data / shard), shardshuffle=False):
+            label = int(sample["cls"])
+            if label not in subset:
+                continue
+            image = Image.open(__import__("io").BytesIO(sample["png"])).convert("RGB")
+            with torch.no_grad():
+                logits = model(transform(image)[None])[0]
+            correct += subset[int(logits[subset].argmax())] == label
+            total += 1
+    assert row["eval_classes"] == 3 and row["num_samples"] == total
+    assert row["top1"] == pytest.approx(100 * correct / total, abs=1e-3)
