@@ -42,10 +42,4 @@ class ModelBmaBefore(ModelBma):
                 masters.append(target)
             avg_values.append(target)
             model_values.append(model_v)
-        self._lerp(avg_values, model_values, 1.0 - decay)
-        if written_back:
-            if self.foreach:
-                torch._foreach_copy_(written_back, masters)
-            else:
-                for dst, src in zip(written_back, masters):
-                    dst.copy_(src)
+        self._average_into(avg_values, model_values, written_back, masters, 1.0 - decay)

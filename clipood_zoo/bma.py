@@ -111,8 +111,6 @@ class ModelBma(nn.Module):
         model_values: List[torch.Tensor] = []
         written_back: List[torch.Tensor] = []
         masters: List[torch.Tensor] = []
-        copy_dst: List[torch.Tensor] = []
-        copy_src: List[torch.Tensor] = []
         seen = set()
         params_only = self.exclude_buffers
         to_device = self.device
@@ -121,8 +119,7 @@ class ModelBma(nn.Module):
             if to_device is not None:
                 model_v = model_v.to(to_device)
             if not (isinstance(avg_v, nn.Parameter) if params_only else avg_v.is_floating_point()):
-                copy_dst.append(avg_v)
-                copy_src.append(model_v)
+                avg_v.copy_(model_v)
                 continue
             if id(avg_v) in seen:
                 continue
@@ -133,9 +130,12 @@ class ModelBma(nn.Module):
                 masters.append(target)
             avg_values.append(target)
             model_values.append(model_v)
-        for dst, src in zip(copy_dst, copy_src):
-            dst.copy_(src)
-        self._lerp(avg_values, model_values, 1.0 - decay)
+        self._average_into(avg_values, model_values, written_back, masters, 1.0 - decay)
+
+    def _average_into(self, avg_values: List[torch.Tensor], model_values: List[torch.Tensor],
+                      written_back: List[torch.Tensor], masters: List[torch.Tensor], weight: float) -> None:
+        """Lerp the averages toward the model, then round the float32 masters back into the half tensors."""
+        self._lerp(avg_values, model_values, weight)
         if written_back:
             if self.foreach:
                 torch._foreach_copy_(written_back, masters)
