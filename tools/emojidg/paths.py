@@ -1,0 +1,37 @@
+"""Commands that run from a clone: paths inside the repository written relative to its root.
+
+Model cards and results files record the command that made them; an absolute path of the machine
+that ran it (``/home/me/clipood-zoo/data/emojidg``) would have to be edited before the command runs
+anywhere else. The tools run their subprocesses from the repository root, so relative paths suffice.
+"""
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Sequence
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def repo_relative(arg: str | Path) -> str:
+    """``arg`` relative to the repository root when it is an absolute path inside it, else unchanged.
+
+    Also rewrites the value of ``--flag=/abs/path``; relative arguments are left alone (they are not
+    known to be paths, and the tools take them relative to the root already).
+    """
+    text = str(arg)
+    if text.startswith("--") and "=" in text:
+        flag, _, value = text.partition("=")
+        return f"{flag}={repo_relative(value)}"
+    path = Path(text)
+    if not path.is_absolute():
+        return text
+    try:
+        return path.resolve().relative_to(REPO).as_posix()
+    except ValueError:
+        return text
+
+
+def portable_command(argv: Sequence[str]) -> str:
+    """``python SCRIPT ARGS`` for ``sys.argv``-like ``argv``, shell-quoted, repository paths made relative."""
+    return shlex.join(["python", *map(repo_relative, argv)])
