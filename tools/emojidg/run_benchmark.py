@@ -53,7 +53,8 @@ def run(cmd: List[str]) -> None:
 
 def validate(model: str, checkpoint: Path | None, data_dir: Path, domain: str, out: Path) -> None:
     cmd = [sys.executable, "validate.py", "--model", model, "--data-dir", repo_relative(data_dir), "--split", "val",
-           "--domains", domain, "--results-file", repo_relative(out), "--workers", "2"]
+           "--domains", domain, "--results-file", repo_relative(out), "--workers", "2",
+           "--predictions-file", repo_relative(out.with_suffix(".predictions.json"))]  # for report.py's intervals
     if checkpoint is None:
         cmd.append("--pretrained")
     else:
