@@ -16,6 +16,7 @@ import shlex
 import sys
 from pathlib import Path
 
+import numpy as np
 import open_clip
 import pytest
 import torch
@@ -289,3 +290,36 @@ def test_committed_model_cards_hold_commands_that_run_from_a_clone(card):
         assert (Path(REPO_ROOT) / words[1]).is_file(), line  # the script is in the repository
         assert not [w for w in words if w.split("=")[-1].startswith(("/", "~"))], line
     assert not [s for s in re.findall(r"(?<!`)`([^`\n]+)`(?!`)", text) if s.startswith(("/", "~"))]
+
+
+def test_train_command_runs_in_slices_from_a_raw_tree(tmp_path, monkeypatch, capsys):
+    """The CLI end to end on a 4-class raw tree (scratch text tower: offline): a slice that spends its
+    --max-minutes at once, a refused new run into the same --out, then --resume to the end."""
+    from PIL import Image
+
+    raw, rng = tmp_path / "raw", np.random.default_rng(0)
+    classes = [{"index": i, "name": n, "dirname": n, "keywords": []} for i, n in enumerate(NAMES[:4])]
+    for folder, renders in [(f"pretrain/{s}", 3) for s in ("pa", "pb")] + [("mono", 2)]:
+        for c in classes:
+            (raw / folder / c["dirname"]).mkdir(parents=True)
+            for r in range(renders):
+                Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(raw / folder / c["dirname"] / f"{r}.png")
+    (raw / "metadata.json").write_text(json.dumps({"classes": classes, "pretrain_styles": ["pa", "pb"],
+                                                   "domains": ["mono"], "base_classes": [0, 1], "new_classes": [2, 3]}))
+    monkeypatch.setattr(P, "RAW", raw)
+    monkeypatch.setattr(P, "SCRATCH_TEXT_CFG", {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
+                                                "layers": 1})  # small and fast; the tool's own is 18.7M parameters
+    out = tmp_path / "run"
+    argv = ["train", "--text", "scratch", "--steps", "3", "--batch-size", "4", "--warmup", "1", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", ["tools/pretrain_emoji_clip.py", *argv, "--max-minutes", "1e-9"])
+    P.main([*argv, "--max-minutes", "1e-9"])  # the budget is spent after the first step
+    assert load_checkpoint(out / P.STATE_NAME)["step"] == 1 and not (out / "results.json").exists()
+    with pytest.raises(SystemExit) as e:
+        P.main(argv)
+    assert e.value.code == 2 and "already holds a run" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "argv", ["tools/pretrain_emoji_clip.py", *argv, "--resume"])
+    P.main([*argv, "--resume"])
+    res = json.loads((out / "results.json").read_text())
+    assert (res["steps"], res["images_seen"]) == (3, 12) and res["zero_shot"]["mono"]["n"] == 8
+    assert res["command"] == shlex.join(["python", "tools/pretrain_emoji_clip.py", *argv])  # no slice flags
+    assert set(torch.load(out / "checkpoint.pt", weights_only=True)) >= {"visual", "class_embeddings", "text"}
