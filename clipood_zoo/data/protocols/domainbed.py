@@ -163,8 +163,8 @@ def remove_listed_files(root: str | os.PathLike, list_file: str | os.PathLike) -
         rel = line.strip()
         if not rel:
             continue
-        path = (root / rel).resolve()
-        if root not in path.parents:
+        path = path_inside(root, rel)
+        if path is None:
             raise DatasetError(f"{list_file}: {rel!r} points outside {root}.")
         if path.is_file():
             path.unlink()
