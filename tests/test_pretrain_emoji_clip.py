@@ -270,12 +270,19 @@ def test_recorded_commands_make_repository_paths_relative_and_drop_slice_flags()
         "python tools/pretrain_emoji_clip.py train --out 'output/a b' --data=/elsewhere/x --run=output/r --steps 9")
 
 
-def test_benchmark_train_commands_hold_no_machine_paths():
-    from emojidg import run_benchmark
+def test_benchmark_commands_hold_no_machine_paths():
+    from emojidg import report, run_benchmark
 
     cmd = run_benchmark.train_command("clipood", "mono", 0, P.REPO / "data" / "emojidg", P.REPO / "output" / "runs")
     assert cmd[cmd.index("--data-dir") + 1] == "data/emojidg" and cmd[cmd.index("--output") + 1] == "output/runs"
     assert not any(a.startswith("/") for a in cmd)
+    results = P.REPO / "output" / "results"
+    cmd = run_benchmark.validate_command("x", results.parent / "runs" / "r", P.REPO / "data", "mono",
+                                         results / "clipood-mono-s0.json")
+    assert cmd[cmd.index("--predictions-file") + 1] == "output/results/clipood-mono-s0.predictions.json"
+    assert cmd[-2:] == ["--checkpoint", "output/runs/r"] and not any(a.startswith("/") for a in cmd)
+    # report.py finds the predictions beside the row under the name it pairs by
+    assert report.RESULT_NAME.fullmatch(Path(cmd[-3]).name.removesuffix(report.PREDICTIONS_SUFFIX))["variant"] == "clipood"
 
 
 @pytest.mark.parametrize("card", sorted((P.REPO / "weights").glob("*/README.md")), ids=lambda p: p.parent.name)

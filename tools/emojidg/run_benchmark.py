@@ -51,15 +51,17 @@ def run(cmd: List[str]) -> None:
     subprocess.run(cmd, cwd=REPO, check=True)
 
 
-def validate(model: str, checkpoint: Path | None, data_dir: Path, domain: str, out: Path) -> None:
-    cmd = [sys.executable, "validate.py", "--model", model, "--data-dir", repo_relative(data_dir), "--split", "val",
+def validate_command(model: str, checkpoint: Path | None, data_dir: Path, domain: str, out: Path) -> List[str]:
+    """validate.py's argv for the held-out ``domain``: the row in ``out`` and, beside it, the per-image
+    predictions report.py pairs for its intervals."""
+    cmd = ["validate.py", "--model", model, "--data-dir", repo_relative(data_dir), "--split", "val",
            "--domains", domain, "--results-file", repo_relative(out), "--workers", "2",
-           "--predictions-file", repo_relative(out.with_suffix(".predictions.json"))]  # for report.py's intervals
-    if checkpoint is None:
-        cmd.append("--pretrained")
-    else:
-        cmd += ["--checkpoint", repo_relative(checkpoint)]
-    run(cmd)
+           "--predictions-file", repo_relative(out.with_suffix(".predictions.json"))]
+    return cmd + (["--pretrained"] if checkpoint is None else ["--checkpoint", repo_relative(checkpoint)])
+
+
+def validate(model: str, checkpoint: Path | None, data_dir: Path, domain: str, out: Path) -> None:
+    run([sys.executable, *validate_command(model, checkpoint, data_dir, domain, out)])
 
 
 def train_command(variant: str, domain: str, seed: int, data_dir: Path, runs: Path) -> List[str]:
