@@ -253,3 +253,17 @@ def test_make_shards_refuses_to_overwrite_existing_data_unless_asked(tmp_path: P
     (raw / "licenses" / "ATTRIBUTION.md").write_text("changed")
     assert make_shards.main([*argv, "--overwrite"]) == 0  # asked for: replaced, same shards from the same tree
     assert _snapshot(out) == {**built, Path("licenses/ATTRIBUTION.md"): b"changed"}
+
+
+def test_build_refuses_an_out_that_holds_data_before_fetching_anything(tmp_path: Path, capsys) -> None:
+    from emojidg import build
+
+    (tmp_path / "raw" / "mono").mkdir(parents=True)
+    (tmp_path / "raw" / "mono" / "0.png").write_bytes(b"an earlier build")
+    with pytest.raises(SystemExit) as e:
+        build.main(["--out", str(tmp_path / "raw"), "--cache", str(tmp_path / "cache")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("build.py: error: ") and "already holds data" in err and "--overwrite" in err
+    assert (tmp_path / "raw" / "mono" / "0.png").read_bytes() == b"an earlier build"
+    assert not (tmp_path / "cache").exists()  # refused before fetching

@@ -24,6 +24,9 @@ from typing import Dict, Iterator, List
 
 from clipood_zoo.data.writer import Sample, write_split
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # makes `emojidg` importable as a script
+from emojidg.paths import occupied  # noqa: E402
+
 
 def samples(raw: Path, meta: Dict, split: str) -> Iterator[Sample]:
     for domain in meta["domains"]:
@@ -47,11 +50,6 @@ def write(raw: Path, out: Path, splits: List[str], shard_size: int) -> None:
     if (out / "licenses").exists():
         shutil.rmtree(out / "licenses")
     shutil.copytree(raw / "licenses", out / "licenses")
-
-
-def occupied(targets: List[Path]) -> List[Path]:
-    """The targets that exist and hold anything (so writing there would replace someone's data)."""
-    return [t for t in targets if t.exists() and (not t.is_dir() or any(t.iterdir()))]
 
 
 def main(argv: List[str] | None = None) -> int:

@@ -1,14 +1,16 @@
-"""Commands that run from a clone: paths inside the repository written relative to its root.
+"""Paths the tools write: commands that run from a clone, and targets that already hold data.
 
 Model cards and results files record the command that made them; an absolute path of the machine
 that ran it (``/home/me/clipood-zoo/data/emojidg``) would have to be edited before the command runs
 anywhere else. The tools run their subprocesses from the repository root, so relative paths suffice.
+The builders never write over a folder that holds data (the committed subset, an earlier build)
+unless ``--overwrite`` asks for it (:func:`occupied`).
 """
 from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Sequence
+from typing import List, Sequence
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,3 +37,8 @@ def repo_relative(arg: str | Path) -> str:
 def portable_command(argv: Sequence[str]) -> str:
     """``python SCRIPT ARGS`` for ``sys.argv``-like ``argv``, shell-quoted, repository paths made relative."""
     return shlex.join(["python", *map(repo_relative, argv)])
+
+
+def occupied(targets: Sequence[Path]) -> List[Path]:
+    """The targets that exist and hold anything (so writing there would replace someone's data)."""
+    return [t for t in targets if t.exists() and (not t.is_dir() or any(t.iterdir()))]
