@@ -13,6 +13,7 @@ weights, so the evaluation loop is image tower + one matrix product per batch.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -57,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict-data", action="store_true")
     p.add_argument("--results-file", default=None)
     p.add_argument("--results-format", choices=("csv", "json"), default=None, help="default: from the file suffix")
+    p.add_argument("--predictions-file", default=None,
+                   help="also write each sample's target, domain and top-1 prediction per model (JSON), for paired "
+                        "comparisons (tools/emojidg/report.py)")
     return p
 
 
@@ -80,7 +84,8 @@ def expand_models(patterns: Sequence[str], pretrained: bool) -> List[str]:
     return names
 
 
-def validate_one(name: str, args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
+def validate_one(name: str, args: argparse.Namespace, device: torch.device,
+                 predictions: Optional[List[torch.Tensor]] = None) -> Dict[str, Any]:
     info = read_dataset_info(args.data_dir)
     model = model_for_dataset(name, info, args.pretrained, args.checkpoint, args.clip_pretrained).to(device)
     if args.channels_last:
@@ -99,7 +104,8 @@ def validate_one(name: str, args: argparse.Namespace, device: torch.device) -> D
                        base_classes=info.base_classes if subset is None else None,
                        new_classes=info.new_classes if subset is None else None,
                        amp_dtype=AMP_DTYPES[args.amp_dtype] if args.amp else None,
-                       channels_last=args.channels_last, logit_columns=subset, progress=True, desc=name)
+                       channels_last=args.channels_last, logit_columns=subset, progress=True, desc=name,
+                       predictions=predictions)
     elapsed = time.time() - start
     if loader.skipped.total:
         _logger.warning("%s: skipped %d bad samples: %s", name, loader.skipped.total, loader.skipped.as_dict())
@@ -144,7 +150,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
         if args.checkpoint and len(names) > 1:
             raise ConfigError("--checkpoint holds one model's weights; pass a single --model with it")
         device = torch.device(args.device or default_device())
-        rows = [validate_one(name, args, device) for name in names]
+        predictions: Dict[str, List[torch.Tensor]] = {name: [] for name in names} if args.predictions_file else {}
+        rows = [validate_one(name, args, device, predictions.get(name)) for name in names]
     except ClipoodError as e:
         parser.exit(2, f"validate.py: error: {e}\n")
     print_table(rows)
@@ -152,6 +159,10 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
         fmt = args.results_format or ("json" if Path(args.results_file).suffix == ".json" else "csv")
         write_text_atomic(args.results_file, format_results(rows, fmt))
         _logger.info("Results written to %s", args.results_file)
+    if args.predictions_file:
+        columns = {n: torch.cat(p).T.tolist() if p else [[], [], []] for n, p in predictions.items()}
+        write_text_atomic(args.predictions_file, json.dumps({"split": args.split, "models": {
+            n: dict(zip(("target", "domain", "prediction"), c)) for n, c in columns.items()}}))
     return rows
 
 

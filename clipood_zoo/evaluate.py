@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterable, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -54,12 +54,16 @@ def evaluate(
     logit_columns: Optional[Sequence[int]] = None,
     progress: bool = False,
     desc: str = "eval",
+    predictions: Optional[List[torch.Tensor]] = None,
 ) -> Dict[str, float]:
     """top1/top5, per-domain top1 and (with a base/new split) base/new/hm of ``model`` over ``loader``.
 
     ``logit_columns`` restricts the classifier to those classes (CoOp's base-only or new-only
     evaluation; the loader must then number targets by position, ``relabel_classes=True``). Counts stay
     on the device until the end (no host sync per batch) and are summed over ranks.
+    ``predictions``, when given, receives a [B, 3] CPU tensor per batch of this rank's samples: target,
+    domain and top-1 prediction (class indices of the dataset), for paired comparisons of two models
+    on the same images (:mod:`clipood_zoo.stats`).
     """
     was_training = model.training
     model.eval()
@@ -75,6 +79,10 @@ def evaluate(
         if columns is not None:
             logits = logits[:, columns]
         meter.update(logits.float(), target.to(device, non_blocking=True), domain.to(device, non_blocking=True))
+        if predictions is not None:
+            pair = torch.stack([target.to(device), logits.float().topk(1, dim=1).indices[:, 0]])  # topk as the meter
+            pair = columns[pair] if columns is not None else pair
+            predictions.append(torch.stack([pair[0].cpu(), domain.cpu(), pair[1].cpu()], 1))
     meter.all_reduce()
     model.train(was_training)
     return meter.compute(domain_names)

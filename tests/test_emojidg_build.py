@@ -208,3 +208,62 @@ def test_manifest_is_pinned() -> None:
     assert all(p.license in sources.OPEN_LICENSES for p in pkgs)
     roles = {s: r for p in pkgs for s, r in p.styles.items()}
     assert {s for s, r in roles.items() if r == "downstream"} == {"3d", "flat", "mono", "line"}
+
+
+# --- shards: builders never write over existing data unless asked ------------------------------
+def _raw_tree(raw: Path) -> None:
+    """A two-class, one-domain raw tree as tools/emojidg/build.py lays it out (two renders per class)."""
+    classes = [{"index": i, "name": n, "dirname": n, "emoji": "", "category": "c"} for i, n in enumerate(["cat", "dog"])]
+    (raw / "licenses").mkdir(parents=True)
+    (raw / "licenses" / "ATTRIBUTION.md").write_text("test")
+    for c in classes:
+        (raw / "mono" / c["dirname"]).mkdir(parents=True)
+        for r in range(2):
+            Image.new("RGB", (4, 4), (40 * c["index"], r, 0)).save(raw / "mono" / c["dirname"] / f"{r}.png")
+    (raw / "metadata.json").write_text(json.dumps({"classes": classes, "domains": ["mono"], "base_classes": [0],
+                                                   "new_classes": [1]}))
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_make_shards_refuses_to_overwrite_existing_data_unless_asked(tmp_path: Path, capsys) -> None:
+    from emojidg import make_shards
+
+    raw, out, mini = tmp_path / "raw", tmp_path / "out", tmp_path / "mini"
+    _raw_tree(raw)
+    mini.mkdir()
+    (mini / "_info.json").write_text("committed")  # stands for datasets/emojidg-mini
+    argv = ["--raw", str(raw), "--out", str(out), "--mini", str(mini), "--shard-size", "2"]
+    with pytest.raises(SystemExit) as e:
+        make_shards.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("make_shards.py: error: ") and f"{mini} already hold(s) data" in err and "--overwrite" in err
+    assert not out.exists() and _snapshot(mini) == {Path("_info.json"): b"committed"}  # nothing written anywhere
+
+    (mini / "_info.json").unlink()
+    assert make_shards.main(argv) == 0
+    built = _snapshot(out)
+    assert Path("train-000000.tar") in built and Path("licenses/ATTRIBUTION.md") in _snapshot(mini)
+    with pytest.raises(SystemExit) as e:  # a second build is refused too, for both folders
+        make_shards.main(argv)
+    assert e.value.code == 2 and f"{out}, {mini} already hold(s) data" in capsys.readouterr().err
+    (raw / "licenses" / "ATTRIBUTION.md").write_text("changed")
+    assert make_shards.main([*argv, "--overwrite"]) == 0  # asked for: replaced, same shards from the same tree
+    assert _snapshot(out) == {**built, Path("licenses/ATTRIBUTION.md"): b"changed"}
+
+
+def test_build_refuses_an_out_that_holds_data_before_fetching_anything(tmp_path: Path, capsys) -> None:
+    from emojidg import build
+
+    (tmp_path / "raw" / "mono").mkdir(parents=True)
+    (tmp_path / "raw" / "mono" / "0.png").write_bytes(b"an earlier build")
+    with pytest.raises(SystemExit) as e:
+        build.main(["--out", str(tmp_path / "raw"), "--cache", str(tmp_path / "cache")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("build.py: error: ") and "already holds data" in err and "--overwrite" in err
+    assert (tmp_path / "raw" / "mono" / "0.png").read_bytes() == b"an earlier build"
+    assert not (tmp_path / "cache").exists()  # refused before fetching

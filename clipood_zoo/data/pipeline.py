@@ -135,13 +135,29 @@ class _ReadShards(wds.PipelineStage):
     def run(self, shards: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for shard in shards:
             url, n = shard["url"], 0
-            for sample in wds.tarfile_samples([dict(shard)], handler=partial(self.policy.shard_error, url)):
+            for sample in _local_tar_samples(url, handler=partial(self.policy.shard_error, url)):
                 n += 1
                 yield sample
             expected = self.lengths[url]
             if n < expected:
                 self.policy(BadSample("missing_from_shard", url, None,
                                       f"{expected - n} of {expected} samples could not be read", n=expected - n))
+
+
+def _local_tar_samples(path: str, handler: Callable[[Exception], bool]) -> Iterator[dict[str, Any]]:
+    """webdataset's ``tarfile_samples`` for one local shard, opened with ``open()``.
+
+    ``tarfile_samples`` opens its url with ``gopen``, which runs a name starting with ``pipe:`` as a shell
+    command and fetches URLs; a shard named in ``_info.json`` is data and must only ever be read as a file.
+    """
+    try:
+        stream = open(path, "rb")  # noqa: SIM115  closed below, also when the consumer stops early
+    except OSError as exn:
+        handler(exn)  # raises when strict; otherwise the shard's samples are counted as missing
+        return
+    with stream:
+        files = wds.tariterators.tar_file_expander([dict(url=path, stream=stream)], handler=handler)
+        yield from wds.tariterators.group_by_keys(files, handler=handler)
 
 
 class _EpochShuffle(wds.PipelineStage):

@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # makes `emojidg` importable as a script
 
 from emojidg import assets, catalog, render, sources  # noqa: E402
+from emojidg.paths import occupied  # noqa: E402
 
 DOWNSTREAM_ORDER = ["3d", "flat", "mono", "line"]
 
@@ -58,7 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="render processes (<= 2 on the shared box)")
     p.add_argument("--limit-classes", type=int, default=None, help="debug: render only the first N classes")
     p.add_argument("--pin", action="store_true", help="record (re-pin) tarball sha256s in sources.json")
-    return p.parse_args(argv)
+    p.add_argument("--overwrite", action="store_true", help="replace the images of an --out that already holds a tree")
+    args = p.parse_args(argv)
+    if occupied([args.out]) and not args.overwrite:
+        p.exit(2, f"build.py: error: {args.out} already holds data (an earlier build?); pick an empty --out, or pass "
+                  "--overwrite to replace its images\n")
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:

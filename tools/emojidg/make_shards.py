@@ -10,6 +10,8 @@ the source-domain ``val`` used for model selection is balanced, and the held-out
 on its ``val`` split (DomainBed's out-split role). Class names, label order and the base/new split
 come from the raw ``metadata.json`` (committed as ``clipood_zoo/data/emojidg_classes.json``).
 The mini subset is the ``val`` split alone, plus the licences: small enough to commit (a few MB).
+A folder that already holds files (the committed subset, an earlier build) is never written over
+unless ``--overwrite`` asks for it: both targets are checked before anything is written.
 """
 from __future__ import annotations
 
@@ -21,6 +23,9 @@ from pathlib import Path
 from typing import Dict, Iterator, List
 
 from clipood_zoo.data.writer import Sample, write_split
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # makes `emojidg` importable as a script
+from emojidg.paths import occupied  # noqa: E402
 
 
 def samples(raw: Path, meta: Dict, split: str) -> Iterator[Sample]:
@@ -53,9 +58,15 @@ def main(argv: List[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("data/emojidg"), help="full benchmark shards")
     p.add_argument("--mini", type=Path, default=None, help="also write the val-only subset here")
     p.add_argument("--shard-size", type=int, default=1000)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the splits and licences of --out/--mini folders that already hold data")
     args = p.parse_args(argv)
     if not (args.raw / "metadata.json").is_file():
         p.exit(2, f"{args.raw}/metadata.json not found: build the raw tree first with tools/emojidg/build.py\n")
+    taken = occupied([args.out] + ([args.mini] if args.mini is not None else []))
+    if taken and not args.overwrite:
+        p.exit(2, f"make_shards.py: error: {', '.join(map(str, taken))} already hold(s) data (datasets/emojidg-mini "
+                  f"is committed); write to an empty folder, or pass --overwrite to replace it\n")
     write(args.raw, args.out, ["train", "val"], args.shard_size)
     if args.mini is not None:
         write(args.raw, args.mini, ["val"], args.shard_size)

@@ -25,11 +25,13 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tools"))
 
 import clipood_zoo  # noqa: E402
 from clipood_zoo.data import emojidg  # noqa: E402
 from clipood_zoo.hub import sha256_file  # noqa: E402
 from clipood_zoo.models.emoji import MANIFEST, RECIPE  # noqa: E402
+from emojidg.paths import repo_relative  # noqa: E402
 
 # variant -> train.py flags; 'zeroshot' trains nothing
 VARIANTS: Dict[str, List[str]] = {
@@ -44,30 +46,38 @@ SHIPPED_VARIANTS = ("clipood", "erm")
 
 
 def run(cmd: List[str]) -> None:
+    """Run ``cmd`` from the repository root (so its repository-relative paths resolve)."""
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=REPO, check=True)
 
 
+def validate_command(model: str, checkpoint: Path | None, data_dir: Path, domain: str, out: Path) -> List[str]:
+    """validate.py's argv for the held-out ``domain``: the row in ``out`` and, beside it, the per-image
+    predictions report.py pairs for its intervals."""
+    cmd = ["validate.py", "--model", model, "--data-dir", repo_relative(data_dir), "--split", "val",
+           "--domains", domain, "--results-file", repo_relative(out), "--workers", "2",
+           "--predictions-file", repo_relative(out.with_suffix(".predictions.json"))]
+    return cmd + (["--pretrained"] if checkpoint is None else ["--checkpoint", repo_relative(checkpoint)])
+
+
 def validate(model: str, checkpoint: Path | None, data_dir: Path, domain: str, out: Path) -> None:
-    cmd = [sys.executable, "validate.py", "--model", model, "--data-dir", str(data_dir), "--split", "val",
-           "--domains", domain, "--results-file", str(out), "--workers", "2"]
-    if checkpoint is None:
-        cmd.append("--pretrained")
-    else:
-        cmd += ["--checkpoint", str(checkpoint)]
-    run(cmd)
+    run([sys.executable, *validate_command(model, checkpoint, data_dir, domain, out)])
+
+
+def train_command(variant: str, domain: str, seed: int, data_dir: Path, runs: Path) -> List[str]:
+    """train.py's argv for one run; paths inside the repository are relative, because train.py writes
+    its command into the model card, and a card's command must run from a clone."""
+    return ["train.py", "--model", "clip_vitt_emoji", "--pretrained", "--data-dir", repo_relative(data_dir),
+            "--holdout", domain, "--train-classes", RECIPE["train_classes"], "--steps", str(RECIPE["steps"]),
+            "-b", str(RECIPE["batch_size"]), "--lr", str(RECIPE["lr"]), "--warmup-steps", str(RECIPE["warmup_steps"]),
+            "--weight-decay", str(RECIPE["weight_decay"]), "--eval-interval", "4", "--log-interval", "100",
+            "--seed", str(seed), "--output", repo_relative(runs), "--experiment", f"{variant}-{domain}-s{seed}",
+            "--workers", "1", "--export-name", f"{variant}_vitt_emojidg_{domain}", *VARIANTS[variant]]
 
 
 def train(variant: str, domain: str, seed: int, data_dir: Path, runs: Path) -> Path:
-    name = f"{variant}-{domain}-s{seed}"
-    cmd = [sys.executable, "train.py", "--model", "clip_vitt_emoji", "--pretrained", "--data-dir", str(data_dir),
-           "--holdout", domain, "--train-classes", RECIPE["train_classes"], "--steps", str(RECIPE["steps"]),
-           "-b", str(RECIPE["batch_size"]), "--lr", str(RECIPE["lr"]), "--warmup-steps", str(RECIPE["warmup_steps"]),
-           "--weight-decay", str(RECIPE["weight_decay"]), "--eval-interval", "4", "--log-interval", "100",
-           "--seed", str(seed), "--output", str(runs), "--experiment", name, "--workers", "1",
-           "--export-name", f"{variant}_vitt_emojidg_{domain}", *VARIANTS[variant]]
-    run(cmd)
-    return runs / name
+    run([sys.executable, *train_command(variant, domain, seed, data_dir, runs)])
+    return runs / f"{variant}-{domain}-s{seed}"
 
 
 def record_shipped(names: List[str]) -> None:
@@ -110,6 +120,7 @@ def main(argv: List[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--ship", action="store_true", help="copy the first seed's CLIPood/ERM models into weights/")
     args = p.parse_args(argv)
+    args.data_dir, args.out = args.data_dir.resolve(), args.out.resolve()  # the runs start in REPO, not here
     results, runs = args.out / "results", args.out / "runs"
     results.mkdir(parents=True, exist_ok=True)
     record_shipped(["clip_vitt_emoji"])  # the starting point every run loads with --pretrained

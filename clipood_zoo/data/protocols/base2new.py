@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Sequence
 
 from ...errors import ConfigError, DatasetError
 from ..converters import ConversionReport
+from ..info import path_inside
 from ._common import Item, add_info_fields, image_files, missing_message, require_dir, subfolders, \
     unique_class_names, write_items
 
@@ -235,6 +236,10 @@ def convert(dataset: str | CoopDataset, src: str | os.PathLike, out_dir: str | o
         chosen["val"] = fewshot(splits["val"], min(shots, 4), rng) if shots >= 1 else splits["val"]
     chosen["test"] = splits["test"]
     images = image_root(spec, src)
+    outside = [e.path for entries in chosen.values() for e in entries if path_inside(images, e.path) is None]
+    if outside:  # the split file came with the data: it may name images, never files elsewhere
+        raise DatasetError(f"the split of {spec.name} lists path(s) outside {images}: {outside[:5]}; "
+                           f"use CoOp's own split file.")
     missing = [e.path for entries in chosen.values() for e in entries if not (images / e.path).is_file()]
     if missing:
         raise DatasetError(missing_message("image file(s) listed in the split", images, missing,

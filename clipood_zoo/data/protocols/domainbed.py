@@ -37,6 +37,7 @@ from typing import Optional
 from ...errors import DatasetError
 from ..catalog import DOMAINBED, DatasetSpec
 from ..converters import ConversionReport, convert_domainbed
+from ..info import path_inside
 from ._common import add_info_fields, image_files, missing_message, require_dir, subfolders
 
 _logger = logging.getLogger(__name__)
@@ -162,8 +163,8 @@ def remove_listed_files(root: str | os.PathLike, list_file: str | os.PathLike) -
         rel = line.strip()
         if not rel:
             continue
-        path = (root / rel).resolve()
-        if root not in path.parents:
+        path = path_inside(root, rel)
+        if path is None:
             raise DatasetError(f"{list_file}: {rel!r} points outside {root}.")
         if path.is_file():
             path.unlink()
@@ -211,7 +212,10 @@ def organize_terraincognita(images_dir: str | os.PathLike, annotations_json: str
         for cat in sorted(per_image.get(image["id"], ())):
             if cat not in TERRA_CATEGORIES:
                 continue
-            src = images_dir / image["file_name"]
+            src = path_inside(images_dir, image["file_name"])
+            if src is None:  # the annotations came with the data: they may name images, never files elsewhere
+                raise DatasetError(f"{annotations_json} names {image['file_name']!r}, outside {images_dir}; "
+                                   "use the original caltech_images_20210113.json.")
             if not src.is_file():
                 raise DatasetError(f"{src} is listed in {annotations_json} but missing; unpack "
                                    "eccv_18_all_images_sm.tar.gz completely.")
