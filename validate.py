@@ -28,7 +28,7 @@ from clipood_zoo.cli_utils import AMP_DTYPES, default_device, format_results, mo
 from clipood_zoo.data import create_loader, read_dataset_info
 from clipood_zoo.data.protocols.imagenet import eval_classes
 from clipood_zoo.evaluate import evaluate
-from clipood_zoo.fileio import write_text_atomic
+from clipood_zoo.fileio import check_writable_file, write_text_atomic
 
 _logger = logging.getLogger("validate")
 TIMM_FIELDS = ("model", "top1", "top1_err", "top5", "top5_err", "param_count", "img_size", "crop_pct", "interpolation")
@@ -138,6 +138,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     try:
         if args.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if args.results_file:  # before any evaluation, not after it
+            check_writable_file(args.results_file, "--results-file")
         if args.model_config:
             open_clip.add_model_config(args.model_config)
         names = expand_models(args.model, args.pretrained)

@@ -1,0 +1,226 @@
+"""A training run does what it says or says why not: planned steps, resumes, run folders, locks, records.
+
+Each case asserts the exact outcome: exit code, the words of the message, and what is (or is not) on disk.
+Preemption (SIGTERM/SIGINT) and save-order cases that need the uninterrupted reference run live in
+tests/test_faults.py next to the kill/resume test.
+"""
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+import train
+import validate
+from clipood_zoo.checkpoint import load_checkpoint
+from clipood_zoo.data.synthetic import write_synthetic_dataset
+from clipood_zoo.hub import sha256_file
+from tests.conftest import TINY_ARCH, TINY_CONFIG, train_args
+from tests.test_faults import REPO, ENV, exits_with
+
+# 16 base-class training samples of the sources / batch 4: 4 batches (optimizer steps) an epoch
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("syn")
+    write_synthetic_dataset(root, per_class=4, shard_size=6)
+    return root
+
+
+def _no_heavy_work(monkeypatch):
+    """Fail the test if a model is built: the refusals below must come before any heavy work."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was built before the arguments were refused")
+    monkeypatch.setattr(train, "model_for_dataset", refuse)
+    monkeypatch.setattr(validate, "model_for_dataset", refuse)
+
+
+# ------------------------------------------------------------------------------- planned optimizer steps
+
+def test_resume_with_another_schedule_is_refused_naming_the_argument(shards, tmp_path, capsys):
+    train.main(train_args(shards, tmp_path, "--steps", "4"))
+    run = tmp_path / "run"
+    before = (run / "checkpoint.pt").read_bytes()
+    err = exits_with(train.main, train_args(shards, tmp_path, "--steps", "12", "--lr", "2e-3", "--resume", str(run)),
+                     capsys)
+    assert err.startswith(f"train.py: error: cannot resume {run} with other arguments than its run's: ")
+    assert "--steps 4 -> 12; --lr 0.001 -> 0.002." in err and "learning-rate schedule and the weight average" in err
+    assert (run / "checkpoint.pt").read_bytes() == before
+
+
+def test_grad_accumulation_longer_than_an_epoch_is_refused_before_training(shards, tmp_path, capsys):
+    err = exits_with(train.main, train_args(shards, tmp_path, "--steps", "2", "--grad-accum-steps", "50"), capsys)
+    assert ("train.py: error: --grad-accum-steps 50 takes 50 batches per optimizer step, but an epoch of the 'train' "
+            "split has 4 batch(es) of 4 (16 samples over 1 process(es)): no optimizer step could be made") in err
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock"]  # nothing trained, nothing exported
+
+
+def test_an_epoch_short_of_its_planned_steps_stops_before_exporting(shards, tmp_path, capsys, monkeypatch):
+    real = train.Run.batches
+
+    def two_batches(self):
+        for i, batch in enumerate(real(self)):
+            if i == 2:
+                return
+            yield batch
+
+    monkeypatch.setattr(train.Run, "batches", two_batches)
+    err = exits_with(train.main, train_args(shards, tmp_path, "--steps", "6"), capsys)
+    assert ("train.py: error: epoch 0 ended at optimizer step 2 but step 4 was planned (4 per epoch, 6 in all): the "
+            "training data ran out. Nothing was exported from this epoch") in err
+    run = tmp_path / "run"
+    assert not (run / "model.safetensors").exists() and not (run / train.RESULT_NAME).exists()
+
+
+def test_without_a_validation_split_no_best_score_is_made_up(shards, tmp_path):
+    result = train.main(train_args(shards, tmp_path, "--steps", "6", "--val-split", "missing"))
+    assert "best_source_top1" not in result and "source_top1" not in result and result["step"] == 6
+    run = tmp_path / "run"
+    config = json.loads((run / "config.json").read_text())
+    assert config["step"] == 6 and "source_top1" not in config["train_results"]  # the last evaluation is exported
+    assert "The weights at step 6 (no validation split to select on)." in (run / "README.md").read_text()
+    assert load_checkpoint(run)["best"] is None
+    assert json.loads((run / train.RESULT_NAME).read_text()) == result
+
+
+# ------------------------------------------------------------------------------------- run folders
+
+def test_seeds_get_their_own_folders_and_a_finished_run_needs_overwrite(shards, tmp_path, capsys):
+    def args(seed, *extra):  # the default run folder name
+        argv = train_args(shards, tmp_path, "--steps", "2", "--seed", str(seed), *extra)
+        i = argv.index("--experiment")
+        return argv[:i] + argv[i + 2:]
+
+    first = train.main(args(1))
+    second = train.main(args(2))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [f"{TINY_ARCH}-clipood-sketch-base-seed1", f"{TINY_ARCH}-clipood-sketch-base-seed2"]
+    assert first["output"] != second["output"]
+    run = tmp_path / names[0]
+    exported = (run / "model.safetensors").read_bytes()
+    err = exits_with(train.main, args(1), capsys)
+    assert (f"train.py: error: the run folder {run} already holds a finished run; pass --overwrite to replace it, or "
+            "choose another --seed or --experiment") in err
+    assert (run / "model.safetensors").read_bytes() == exported
+    (run / train.RESULT_NAME).unlink()  # as if killed before its end: continuing it is --resume's job
+    err = exits_with(train.main, args(1), capsys)
+    assert f"already holds an unfinished run (continue it with --resume {run})" in err
+    again = train.main(args(1, "--overwrite"))
+    assert again["output"] == first["output"] and (run / train.RESULT_NAME).exists()
+
+
+@pytest.mark.parametrize("experiment", ["../../x", "..", "a/b", ""])
+def test_experiment_must_stay_inside_output(shards, tmp_path, capsys, experiment):
+    err = exits_with(train.main, train_args(shards, tmp_path / "out", "--steps", "2", "--experiment", experiment), capsys)
+    assert f"train.py: error: --experiment must be a folder name (the run folder inside --output), got {experiment!r}" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_run_folder_symlinked_out_of_output_is_refused(shards, tmp_path, capsys, monkeypatch):
+    _no_heavy_work(monkeypatch)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "run").symlink_to(elsewhere)
+    err = exits_with(train.main, train_args(shards, tmp_path / "out", "--steps", "2"), capsys)
+    assert f"the run folder {tmp_path / 'out' / 'run'} is a symlink or leads outside --output" in err
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_planted_symlinks_in_the_run_folder_are_replaced_not_followed(shards, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    victims = {}
+    for name in ("args.json", "summary.csv", "config.json", "model.safetensors", train.RESULT_NAME):
+        victims[name] = tmp_path / f"victim-{name}"
+        victims[name].write_text("keep me\n")
+        (run / name).symlink_to(victims[name])
+    train.main(train_args(shards, tmp_path, "--steps", "2"))
+    for name, victim in victims.items():
+        assert victim.read_text() == "keep me\n", name
+        assert not (run / name).is_symlink() and (run / name).is_file(), name
+    assert json.loads((run / "args.json").read_text())["steps"] == 2
+
+
+@pytest.mark.parametrize("where", ["file", "under_file"])
+def test_unwritable_output_is_refused_before_any_model_is_built(shards, tmp_path, capsys, monkeypatch, where):
+    _no_heavy_work(monkeypatch)
+    (tmp_path / "file").write_text("")
+    output = tmp_path / "file" if where == "file" else tmp_path / "file" / "sub"
+    err = exits_with(train.main, train_args(shards, output, "--steps", "2"), capsys)
+    if where == "file":
+        assert f"train.py: error: --output {output} is not a folder; pass a folder" in err
+    else:
+        assert f"train.py: error: --output {output} cannot be written to (Not a directory); pass a writable folder" in err
+
+
+@pytest.mark.parametrize("where", ["dir", "under_file"])
+def test_unwritable_results_file_is_refused_before_evaluating(shards, tmp_path, capsys, monkeypatch, where):
+    _no_heavy_work(monkeypatch)
+    (tmp_path / "file").write_text("")
+    (tmp_path / "dir").mkdir()
+    results = tmp_path / "dir" if where == "dir" else tmp_path / "file" / "r.csv"
+    err = exits_with(validate.main, ["--model", TINY_ARCH, "--model-config", TINY_CONFIG, "--data-dir", str(shards),
+                                     "--results-file", str(results)], capsys)
+    if where == "dir":
+        assert f"validate.py: error: --results-file {results} is a folder; pass a file name" in err
+    else:
+        assert f"validate.py: error: the folder of --results-file {results.parent} is not a folder" in err
+
+
+def test_a_second_run_in_a_locked_folder_is_refused_and_a_stale_lock_taken_over(shards, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from clipood_zoo.fileio import FolderLock; "
+                               f"lock = FolderLock({str(run)!r}).acquire(); print('locked', flush=True); sys.stdin.read()"],
+        cwd=REPO, env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        err = exits_with(train.main, train_args(shards, tmp_path, "--steps", "2"), capsys)
+        assert f"train.py: error: {run} is in use by another process (PID {holder.pid}); wait for it to end" in err
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]
+    finally:
+        holder.communicate("", timeout=60)  # the holder ends; its lock file (with its PID) stays behind
+    assert (run / ".lock").read_text() == f"{holder.pid}\n"
+    result = train.main(train_args(shards, tmp_path, "--steps", "2"))
+    assert result["step"] == 2
+
+
+# ------------------------------------------------------------------------------------------- records
+
+def test_config_records_what_was_loaded_as_the_starting_point(shards, tmp_path):
+    train.main(train_args(shards, tmp_path / "a", "--steps", "2"))
+    first = tmp_path / "a" / "run"
+    cfg = json.loads((first / "config.json").read_text())["pretrained_cfg"]
+    assert cfg["initial_weights"] == "random init" and cfg["clip_pretrained"] is None
+    train.main(train_args(shards, tmp_path / "b", "--steps", "2", "--checkpoint", str(first)))
+    cfg = json.loads((tmp_path / "b" / "run" / "config.json").read_text())["pretrained_cfg"]
+    weights = first / "model.safetensors"
+    assert cfg["initial_weights"] == [{"file": str(weights.resolve()), "sha256": sha256_file(weights)}]
+    assert cfg["clip_pretrained"] is None
+
+
+def test_summary_has_one_row_per_evaluation_after_a_resume(shards, tmp_path, monkeypatch):
+    real_save = train.Run.save
+
+    def die_after_first_evaluation(self):
+        if self.next_epoch == 1:
+            raise KeyboardInterrupt  # after epoch 0's summary row, before its end-of-epoch checkpoint
+        real_save(self)
+
+    monkeypatch.setattr(train.Run, "save", die_after_first_evaluation)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(train_args(shards, tmp_path, "--steps", "6"))
+    monkeypatch.setattr(train.Run, "save", real_save)
+    run = tmp_path / "run"
+    with open(run / "summary.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["0"]
+    train.main(train_args(shards, tmp_path, "--steps", "6", "--resume", str(run)))
+    with open(run / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert load_file(run / "model.safetensors").keys()
