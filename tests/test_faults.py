@@ -253,7 +253,7 @@ def _bad_dataset(root):
 # one full pass over the bad val split: 4 bad samples; the cut shard keeps 1 of its 6 samples whole (4 never
 # read, 1 without its image); the overstated shard is 2 short
 VAL_SKIPS = {"no_image": 1, "bad_label": 3, "bad_meta": 0, "unknown_domain": 0, "bad_image": 1,
-             "missing_from_shard": 6}
+             "missing_from_shard": 6, "too_large": 0}
 VAL_GOOD = 3 * 4 * 4 - 5
 
 

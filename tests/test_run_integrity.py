@@ -5,17 +5,28 @@ Preemption (SIGTERM/SIGINT) and save-order cases that need the uninterrupted ref
 tests/test_faults.py next to the kill/resume test.
 """
 import csv
+import io
 import json
+import re
+import shutil
+import struct
 import subprocess
 import sys
+import tarfile
+import warnings
+import zlib
 
 import pytest
+import webdataset as wds
+from PIL import Image
 from safetensors.torch import load_file
+from torchvision import transforms
 
 import train
 import validate
 from clipood_zoo.checkpoint import load_checkpoint
-from clipood_zoo.data.synthetic import write_synthetic_dataset
+from clipood_zoo.data import create_loader
+from clipood_zoo.data.synthetic import image_bytes, write_synthetic_dataset
 from clipood_zoo.hub import sha256_file
 from tests.conftest import TINY_ARCH, TINY_CONFIG, train_args
 from tests.test_faults import REPO, ENV, exits_with
@@ -224,3 +235,105 @@ def test_summary_has_one_row_per_evaluation_after_a_resume(shards, tmp_path, mon
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["0", "1"]
     assert load_file(run / "model.safetensors").keys()
+
+
+# ------------------------------------------------------------------------------ data that cannot train
+
+def _copy_dataset(src, dst, split=None, relabel=None, empty=False):
+    """A copy of a synthetic dataset whose ``split`` shards get every label replaced, or are emptied."""
+    shutil.copytree(src, dst)
+    if split is None:
+        return dst
+    info = json.loads((dst / "_info.json").read_text())
+    for name in info["splits"][split]["filenames"]:
+        if empty:
+            (dst / name).write_bytes(b"")
+            continue
+        samples = list(wds.WebDataset(str(dst / name), shardshuffle=False))
+        with wds.TarWriter(str(dst / name)) as w:
+            for sample in samples:
+                w.write({k: (relabel if k == "cls" else v) for k, v in sample.items() if k not in ("__url__", "__local_path__")})
+    return dst
+
+
+def test_train_split_with_every_label_out_of_range_ends_with_a_bounded_error(shards, tmp_path, capsys):
+    data = _copy_dataset(shards, tmp_path / "data", "train", relabel=b"9")
+    err = exits_with(train.main, train_args(data, tmp_path, "--steps", "2"), capsys)
+    assert ("train.py: error: 1000 samples in a row were skipped without a usable one (skipped so far: "
+            "{'bad_label': 1000}; the last: class index 9 out of range [0, 4)") in err
+    assert "this data cannot be used" in err and not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_train_split_of_empty_shards_ends_with_a_bounded_error(shards, tmp_path, capsys):
+    data = _copy_dataset(shards, tmp_path / "data", "train", empty=True)
+    err = exits_with(train.main, train_args(data, tmp_path, "--steps", "2"), capsys)
+    run = int(re.search(r"train.py: error: (\d+) samples in a row were skipped without a usable one \(skipped so far: "
+                        r"\{'missing_from_shard': \1\}", err).group(1))
+    assert 1000 <= run < 1000 + 6  # bounded: the shard that crossed the limit holds at most 6 samples
+
+
+def test_evaluation_data_with_no_usable_sample_is_an_error(shards, tmp_path, capsys):
+    data = _copy_dataset(shards, tmp_path / "data", "val", relabel=b"-1")
+    err = exits_with(validate.main, ["--model", TINY_ARCH, "--model-config", TINY_CONFIG, "--data-dir", str(data),
+                                     "--workers", "0"], capsys)
+    assert (f"validate.py: error: {TINY_ARCH}: the evaluation data yielded no usable sample: every one was skipped as "
+            "bad") in err
+
+
+def _sparse_member(name, realsize, data=b"0"):
+    """A GNU sparse tar member: ``len(data)`` bytes stored, ``realsize`` bytes (zeros, then data) when extracted."""
+    h = bytearray(512)
+    for offset, value in ((0, name.encode()), (100, b"0000644\0"), (108, b"0000000\0"), (116, b"0000000\0"),
+                          (124, b"%011o\0" % len(data)), (136, b"%011o\0" % 0), (156, b"S"), (257, b"ustar  \0"),
+                          (386, b"%011o\0" % (realsize - len(data))), (398, b"%011o\0" % len(data)),
+                          (483, b"%011o\0" % realsize), (148, b" " * 8)):
+        h[offset:offset + len(value)] = value
+    h[148:156] = b"%06o\0 " % sum(h)
+    return bytes(h) + data.ljust(512, b"\0")
+
+
+def _png_header_only(width, height):
+    """A PNG whose header says ``width`` x ``height`` (grayscale) over a few bytes of pixel data."""
+    chunk = lambda kind, body: (struct.pack(">I", len(body)) + kind + body  # noqa: E731
+                                + struct.pack(">I", zlib.crc32(kind + body)))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def test_oversized_members_and_images_are_skipped_unread_and_counted(shards, tmp_path, caplog):
+    data = _copy_dataset(shards, tmp_path / "data")
+    meta = json.dumps({"domain": "art", "classname": "cat"}).encode()
+    members = io.BytesIO()
+    with tarfile.open(fileobj=members, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, body in (("sparse.json", meta), ("sparse.png", image_bytes((0, 0, 0))),
+                           ("bomb.cls", b"0"), ("bomb.json", meta), ("bomb.png", _png_header_only(13000, 13000))):
+            member = tarfile.TarInfo(name)
+            member.size = len(body)
+            tar.addfile(member, io.BytesIO(body))
+    shard = _sparse_member("sparse.cls", 3 * 2**30) + members.getvalue()
+    (data / "val-big.tar").write_bytes(shard)
+    with tarfile.open(fileobj=io.BytesIO(shard)) as tar:  # a 3 GiB member (when read) in a shard of 11 KB
+        assert tar.getmember("sparse.cls").size == 3 * 2**30 and len(shard) < 12_000
+    raw = json.loads((data / "_info.json").read_text())
+    val = raw["splits"]["val"]
+    val["filenames"].append("val-big.tar"), val["shard_lengths"].append(2)
+    val.pop("domain_class_counts"), val.pop("shard_domains")
+    val["num_samples"] += 2
+    (data / "_info.json").write_text(json.dumps(raw))
+    loader = create_loader(data, "val", transform=transforms.ToTensor(), batch_size=8, is_training=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        n = sum(len(target) for _, target, _ in loader)
+    assert n == val["num_samples"] - 2
+    assert loader.skipped.as_dict()["too_large"] == 2 and loader.skipped.total == 2
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert "tar member sparse.cls is 3221225472 bytes, over the limit of 67108864 (not read" in caplog.text
+    assert "image of 13000x13000 pixels is over the limit of 67108864 (not decoded" in caplog.text
+
+
+def test_caps_are_train_flags(shards, tmp_path, capsys):
+    err = exits_with(train.main, train_args(shards, tmp_path, "--steps", "2", "--max-image-pixels", "10"), capsys)
+    assert "1000 samples in a row were skipped without a usable one (skipped so far: {'too_large': 1000}" in err
+    assert "image of 8x8 pixels is over the limit of 10 (not decoded; raise max_image_pixels" in err
+    err = exits_with(train.main, train_args(shards, tmp_path, "--steps", "2", "--max-member-bytes", "0"), capsys)
+    assert "train.py: error: --max-member-bytes must be > 0, got 0" in err
