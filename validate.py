@@ -103,6 +103,9 @@ def validate_one(name: str, args: argparse.Namespace, device: torch.device) -> D
     elapsed = time.time() - start
     if loader.skipped.total:
         _logger.warning("%s: skipped %d bad samples: %s", name, loader.skipped.total, loader.skipped.as_dict())
+    if metrics["nonfinite_logits"]:
+        _logger.warning("%s: %d of %d samples had NaN/inf logits (counted as wrong)", name,
+                        metrics["nonfinite_logits"], metrics["num_samples"])
     row = {
         "model": name,
         **{k: metrics[k] for k in ("top1", "top1_err", "top5", "top5_err")},
@@ -113,6 +116,7 @@ def validate_one(name: str, args: argparse.Namespace, device: torch.device) -> D
         **{k: v for k, v in metrics.items() if k.startswith("top1_") and k != "top1_err"},
         **{k: metrics[k] for k in ("base_top1", "new_top1", "hm") if k in metrics},
         "num_samples": metrics["num_samples"],
+        "nonfinite_logits": metrics["nonfinite_logits"],
         "split": args.split,
         "classes": args.classes,
         **({"eval_classes": len(declared)} if declared is not None and args.classes == "all" else {}),

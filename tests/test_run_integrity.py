@@ -17,6 +17,7 @@ import warnings
 import zlib
 
 import pytest
+import torch
 import webdataset as wds
 from PIL import Image
 from safetensors.torch import load_file
@@ -27,7 +28,10 @@ import validate
 from clipood_zoo.checkpoint import load_checkpoint
 from clipood_zoo.data import create_loader
 from clipood_zoo.data.synthetic import image_bytes, write_synthetic_dataset
+from clipood_zoo.errors import ConfigError
 from clipood_zoo.hub import sha256_file
+from clipood_zoo.metrics import AccuracyMeter
+from clipood_zoo.models.classifier import ClipoodClassifier
 from tests.conftest import TINY_ARCH, TINY_CONFIG, train_args
 from tests.test_faults import REPO, ENV, exits_with
 
@@ -337,3 +341,64 @@ def test_caps_are_train_flags(shards, tmp_path, capsys):
     assert "image of 8x8 pixels is over the limit of 10 (not decoded; raise max_image_pixels" in err
     err = exits_with(train.main, train_args(shards, tmp_path, "--steps", "2", "--max-member-bytes", "0"), capsys)
     assert "train.py: error: --max-member-bytes must be > 0, got 0" in err
+
+
+# ------------------------------------------------------------------------------ metrics and classes
+
+def test_nonfinite_logits_are_never_correct_and_are_counted():
+    torch.manual_seed(0)
+    logits = torch.randn(12, 6)
+    target = torch.randint(0, 6, (12,))
+    logits[[1, 4]] = float("nan")
+    logits[7, 2] = float("inf")
+    logits[9, 0] = -float("inf")
+    meter = AccuracyMeter(base_classes=[0, 1, 2], new_classes=[3, 4, 5])
+    meter.update(logits, target)
+    out = meter.compute()
+    finite = [i for i in range(12) if i not in (1, 4, 7, 9)]  # independent count, one sample at a time
+    top1 = sum(int(logits[i].argmax() == target[i]) for i in finite)
+    top5 = sum(int(target[i] in logits[i].topk(5).indices) for i in finite)
+    base = [i for i in range(12) if target[i] < 3]
+    base_top1 = sum(int(i in finite and logits[i, :3].argmax() == target[i]) for i in base)
+    assert out["nonfinite_logits"] == 4 and out["num_samples"] == 12
+    assert out["top1"] == round(100 * top1 / 12, 3) and out["top5"] == round(100 * top5 / 12, 3)
+    assert out["base_top1"] == round(100 * base_top1 / len(base), 3)
+    meter = AccuracyMeter()
+    meter.update(torch.full((5, 6), float("nan")), torch.arange(5))
+    assert meter.compute()["top5"] == 0.0  # topk ranks NaN first: unguarded, this was 100%
+
+
+def test_validate_reports_samples_with_nonfinite_logits(shards, monkeypatch, caplog):
+    monkeypatch.setattr(ClipoodClassifier, "forward_head", lambda self, x, pre_logits=False: torch.full(
+        (x.shape[0], self.num_classes), float("nan")))
+    (row,) = validate.main(["--model", TINY_ARCH, "--model-config", TINY_CONFIG, "--data-dir", str(shards),
+                            "--workers", "0"])
+    assert row["nonfinite_logits"] == row["num_samples"] == 48 and row["top1"] == row["top5"] == 0.0
+    assert f"{TINY_ARCH}: 48 of 48 samples had NaN/inf logits (counted as wrong)" in caplog.text
+
+
+@pytest.mark.parametrize("names,templates,message", [
+    (["cat"], [], "set_classes needs at least one template"),
+    (["cat"], ["a photo of a {1}."], "template 'a photo of a {1}.' is not a format string with one {} for the class "
+                                     "name (IndexError: "),
+    (["cat"], ["a {name}."], "template 'a {name}.' is not a format string with one {} for the class name (KeyError: "),
+    (["cat"], ["a photo."], "template 'a photo.' has no {} for the class name"),
+    (["cat"], ["a {}.", lambda c: c], "templates must be all format strings or all callables"),
+    (["cat"], [3], "template 3 (int) is neither a format string nor a callable"),
+    ([1, 2], None, "class name 0 is 1 (int); every class name must be a non-empty string"),
+    (["cat", None], None, "class name 1 is None (NoneType)"),
+    (["cat", " "], None, "class name 1 is ' ' (str)"),
+    ("cat", None, "class_names must be a list of names, got the string 'cat'"),
+    ([], None, "set_classes needs at least one class name"),
+])
+def test_set_classes_refuses_bad_names_and_templates(tiny_model, names, templates, message):
+    before = tiny_model.head.weight.clone()
+    with pytest.raises(ConfigError) as info:
+        tiny_model.set_classes(names, templates)
+    assert message in str(info.value)
+    assert torch.equal(tiny_model.head.weight, before)
+
+
+def test_an_empty_batch_is_a_clear_error(tiny_model):
+    with pytest.raises(ConfigError, match=r"an empty batch \(images of shape \(0, 3, 32, 32\)\): pass at least one image"):
+        tiny_model(torch.zeros(0, 3, 32, 32))
