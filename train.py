@@ -82,7 +82,7 @@ from clipood_zoo.data import DatasetInfo, create_loader, read_dataset_info
 from clipood_zoo.data.pipeline import MAX_IMAGE_PIXELS, MAX_MEMBER_BYTES
 from clipood_zoo.cli_utils import AMP_DTYPES, default_device, format_results, model_for_dataset
 from clipood_zoo.errors import CheckpointError, RunInterrupted, TrainingError
-from clipood_zoo.fileio import FolderLock, check_writable_dir, inside, write_text_atomic
+from clipood_zoo.fileio import FolderLock, check_writable_dir, inside, link_or_copy, write_text_atomic
 from clipood_zoo.evaluate import autocast, evaluate
 from clipood_zoo.methods import METHODS, TrainStep, create_method
 
@@ -160,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--log-interval", type=int, default=50, help="optimizer steps between log lines")
     g.add_argument("--eval-interval", type=int, default=1, help="epochs between evaluations (the last always runs)")
     g.add_argument("--checkpoint-interval", type=int, default=None, help="steps between checkpoints (default: each epoch)")
+    g.add_argument("--checkpoint-hist", type=int, default=0,
+                   help="keep this many evaluated checkpoints (checkpoint-<epoch>.pt), the best by source-domain "
+                        "validation top-1 (timm's meaning; without a validation split the latest)")
+    g.add_argument("--keep-checkpoint", action="store_true",
+                   help="keep the resume checkpoint of a finished run (by default only its export stays)")
     return p
 
 
@@ -183,6 +188,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"unknown --method {args.method!r}; available: {', '.join(sorted(METHODS))}")
     if args.workers < 0:
         raise ConfigError(f"--workers must be >= 0, got {args.workers}")
+    if args.checkpoint_hist < 0:
+        raise ConfigError(f"--checkpoint-hist must be >= 0, got {args.checkpoint_hist}")
     if args.experiment is not None and (args.experiment in ("", ".", "..") or Path(args.experiment).name != args.experiment):
         raise ConfigError(f"--experiment must be a folder name (the run folder inside --output), got {args.experiment!r}")
 
@@ -375,6 +382,7 @@ class Run:
         self.step, self.start_epoch, self.best = 0, 0, None
         self.nonfinite_steps, self._nonfinite_run, self.next_epoch = 0, 0, 0
         self._stop_now, self._saved_state = False, None
+        self.history: List[List[Any]] = []  # [source top-1 or None, epoch] of the kept checkpoint-<epoch>.pt
         self.images_trained, self.train_started = 0, None
         self.eval_skipped: Dict[str, int] = {}
         if args.resume:
@@ -434,6 +442,7 @@ class Run:
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.best = state["step"], state.get("best")
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
+        self.history = [list(h) for h in state.get("checkpoint_hist", [])]
         # "epoch" is the epoch to run next: the current one until its evaluation and export are done.
         self.start_epoch = int(state.get("epoch", self.step // self.updates_per_epoch))
         _logger.info("Resumed from %s at step %d (epoch %d)", path, self.step, self.start_epoch)
@@ -447,7 +456,7 @@ class Run:
             save_checkpoint(self.out_dir / CHECKPOINT_NAME, model=self.model, average=self.average, optimizer=self.optimizer,
                             scheduler=self.scheduler, scaler=self.scaler, step=self.step, epoch=self.next_epoch,
                             extra={"best": self.best, "nonfinite_steps": self.nonfinite_steps,
-                                   "run_args": self.defining_args()})
+                                   "run_args": self.defining_args(), "checkpoint_hist": self.history})
         self._saved_state = state
 
     def write(self, what: str, write: Callable[[], None]) -> None:
@@ -641,6 +650,17 @@ class Run:
                      **{f"eval_{k}": v for k, v in metrics.items()}, "lr": self.optimizer.param_groups[0]["lr"]})
         self.write(SUMMARY_NAME, lambda: write_text_atomic(path, format_results(rows, "csv")))
 
+    def keep_history(self, epoch: int, score: Optional[float]) -> None:
+        """timm's --checkpoint-hist: the checkpoint evaluated at ``epoch`` kept as checkpoint-<epoch>.pt (a hard
+        link where the file system allows, not a copy), and only the best N of them (source top-1, then latest)."""
+        name = f"checkpoint-{epoch}.pt"
+        self.write(name, lambda: link_or_copy(self.out_dir / CHECKPOINT_NAME, self.out_dir / name))
+        self.history = [h for h in self.history if h[1] != epoch] + [[score, epoch]]
+        self.history.sort(key=lambda h: (-math.inf if h[0] is None else h[0], h[1]), reverse=True)
+        for _, dropped in self.history[self.args.checkpoint_hist:]:
+            (self.out_dir / f"checkpoint-{dropped}.pt").unlink(missing_ok=True)
+        del self.history[self.args.checkpoint_hist:]
+
     def check_planned_steps(self, epoch: int) -> None:
         """An epoch that ended before its planned optimizer steps stops the run before anything is exported."""
         planned = min(self.total_steps, (epoch + 1) * self.updates_per_epoch)
@@ -674,6 +694,8 @@ class Run:
                         self.export(metrics)
                 if self.is_main:
                     self.write_summary(epoch, train_metrics, metrics)
+                    if args.checkpoint_hist:
+                        self.keep_history(epoch, score)
             self.next_epoch = epoch + 1
             self.save()
             if self.stop_requested():
@@ -697,6 +719,8 @@ class Run:
                   "nonfinite_steps": self.nonfinite_steps, **metrics}
         self.write(RESULT_NAME, lambda: write_text_atomic(self.out_dir / RESULT_NAME,
                                                           json.dumps(result, indent=2, default=str) + "\n"))
+        if self.is_main and not args.keep_checkpoint:  # finished: the export is the run's product
+            (self.out_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
         return result
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator, Optional, Union
@@ -71,6 +72,21 @@ def write_bytes_atomic(path: PathLike, data: bytes) -> None:
 def write_text_atomic(path: PathLike, text: str) -> None:
     with atomic_write(path, "w") as f:
         f.write(text)
+
+
+def link_or_copy(src: PathLike, dst: PathLike) -> None:
+    """``dst`` becomes a hard link to ``src`` (no bytes copied; a later atomic replace of ``src`` leaves it
+    alone), or an atomic copy where the file system has no hard links; a symlink at ``dst`` is replaced."""
+    dst = Path(dst)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        with open(src, "rb") as f, atomic_write(dst) as out:
+            shutil.copyfileobj(f, out)
+        return
+    os.replace(tmp, dst)
 
 
 def check_writable_dir(path: PathLike, flag: str) -> Path:

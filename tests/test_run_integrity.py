@@ -402,3 +402,29 @@ def test_set_classes_refuses_bad_names_and_templates(tiny_model, names, template
 def test_an_empty_batch_is_a_clear_error(tiny_model):
     with pytest.raises(ConfigError, match=r"an empty batch \(images of shape \(0, 3, 32, 32\)\): pass at least one image"):
         tiny_model(torch.zeros(0, 3, 32, 32))
+
+
+# ------------------------------------------------------------------------------------------ disk use
+
+def test_a_finished_run_keeps_its_export_and_drops_the_resume_checkpoint(shards, tmp_path):
+    argv = [a for a in train_args(shards, tmp_path, "--steps", "2") if a != "--keep-checkpoint"]
+    train.main(argv)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        ".lock", "README.md", "args.json", "config.json", "model.safetensors", train.RESULT_NAME, "summary.csv"]
+
+
+@pytest.mark.parametrize("validation", [True, False])
+def test_checkpoint_hist_keeps_the_best_evaluated_checkpoints(shards, tmp_path, validation):
+    extra = [] if validation else ["--val-split", "missing"]
+    train.main(train_args(shards, tmp_path, "--steps", "12", "--checkpoint-hist", "2", *extra))
+    run = tmp_path / "run"
+    with open(run / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]
+    ranked = sorted(rows, key=lambda r: (float(r["eval_source_top1"]) if validation else 0.0, int(r["epoch"])),
+                    reverse=True)
+    kept = sorted(int(r["epoch"]) for r in ranked[:2])
+    assert sorted(p.name for p in run.glob("checkpoint-*.pt")) == [f"checkpoint-{e}.pt" for e in kept]
+    for epoch in kept:  # each is the state evaluated at the end of that epoch, resumable
+        state = load_checkpoint(run / f"checkpoint-{epoch}.pt")
+        assert (state["step"], state["epoch"]) == (4 * (epoch + 1), epoch)
