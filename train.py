@@ -15,9 +15,12 @@ The flags follow timm's train.py where they mean the same thing.
 
 Faults, and what the run does about them:
 
-- Bad samples (image that does not decode, missing/out-of-range label, unknown domain, truncated shard)
-  are skipped with a warning and counted; the final log and the printed result give the counts for
+- Bad samples (image that does not decode, missing/out-of-range label, unknown domain, truncated shard,
+  a tar member over ``--max-member-bytes`` or an image over ``--max-image-pixels``, neither read) are
+  skipped with a warning and counted; the final log and the printed result give the counts for
   training and evaluation (``skipped_train``/``skipped_eval``). ``--strict-data`` stops at the first one.
+  Data that yields nothing usable (every label out of range, every shard empty) ends the run with an
+  error after a bounded number of skipped samples, instead of spinning.
 - A NaN/inf loss or gradient: that optimizer step is skipped (no weight change, gradients dropped, so the
   weights and the BMA average never take NaN/inf), with a warning, and counted (``nonfinite_steps`` in
   the result and the checkpoint); the step counter, schedule and BMA weights go on as if it had run, so
@@ -541,7 +544,7 @@ class Run:
         if replay >= self.updates_per_epoch * args.grad_accum_steps or self.step >= self.total_steps:
             return {"loss": float("nan")}  # resumed after this epoch's last step: only its evaluation is left
         if self.train_started is None:
-            self.train_started = time.time()
+            self.train_started = time.monotonic()
         for batch_idx, (images, target, _) in enumerate(self.batches()):
             if batch_idx < replay:
                 continue
@@ -584,7 +587,7 @@ class Run:
                 self.average.update(self.model, step=self.step)
             if self.step % args.log_interval == 0 or self.step == self.total_steps:
                 # img/s over the whole run in this process (evaluations and saves included), not since the last line
-                elapsed = time.time() - self.train_started
+                elapsed = time.monotonic() - self.train_started
                 _logger.info("Train: %d [%d/%d (%.0f%%)]  Loss: %.4f  LR: %.3e  %.1f img/s", epoch, self.step,
                              self.total_steps, 100.0 * self.step / self.total_steps, (loss_sum / loss_count).item(),
                              self.optimizer.param_groups[0]["lr"],

@@ -7,6 +7,7 @@ tests/test_faults.py next to the kill/resume test.
 import csv
 import io
 import json
+import logging
 import re
 import shutil
 import struct
@@ -30,6 +31,7 @@ from clipood_zoo.data import create_loader
 from clipood_zoo.data.synthetic import image_bytes, write_synthetic_dataset
 from clipood_zoo.errors import ConfigError
 from clipood_zoo.hub import sha256_file
+from clipood_zoo.methods import TrainStep
 from clipood_zoo.metrics import AccuracyMeter
 from clipood_zoo.models.classifier import ClipoodClassifier
 from tests.conftest import TINY_ARCH, TINY_CONFIG, train_args
@@ -428,3 +430,36 @@ def test_checkpoint_hist_keeps_the_best_evaluated_checkpoints(shards, tmp_path, 
     for epoch in kept:  # each is the state evaluated at the end of that epoch, resumable
         state = load_checkpoint(run / f"checkpoint-{epoch}.pt")
         assert (state["step"], state["epoch"]) == (4 * (epoch + 1), epoch)
+
+
+class _Clock:
+    """A monotonic clock that moves only when told: 1 s per training forward, 10 s per evaluation."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self):
+        return self.now
+
+
+def test_logged_images_per_second_are_averaged_over_the_run(shards, tmp_path, monkeypatch, caplog):
+    clock = _Clock()
+    real_forward, real_evaluate = TrainStep.forward, train.evaluate
+
+    def forward(self, images, target):
+        clock.now += 1.0
+        return real_forward(self, images, target)
+
+    def evaluate(*args, **kwargs):
+        clock.now += 10.0
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train, "time", clock)
+    monkeypatch.setattr(TrainStep, "forward", forward)
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    caplog.set_level(logging.INFO, logger="train")
+    train.main(train_args(shards, tmp_path, "--steps", "6", "--val-split", "missing"))
+    rates = [float(r) for r in re.findall(r"Train: \d+ \[\d/6 .* ([\d.]+) img/s", caplog.text)]
+    # batch 4: 4 img/s while training; after epoch 0's evaluation (10 s) 20 images in 15 s, then 24 in 16 s,
+    # not a rate restarted at the epoch (4.0)
+    assert rates == [4.0, 4.0, 4.0, 4.0, round(20 / 15, 1), 24 / 16]
