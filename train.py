@@ -246,8 +246,8 @@ def clear_previous_run(out_dir: Path, args: argparse.Namespace) -> None:
         held = "a finished run" if finished else f"an unfinished run (continue it with --resume {out_dir})"
         raise ConfigError(f"the run folder {out_dir} already holds {held}; pass --overwrite to replace it, or "
                           "choose another --seed or --experiment")
-    for name in RUN_FILES:  # unlink removes a symlink, never what it points to
-        (out_dir / name).unlink(missing_ok=True)
+    for path in [*(out_dir / name for name in RUN_FILES), *out_dir.glob("checkpoint-*.pt")]:
+        path.unlink(missing_ok=True)  # unlink removes a symlink, never what it points to
 
 
 def _written_here(path: Path) -> bool:
