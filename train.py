@@ -36,9 +36,12 @@ Faults, and what the run does about them:
   uninterrupted run, including an evaluation/export that the kill interrupted. The checkpoint is written
   before each evaluation and export. Any file that cannot be written (disk full) stops the run with a
   :class:`CheckpointError` (exit code 2) saying which checkpoint is intact.
-- SIGTERM (SLURM, Kubernetes) or SIGINT (Ctrl-C): the current optimizer step ends, a checkpoint is written
-  and the run exits with code 75 (EX_TEMPFAIL: "try again", with ``--resume``) and one line saying where
-  to resume from; a second signal stops at once, without a checkpoint.
+- SIGTERM (SLURM, Kubernetes) or SIGINT (Ctrl-C): the current optimizer step (or the evaluation and export
+  in progress) ends, a checkpoint is written and the run exits with code 75 (EX_TEMPFAIL: "try again",
+  with ``--resume``) and one line saying where to resume from; a second signal stops at once, without a
+  checkpoint. In DDP the ranks agree on the stop through the per-step all_reduce above, so all stop at
+  the same step. A finished run keeps its export and drops ``checkpoint.pt`` unless ``--keep-checkpoint``;
+  ``--checkpoint-hist N`` keeps the N best evaluated checkpoints (``checkpoint-<epoch>.pt``).
 - The schedule, BMA and data order are planned over ``--steps``: the checkpoint stores the run's defining
   arguments and a ``--resume`` that changes one is refused, naming it. Arguments that cannot make the
   planned optimizer steps (``--grad-accum-steps`` beyond an epoch's batches) are refused before training,
