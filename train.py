@@ -263,6 +263,8 @@ class StopSignals:
 
     SLURM and Kubernetes stop jobs with SIGTERM, people with Ctrl-C (SIGINT). The handlers are restored on
     the first signal, so a second one acts at once (SIGTERM kills, SIGINT raises KeyboardInterrupt).
+    Forked loader workers inherit the handlers, so the first signal does not kill them either; they keep
+    serving batches until the run stops them.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -270,6 +272,7 @@ class StopSignals:
     def __init__(self) -> None:
         self.received: Optional[str] = None
         self._previous: Dict[int, Any] = {}
+        self._pid = os.getpid()
 
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():
@@ -279,6 +282,8 @@ class StopSignals:
     def _handle(self, signum: int, frame: Any) -> None:
         self.received = signal.Signals(signum).name
         self._restore()
+        if os.getpid() != self._pid:  # a forked loader worker: the main process reports it
+            return
         _logger.warning("%s received: stopping after the current step with a checkpoint (send it again to stop at "
                         "once, without one)", self.received)
 
