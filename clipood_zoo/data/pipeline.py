@@ -153,8 +153,9 @@ class _SkipPolicy:
 
 
 class _ReadShards(wds.PipelineStage):
-    """``tarfile_to_samples`` one shard at a time, so that a shard yielding fewer samples than
-    ``_info.json`` lists (truncated, corrupt, unreadable) is noticed and counted."""
+    """webdataset's ``tarfile_to_samples`` one shard at a time, so that a shard yielding fewer samples than
+    ``_info.json`` lists (truncated, corrupt, unreadable) is noticed and counted, with its tar members capped
+    in size (:func:`_capped_members`)."""
 
     def __init__(self, lengths: dict[str, int], policy: _SkipPolicy, max_member_bytes: int = MAX_MEMBER_BYTES):
         self.lengths, self.policy, self.max_member_bytes = lengths, policy, max_member_bytes
