@@ -5,6 +5,7 @@ Preemption (SIGTERM/SIGINT) and save-order cases that need the uninterrupted ref
 tests/test_faults.py next to the kill/resume test.
 """
 import csv
+import errno
 import io
 import json
 import logging
@@ -24,6 +25,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from torchvision import transforms
 
+import clipood_zoo.fileio
 import train
 import validate
 from clipood_zoo.checkpoint import load_checkpoint
@@ -164,16 +166,21 @@ def test_planted_symlinks_in_the_run_folder_are_replaced_not_followed(shards, tm
     assert json.loads((run / "args.json").read_text())["steps"] == 2
 
 
-@pytest.mark.parametrize("where", ["file", "under_file"])
+@pytest.mark.parametrize("where", ["file", "under_file", "read_only"])
 def test_unwritable_output_is_refused_before_any_model_is_built(shards, tmp_path, capsys, monkeypatch, where):
     _no_heavy_work(monkeypatch)
     (tmp_path / "file").write_text("")
-    output = tmp_path / "file" if where == "file" else tmp_path / "file" / "sub"
+    output = {"file": tmp_path / "file", "under_file": tmp_path / "file" / "sub", "read_only": tmp_path}[where]
+    if where == "read_only":  # what the kernel answers on a read-only mount (root ignores permission bits)
+        def read_only(*args, **kwargs):
+            raise OSError(errno.EROFS, "Read-only file system")
+        monkeypatch.setattr(clipood_zoo.fileio.tempfile, "TemporaryFile", read_only)
     err = exits_with(train.main, train_args(shards, output, "--steps", "2"), capsys)
     if where == "file":
         assert f"train.py: error: --output {output} is not a folder; pass a folder" in err
     else:
-        assert f"train.py: error: --output {output} cannot be written to (Not a directory); pass a writable folder" in err
+        reason = "Not a directory" if where == "under_file" else "Read-only file system"
+        assert f"train.py: error: --output {output} cannot be written to ({reason}); pass a writable folder" in err
 
 
 @pytest.mark.parametrize("where", ["dir", "under_file"])
