@@ -15,9 +15,12 @@ The flags follow timm's train.py where they mean the same thing.
 
 Faults, and what the run does about them:
 
-- Bad samples (image that does not decode, missing/out-of-range label, unknown domain, truncated shard)
-  are skipped with a warning and counted; the final log and the printed result give the counts for
+- Bad samples (image that does not decode, missing/out-of-range label, unknown domain, truncated shard,
+  a tar member over ``--max-member-bytes`` or an image over ``--max-image-pixels``, neither read) are
+  skipped with a warning and counted; the final log and the printed result give the counts for
   training and evaluation (``skipped_train``/``skipped_eval``). ``--strict-data`` stops at the first one.
+  Data that yields nothing usable (every label out of range, every shard empty) ends the run with an
+  error after a bounded number of skipped samples, instead of spinning.
 - A NaN/inf loss or gradient: that optimizer step is skipped (no weight change, gradients dropped, so the
   weights and the BMA average never take NaN/inf), with a warning, and counted (``nonfinite_steps`` in
   the result and the checkpoint); the step counter, schedule and BMA weights go on as if it had run, so
@@ -30,22 +33,44 @@ Faults, and what the run does about them:
   one-element all_reduce so every rank skips the same steps). With ``--amp-dtype float16`` the grad
   scaler, which already syncs once per step, does the gradient check.
 - Killed at any point: checkpoints are atomic; ``--resume`` continues to exactly the weights of an
-  uninterrupted run, including an evaluation/export that the kill interrupted. A checkpoint that cannot
-  be written (disk full) stops the run with a :class:`CheckpointError`; the previous checkpoint is intact.
+  uninterrupted run, including an evaluation/export that the kill interrupted. The checkpoint is written
+  before each evaluation and export. Any file that cannot be written (disk full) stops the run with a
+  :class:`CheckpointError` (exit code 2) saying which checkpoint is intact.
+- SIGTERM (SLURM, Kubernetes) or SIGINT (Ctrl-C): the current optimizer step (or the evaluation and export
+  in progress) ends, a checkpoint is written and the run exits with code 75 (EX_TEMPFAIL: "try again",
+  with ``--resume``) and one line saying where to resume from; a second signal stops at once, without a
+  checkpoint. In DDP the ranks agree on the stop through the per-step all_reduce above, so all stop at
+  the same step. A finished run keeps its export and drops ``checkpoint.pt`` unless ``--keep-checkpoint``;
+  ``--checkpoint-hist N`` keeps the N best evaluated checkpoints (``checkpoint-<epoch>.pt``).
+- The schedule, BMA and data order are planned over ``--steps``: the checkpoint stores the run's defining
+  arguments and a ``--resume`` that changes one is refused, naming it. Arguments that cannot make the
+  planned optimizer steps (``--grad-accum-steps`` beyond an epoch's batches) are refused before training,
+  and an epoch that ends short of its planned steps stops the run before anything is exported.
+- The run folder (``<model>-<method>-<holdout>-<train classes>-seed<N>`` unless ``--experiment``) stays
+  inside ``--output``, is locked while a run writes to it (a second process is refused, naming the
+  holder's PID), and a run already in it is replaced only with ``--overwrite``. ``result.json`` is written
+  last and marks a finished run. Files are written by atomic rename, which replaces a planted symlink
+  instead of following it.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
 import hashlib
 import json
 import logging
 import math
+import os
 import random
+import re
 import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import open_clip
@@ -53,20 +78,26 @@ import torch
 from timm.data import create_transform, resolve_data_config
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from timm.utils import ModelEmaV3, NativeScaler, update_summary
+from timm.utils import ModelEmaV3, NativeScaler
 from timm.utils.distributed import init_distributed_device_so
 
 import clipood_zoo
 from clipood_zoo import ClipoodError, ConfigError, ModelBma
 from clipood_zoo.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from clipood_zoo.data import DatasetInfo, create_loader, read_dataset_info
-from clipood_zoo.cli_utils import AMP_DTYPES, default_device, model_for_dataset
-from clipood_zoo.errors import TrainingError
+from clipood_zoo.data.pipeline import MAX_IMAGE_PIXELS, MAX_MEMBER_BYTES
+from clipood_zoo.cli_utils import AMP_DTYPES, default_device, format_results, model_for_dataset
+from clipood_zoo.errors import CheckpointError, RunInterrupted, TrainingError
+from clipood_zoo.fileio import FolderLock, check_writable_dir, inside, link_or_copy, write_text_atomic
 from clipood_zoo.evaluate import autocast, evaluate
 from clipood_zoo.methods import METHODS, TrainStep, create_method
 
 _logger = logging.getLogger("train")
 MAX_NONFINITE_RUN = 10  # consecutive skipped steps after which a run is taken to have diverged
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL (sysexits.h): stopped by a signal after a checkpoint, "try again" with --resume
+RESULT_NAME = "result.json"  # written last: a run folder holding it holds a finished run
+SUMMARY_NAME = "summary.csv"
+RUN_FILES = ("args.json", SUMMARY_NAME, RESULT_NAME, CHECKPOINT_NAME, "model.safetensors", "config.json", "README.md")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-split", default="val", help="split of the held-out domain that is reported")
     g.add_argument("--workers", "-j", type=int, default=2)
     g.add_argument("--strict-data", action="store_true", help="stop at the first bad sample instead of skipping it")
+    g.add_argument("--max-member-bytes", type=int, default=MAX_MEMBER_BYTES,
+                   help="a larger tar member (image, label, metadata) is skipped unread and counted as too_large")
+    g.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
+                   help="a larger image (width x height, from its header) is skipped undecoded and counted as too_large")
     g = p.add_argument_group("method")
     g.add_argument("--method", default="clipood", help=f"one of {sorted(METHODS)}")
     g.add_argument("--temperature", type=float, default=None, help="tau (default: 1 / the model's logit scale)")
@@ -124,18 +159,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--output", default="output/train", help="parent folder of the run folder")
-    g.add_argument("--experiment", default=None, help="run folder name (default: model-method-holdout)")
+    g.add_argument("--experiment", default=None,
+                   help="run folder name inside --output (default: model-method-holdout-trainclasses-seedN)")
+    g.add_argument("--overwrite", action="store_true", help="replace a run already in the run folder")
     g.add_argument("--resume", default=None, help="checkpoint.pt (or its run folder) of a run to continue")
     g.add_argument("--log-interval", type=int, default=50, help="optimizer steps between log lines")
     g.add_argument("--eval-interval", type=int, default=1, help="epochs between evaluations (the last always runs)")
     g.add_argument("--checkpoint-interval", type=int, default=None, help="steps between checkpoints (default: each epoch)")
+    g.add_argument("--checkpoint-hist", type=int, default=0,
+                   help="keep this many evaluated checkpoints (checkpoint-<epoch>.pt), the best by source-domain "
+                        "validation top-1 (timm's meaning; without a validation split the latest)")
+    g.add_argument("--keep-checkpoint", action="store_true",
+                   help="keep the resume checkpoint of a finished run (by default only its export stays)")
     return p
 
 
 def check_args(args: argparse.Namespace) -> None:
     """Refuse bad arguments before any model or data is touched."""
     positive = {"--batch-size": args.batch_size, "--grad-accum-steps": args.grad_accum_steps, "--lr": args.lr,
-                "--log-interval": args.log_interval, "--eval-interval": args.eval_interval}
+                "--log-interval": args.log_interval, "--eval-interval": args.eval_interval,
+                "--max-member-bytes": args.max_member_bytes, "--max-image-pixels": args.max_image_pixels}
     positive.update({k: v for k, v in (("--steps", args.steps), ("--epochs", args.epochs),
                                        ("--checkpoint-interval", args.checkpoint_interval)) if v is not None})
     for flag, value in positive.items():
@@ -151,6 +194,106 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"unknown --method {args.method!r}; available: {', '.join(sorted(METHODS))}")
     if args.workers < 0:
         raise ConfigError(f"--workers must be >= 0, got {args.workers}")
+    if args.checkpoint_hist < 0:
+        raise ConfigError(f"--checkpoint-hist must be >= 0, got {args.checkpoint_hist}")
+    if args.experiment is not None and (args.experiment in ("", ".", "..") or Path(args.experiment).name != args.experiment):
+        raise ConfigError(f"--experiment must be a folder name (the run folder inside --output), got {args.experiment!r}")
+
+
+def run_folder_name(args: argparse.Namespace) -> str:
+    """--experiment, or a name made of everything that tells runs apart, so that seeds never share a folder."""
+    if args.experiment:
+        return args.experiment
+    parts = (args.model, args.method, args.holdout or "all", args.train_classes, f"seed{args.seed}")
+    return re.sub(r"[^\w.+-]+", "_", "-".join(parts))
+
+
+@contextlib.contextmanager
+def claim_run_folder(args: argparse.Namespace) -> Iterator[Path]:
+    """The run folder, checked and locked for this process before any model or data is loaded.
+
+    It must lie inside --output (not through a symlink); a second process there is refused while this one
+    lives; a run already in it is replaced only with --overwrite (or continued with --resume). Rank 0 owns
+    the folder; other ranks only get its path.
+    """
+    output = Path(args.output)
+    out_dir = output / run_folder_name(args)
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield out_dir
+        return
+    check_writable_dir(output, "--output")
+    if out_dir.is_symlink() or not inside(out_dir, output):
+        raise ConfigError(f"the run folder {out_dir} is a symlink or leads outside --output {output}; remove the "
+                          "link or choose another --experiment")
+    try:
+        out_dir.mkdir(exist_ok=True)
+        lock = FolderLock(out_dir).acquire()
+    except OSError as e:
+        raise ConfigError(f"cannot use the run folder {out_dir} ({e.strerror or e}); remove what is there or choose "
+                          "another --experiment") from e
+    try:
+        clear_previous_run(out_dir, args)
+        yield out_dir
+    finally:
+        lock.release()
+
+
+def clear_previous_run(out_dir: Path, args: argparse.Namespace) -> None:
+    """Refuse to start over a run in ``out_dir`` unless --overwrite (then remove its files) or --resume."""
+    if args.resume:
+        return
+    finished, started = (_written_here(out_dir / name) for name in (RESULT_NAME, CHECKPOINT_NAME))
+    if not (finished or started):
+        return
+    if not args.overwrite:
+        held = "a finished run" if finished else f"an unfinished run (continue it with --resume {out_dir})"
+        raise ConfigError(f"the run folder {out_dir} already holds {held}; pass --overwrite to replace it, or "
+                          "choose another --seed or --experiment")
+    for path in [*(out_dir / name for name in RUN_FILES), *out_dir.glob("checkpoint-*.pt")]:
+        path.unlink(missing_ok=True)  # unlink removes a symlink, never what it points to
+
+
+def _written_here(path: Path) -> bool:
+    """A regular file, not a symlink: train.py never writes links, so a planted one marks no run."""
+    return path.is_file() and not path.is_symlink()
+
+
+class StopSignals:
+    """The first SIGTERM/SIGINT asks the run to stop after the current step with a checkpoint.
+
+    SLURM and Kubernetes stop jobs with SIGTERM, people with Ctrl-C (SIGINT). The handlers are restored on
+    the first signal, so a second one acts at once (SIGTERM kills, SIGINT raises KeyboardInterrupt).
+    Forked loader workers inherit the handlers, so the first signal does not kill them either; they keep
+    serving batches until the run stops them.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: Optional[str] = None
+        self._previous: Dict[int, Any] = {}
+        self._pid = os.getpid()
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signal.Signals(signum).name
+        self._restore()
+        if os.getpid() != self._pid:  # a forked loader worker: the main process reports it
+            return
+        _logger.warning("%s received: stopping after the current step with a checkpoint (send it again to stop at "
+                        "once, without one)", self.received)
+
+    def _restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
 
 
 def reseed(seed: int, epoch: int, rank: int) -> None:
@@ -185,8 +328,8 @@ def weights_digest(model: torch.nn.Module) -> str:
 class Run:
     """Everything one training run holds, so the loop reads as timm's does."""
 
-    def __init__(self, args: argparse.Namespace):
-        self.args = args
+    def __init__(self, args: argparse.Namespace, info: DatasetInfo, out_dir: Path, stop: StopSignals):
+        self.args, self.info, self.out_dir, self.stop = args, info, out_dir, stop
         device_name = args.device or default_device()
         dist = init_distributed_device_so(device=device_name)
         self.device = torch.device(dist["device"])
@@ -194,7 +337,6 @@ class Run:
         self.is_main = self.rank == 0
         reseed(args.seed, 0, rank=0)  # the same initial weights (and BMA theta_0) on every rank
 
-        self.info = read_dataset_info(args.data_dir)
         self.sources = source_domains(args, self.info)
         self.train_classes = self.info.class_subset(args.train_classes)
         self.model = model_for_dataset(args.model, self.info, args.pretrained, args.checkpoint,
@@ -220,9 +362,16 @@ class Run:
         self.train_loader = create_loader(
             args.data_dir, args.train_split, transform=train_transform, batch_size=args.batch_size, is_training=True,
             domains=self.sources, classes=self.train_classes, num_workers=args.workers, seed=args.seed,
-            resampled=True, strict=args.strict_data, pin_memory=self.device.type == "cuda")
+            resampled=True, strict=args.strict_data, pin_memory=self.device.type == "cuda",
+            max_member_bytes=args.max_member_bytes, max_image_pixels=args.max_image_pixels)
         self.batches_per_epoch = len(self.train_loader)
-        self.updates_per_epoch = max(1, self.batches_per_epoch // args.grad_accum_steps)
+        if self.batches_per_epoch < args.grad_accum_steps:
+            raise ConfigError(
+                f"--grad-accum-steps {args.grad_accum_steps} takes {args.grad_accum_steps} batches per optimizer step, "
+                f"but an epoch of the {args.train_split!r} split has {self.batches_per_epoch} batch(es) of "
+                f"{args.batch_size} ({self.train_loader.num_samples} samples over {self.world_size} process(es)): no "
+                "optimizer step could be made. Lower --grad-accum-steps or --batch-size.")
+        self.updates_per_epoch = self.batches_per_epoch // args.grad_accum_steps
         self.total_steps = args.steps or (args.epochs or 1) * self.updates_per_epoch
         self.epochs = math.ceil(self.total_steps / self.updates_per_epoch)
 
@@ -240,10 +389,11 @@ class Run:
                 step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.train_step = torch.compile(step_module, backend=args.torchcompile) if args.torchcompile else step_module
 
-        name = args.experiment or "-".join(str(x) for x in (args.model, args.method, args.holdout or "all") if x)
-        self.out_dir = Path(args.output) / name
         self.step, self.start_epoch, self.best = 0, 0, None
         self.nonfinite_steps, self._nonfinite_run, self.next_epoch = 0, 0, 0
+        self._stop_now, self._saved_state = False, None
+        self.history: List[List[Any]] = []  # [source top-1 or None, epoch] of the kept checkpoint-<epoch>.pt
+        self.images_trained, self.train_started = 0, None
         self.eval_skipped: Dict[str, int] = {}
         if args.resume:
             self.resume(args.resume)
@@ -261,8 +411,35 @@ class Run:
     def eval_model(self) -> torch.nn.Module:
         return self.average.module if self.average is not None else self.model
 
+    def defining_args(self) -> Dict[str, Any]:
+        """What fixes the schedule, the weight average, the data order and the loss: stored in every checkpoint,
+        and a resume must not change it (the LR schedule and BMA are planned over ``--steps``)."""
+        a = self.args
+        return {"--model": a.model, "--method": a.method, "--holdout": a.holdout, "--domains": list(self.sources),
+                "--train-classes": a.train_classes, "--train-split": a.train_split, "--steps": self.total_steps,
+                "--batch-size": a.batch_size, "processes": self.world_size, "--grad-accum-steps": a.grad_accum_steps,
+                "--opt": a.opt, "--lr": a.lr, "--weight-decay": a.weight_decay, "--clip-grad": a.clip_grad,
+                "--sched": a.sched, "--warmup-steps": a.warmup_steps, "--warmup-lr": a.warmup_lr,
+                "--min-lr": a.min_lr, "--bma-beta": a.bma_beta, "--no-bma": a.no_bma, "--model-ema": a.model_ema,
+                "--model-ema-decay": a.model_ema_decay, "--temperature": a.temperature,
+                "--margin-lambda": a.margin_lambda, "--fixed-margin": a.fixed_margin, "--seed": a.seed,
+                "--scale": list(a.scale), "--hflip": a.hflip, "--color-jitter": a.color_jitter}
+
+    def check_resumable(self, path: str, stored: Optional[Dict[str, Any]]) -> None:
+        if stored is None:
+            _logger.warning("%s does not record its run's arguments (an older train.py): cannot check that this "
+                            "resume uses the same ones", path)
+            return
+        changed = [f"{k} {stored[k]} -> {v}" for k, v in self.defining_args().items() if k in stored and stored[k] != v]
+        if changed:
+            raise ConfigError(
+                f"cannot resume {path} with other arguments than its run's: {'; '.join(changed)}. The learning-rate "
+                "schedule and the weight average are planned over the run's steps, and these define its batches and "
+                "loss; resume with the run's values, or start a new run (another --experiment, or --overwrite).")
+
     def resume(self, path: str) -> None:
         state = load_checkpoint(Path(path))
+        self.check_resumable(path, state.get("run_args"))
         self.model.load_state_dict(state["model"])
         if (self.average is None) != (state["average"] is None):
             raise ConfigError(f"{path} was written {'with' if state['average'] is not None else 'without'} a weight "
@@ -275,23 +452,77 @@ class Run:
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.best = state["step"], state.get("best")
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
+        self.history = [list(h) for h in state.get("checkpoint_hist", [])]
         # "epoch" is the epoch to run next: the current one until its evaluation and export are done.
         self.start_epoch = int(state.get("epoch", self.step // self.updates_per_epoch))
         _logger.info("Resumed from %s at step %d (epoch %d)", path, self.step, self.start_epoch)
 
     def save(self) -> None:
-        """Checkpoint; a resume starts at ``self.next_epoch`` (the current epoch until it is evaluated)."""
-        if self.is_main:
+        """Checkpoint; a resume starts at ``self.next_epoch`` (the current epoch until it is evaluated).
+
+        A state already saved (same step, epoch and best) is not written again."""
+        state = (self.step, self.next_epoch, self.best)
+        if self.is_main and state != self._saved_state:
             save_checkpoint(self.out_dir / CHECKPOINT_NAME, model=self.model, average=self.average, optimizer=self.optimizer,
                             scheduler=self.scheduler, scaler=self.scaler, step=self.step, epoch=self.next_epoch,
-                            extra={"best": self.best, "nonfinite_steps": self.nonfinite_steps})
+                            extra={"best": self.best, "nonfinite_steps": self.nonfinite_steps,
+                                   "run_args": self.defining_args(), "checkpoint_hist": self.history})
+        self._saved_state = state
+
+    def write(self, what: str, write: Callable[[], None]) -> None:
+        """Run ``write`` (rank 0); an OSError (disk full, permissions) becomes a clear error saying what is intact."""
+        if not self.is_main:
+            return
+        try:
+            write()
+        except OSError as e:
+            checkpoint = self.out_dir / CHECKPOINT_NAME
+            intact = (f"the checkpoint {checkpoint} is intact: free space or fix the folder, then continue with "
+                      f"--resume {self.out_dir}") if checkpoint.exists() else "free space or fix the folder and run again"
+            raise CheckpointError(f"could not write {what} in {self.out_dir} ({e.strerror or e}); {intact}.") from e
+
+    def interrupt(self) -> None:
+        """Save the state after the last whole optimizer step and end the run with :class:`RunInterrupted`."""
+        self.save()
+        raise RunInterrupted(
+            f"stopped by {self.stop.received or 'a signal'} after optimizer step {self.step} of {self.total_steps}; "
+            f"checkpoint saved in {self.out_dir}. Continue with --resume {self.out_dir}")
+
+    def stop_requested(self) -> bool:
+        """Whether any rank got a stop signal (one all_reduce in DDP, so that every rank stops at the same step)."""
+        stop = self.stop.received is not None
+        if self.distributed:
+            flag = torch.tensor(int(stop), device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            stop = bool(flag)
+        return stop
+
+    def batches(self) -> Iterator[Any]:
+        """The training loader's batches. Loader workers get a terminal's Ctrl-C (and SLURM's SIGTERM) too and
+        die; when a stop was asked for, that ends the run at the last whole step instead of in a traceback."""
+        batches = iter(self.train_loader)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except Exception:
+                if self.stop.received is not None:
+                    self.interrupt()
+                raise
+            yield batch
 
     def _finite_step(self, finite: torch.Tensor) -> bool:
-        """Whether the step's loss (and gradients) were finite, the same answer on every rank (one host sync)."""
+        """Whether the step's loss (and gradients) were finite, the same answer on every rank (one host sync).
+
+        The same all_reduce tells every rank whether any got a stop signal (``self._stop_now``)."""
         if self.distributed:
-            flag = finite.to(torch.int32)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-            finite = flag.bool()
+            flags = torch.stack([finite.to(torch.int32),
+                                 torch.tensor(int(self.stop.received is None), dtype=torch.int32, device=finite.device)])
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MIN)
+            finite, self._stop_now = flags[0].bool(), not bool(flags[1])
+        else:
+            self._stop_now = self.stop.received is not None
         if bool(finite):
             self._nonfinite_run = 0
             return True
@@ -315,11 +546,13 @@ class Run:
         self.train_step.train()
         replay = (self.step - epoch * self.updates_per_epoch) * args.grad_accum_steps  # batches done before a resume
         loss_sum = torch.zeros((), device=self.device)
-        loss_count, last_log, images_seen = 0, time.time(), 0
+        loss_count = 0
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         if replay >= self.updates_per_epoch * args.grad_accum_steps or self.step >= self.total_steps:
             return {"loss": float("nan")}  # resumed after this epoch's last step: only its evaluation is left
-        for batch_idx, (images, target, _) in enumerate(self.train_loader):
+        if self.train_started is None:
+            self.train_started = time.monotonic()
+        for batch_idx, (images, target, _) in enumerate(self.batches()):
             if batch_idx < replay:
                 continue
             if batch_idx >= self.updates_per_epoch * args.grad_accum_steps or self.step >= self.total_steps:
@@ -350,7 +583,7 @@ class Run:
                         self.optimizer.step()
             loss_sum += torch.where(loss_finite, loss.detach(), 0.0) * args.grad_accum_steps
             loss_count += 1
-            images_seen += images.shape[0]
+            self.images_trained += images.shape[0]
             if not need_update:
                 continue
             finite = torch.ones((), dtype=torch.bool, device=self.device)
@@ -360,19 +593,23 @@ class Run:
             if self.average is not None:
                 self.average.update(self.model, step=self.step)
             if self.step % args.log_interval == 0 or self.step == self.total_steps:
-                elapsed = time.time() - last_log
+                # img/s over the whole run in this process (evaluations and saves included), not since the last line
+                elapsed = time.monotonic() - self.train_started
                 _logger.info("Train: %d [%d/%d (%.0f%%)]  Loss: %.4f  LR: %.3e  %.1f img/s", epoch, self.step,
                              self.total_steps, 100.0 * self.step / self.total_steps, (loss_sum / loss_count).item(),
-                             self.optimizer.param_groups[0]["lr"], images_seen * self.world_size / max(elapsed, 1e-9))
-                last_log, images_seen = time.time(), 0
+                             self.optimizer.param_groups[0]["lr"],
+                             self.images_trained * self.world_size / max(elapsed, 1e-9))
             if args.checkpoint_interval and self.step % args.checkpoint_interval == 0:
                 self.save()
+            if self._stop_now:
+                self.interrupt()
         return {"loss": (loss_sum / max(loss_count, 1)).item()}
 
     def loader(self, split: str, domains: Sequence[str], classes: Optional[Sequence[int]]):
         return _CountingLoader(self, create_loader(self.args.data_dir, split, transform=self.eval_transform, batch_size=self.args.batch_size,
                              is_training=False, domains=domains, classes=classes, num_workers=self.args.workers,
-                             strict=self.args.strict_data))
+                             strict=self.args.strict_data, max_member_bytes=self.args.max_member_bytes,
+                             max_image_pixels=self.args.max_image_pixels))
 
     def evaluate(self) -> Dict[str, float]:
         """Source-domain validation (model selection) and the held-out domain (reported, never selected on)."""
@@ -404,17 +641,49 @@ class Run:
         sections = {
             "Training": f"```\n{args.command_line}\n```\nData: `{args.data_dir}` ({self.info.name}); source domains "
                         f"{', '.join(self.sources)}; held-out {args.holdout}; classes {args.train_classes}.\n"
-                        f"Selected at step {self.step} by source-domain validation accuracy.",
+                        + (f"Selected at step {self.step} by source-domain validation accuracy." if "source_top1" in metrics
+                           else f"The weights at step {self.step} (no validation split to select on)."),
             "Results": "\n".join(f"- {k}: {v}" for k, v in metrics.items()),
         }
-        clipood_zoo.save_pretrained(model, self.out_dir, model_name=args.export_name or args.model,
-                                    card_sections=sections, extra_config={"train_results": metrics, "step": self.step})
+        self.write("the exported model", lambda: clipood_zoo.save_pretrained(
+            model, self.out_dir, model_name=args.export_name or args.model, card_sections=sections,
+            extra_config={"train_results": metrics, "step": self.step}))
+
+    def write_summary(self, epoch: int, train_metrics: Dict[str, float], metrics: Dict[str, float]) -> None:
+        """summary.csv with one row per evaluated epoch: a resumed run replaces the rows from ``epoch`` on."""
+        path = self.out_dir / SUMMARY_NAME
+        rows: List[Dict[str, Any]] = []
+        if path.is_file() and not path.is_symlink():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if str(r.get("epoch", "")).isdigit() and int(r["epoch"]) < epoch]
+        rows.append({"epoch": epoch, **{f"train_{k}": v for k, v in train_metrics.items()},
+                     **{f"eval_{k}": v for k, v in metrics.items()}, "lr": self.optimizer.param_groups[0]["lr"]})
+        self.write(SUMMARY_NAME, lambda: write_text_atomic(path, format_results(rows, "csv")))
+
+    def keep_history(self, epoch: int, score: Optional[float]) -> None:
+        """timm's --checkpoint-hist: the checkpoint evaluated at ``epoch`` kept as checkpoint-<epoch>.pt (a hard
+        link where the file system allows, not a copy), and only the best N of them (source top-1, then latest)."""
+        name = f"checkpoint-{epoch}.pt"
+        self.write(name, lambda: link_or_copy(self.out_dir / CHECKPOINT_NAME, self.out_dir / name))
+        self.history = [h for h in self.history if h[1] != epoch] + [[score, epoch]]
+        self.history.sort(key=lambda h: (-math.inf if h[0] is None else h[0], h[1]), reverse=True)
+        for _, dropped in self.history[self.args.checkpoint_hist:]:
+            (self.out_dir / f"checkpoint-{dropped}.pt").unlink(missing_ok=True)
+        del self.history[self.args.checkpoint_hist:]
+
+    def check_planned_steps(self, epoch: int) -> None:
+        """An epoch that ended before its planned optimizer steps stops the run before anything is exported."""
+        planned = min(self.total_steps, (epoch + 1) * self.updates_per_epoch)
+        if self.step != planned:
+            raise TrainingError(
+                f"epoch {epoch} ended at optimizer step {self.step} but step {planned} was planned "
+                f"({self.updates_per_epoch} per epoch, {self.total_steps} in all): the training data ran out. "
+                f"Nothing was exported from this epoch; see the skipped-sample warnings above.")
 
     def run(self) -> Dict[str, Any]:
         args = self.args
-        if self.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "args.json").write_text(json.dumps(vars(args), indent=2, default=str) + "\n")
+        self.write("args.json", lambda: write_text_atomic(self.out_dir / "args.json",
+                                                          json.dumps(vars(args), indent=2, default=str) + "\n"))
         _logger.info("%s on %s: %d source domain(s) %s, held-out %s, %d classes, %d steps (%d per epoch), device %s%s",
                      args.method, args.model, len(self.sources), self.sources, args.holdout, len(self.train_classes),
                      self.total_steps, self.updates_per_epoch, self.device,
@@ -422,22 +691,28 @@ class Run:
         metrics: Dict[str, float] = {}
         for epoch in range(self.start_epoch, self.epochs):
             train_metrics = self.train_epoch(epoch)
+            self.check_planned_steps(epoch)
             last = self.step >= self.total_steps
             if (epoch + 1) % args.eval_interval == 0 or last:
+                self.save()  # the epoch's training is safe before the export can fail; a resume redoes the evaluation
                 metrics = self.evaluate()
                 _logger.info("Eval %d (step %d): %s", epoch, self.step, metrics)
-                score = metrics.get("source_top1", self.step)  # without a validation split: the latest
-                if self.best is None or score >= self.best:
+                score = metrics.get("source_top1")  # without a validation split: export the latest
+                if score is None or self.best is None or score >= self.best:
                     self.best = score
                     if self.is_main:
                         self.export(metrics)
                 if self.is_main:
-                    update_summary(epoch, train_metrics, metrics, self.out_dir / "summary.csv",
-                                   lr=self.optimizer.param_groups[0]["lr"], write_header=epoch == 0)
+                    self.write_summary(epoch, train_metrics, metrics)
+                    if args.checkpoint_hist:
+                        self.keep_history(epoch, score)
             self.next_epoch = epoch + 1
             self.save()
+            if self.stop_requested():
+                self.interrupt()
             if last:
                 break
+        self.check_planned_steps(self.epochs - 1)
         skipped = self.train_loader.skipped
         if skipped.total:
             _logger.warning("Skipped %d bad training samples: %s", skipped.total, skipped.as_dict())
@@ -449,9 +724,14 @@ class Run:
             _logger.warning("Skipped %d of %d optimizer steps for a NaN/inf loss or gradient", self.nonfinite_steps,
                             self.total_steps)
         _logger.info("rank %d final weights digest %s", self.rank, weights_digest(self.eval_model))
-        return {"step": self.step, "best_source_top1": self.best, "output": str(self.out_dir),
-                "skipped_train": skipped.total, "skipped_eval": eval_skipped, "nonfinite_steps": self.nonfinite_steps,
-                **metrics}
+        result = {"step": self.step, **({"best_source_top1": self.best} if self.best is not None else {}),
+                  "output": str(self.out_dir), "skipped_train": skipped.total, "skipped_eval": eval_skipped,
+                  "nonfinite_steps": self.nonfinite_steps, **metrics}
+        self.write(RESULT_NAME, lambda: write_text_atomic(self.out_dir / RESULT_NAME,
+                                                          json.dumps(result, indent=2, default=str) + "\n"))
+        if self.is_main and not args.keep_checkpoint:  # finished: the export is the run's product
+            (self.out_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
+        return result
 
 
 class _CountingLoader:
@@ -478,7 +758,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         check_args(args)
         if args.model_config:
             open_clip.add_model_config(args.model_config)
-        result = Run(args).run()
+        info = read_dataset_info(args.data_dir)  # a dataset that cannot be used is refused before a folder is made
+        with claim_run_folder(args) as out_dir, StopSignals() as stop:
+            result = Run(args, info, out_dir, stop).run()
+    except RunInterrupted as e:
+        parser.exit(EXIT_INTERRUPTED, f"train.py: {e}\n")
     except ClipoodError as e:
         parser.exit(2, f"train.py: error: {e}\n")
     finally:

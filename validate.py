@@ -29,7 +29,7 @@ from clipood_zoo.cli_utils import AMP_DTYPES, default_device, format_results, mo
 from clipood_zoo.data import create_loader, read_dataset_info
 from clipood_zoo.data.protocols.imagenet import eval_classes
 from clipood_zoo.evaluate import evaluate
-from clipood_zoo.fileio import write_text_atomic
+from clipood_zoo.fileio import check_writable_file, write_text_atomic
 
 _logger = logging.getLogger("validate")
 TIMM_FIELDS = ("model", "top1", "top1_err", "top5", "top5_err", "param_count", "img_size", "crop_pct", "interpolation")
@@ -109,6 +109,9 @@ def validate_one(name: str, args: argparse.Namespace, device: torch.device,
     elapsed = time.time() - start
     if loader.skipped.total:
         _logger.warning("%s: skipped %d bad samples: %s", name, loader.skipped.total, loader.skipped.as_dict())
+    if metrics["nonfinite_logits"]:
+        _logger.warning("%s: %d of %d samples had NaN/inf logits (counted as wrong)", name,
+                        metrics["nonfinite_logits"], metrics["num_samples"])
     row = {
         "model": name,
         **{k: metrics[k] for k in ("top1", "top1_err", "top5", "top5_err")},
@@ -119,6 +122,7 @@ def validate_one(name: str, args: argparse.Namespace, device: torch.device,
         **{k: v for k, v in metrics.items() if k.startswith("top1_") and k != "top1_err"},
         **{k: metrics[k] for k in ("base_top1", "new_top1", "hm") if k in metrics},
         "num_samples": metrics["num_samples"],
+        "nonfinite_logits": metrics["nonfinite_logits"],
         "split": args.split,
         "classes": args.classes,
         **({"eval_classes": len(declared)} if declared is not None and args.classes == "all" else {}),
@@ -144,6 +148,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     try:
         if args.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if args.results_file:  # before any evaluation, not after it
+            check_writable_file(args.results_file, "--results-file")
         if args.model_config:
             open_clip.add_model_config(args.model_config)
         names = expand_models(args.model, args.pretrained)

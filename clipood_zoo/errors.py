@@ -48,3 +48,11 @@ class CheckpointError(WeightsError):
 
 class TrainingError(ClipoodError, RuntimeError):
     """A training run that cannot go on (e.g. its loss stayed NaN/inf for many consecutive steps)."""
+
+
+class LockedError(ClipoodError, RuntimeError):
+    """A folder another live process holds (e.g. two train.py runs writing to one run folder)."""
+
+
+class RunInterrupted(ClipoodError, RuntimeError):
+    """A training run stopped on SIGTERM/SIGINT after saving a checkpoint to resume from."""

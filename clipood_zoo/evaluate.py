@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from .data.catalog import prettify_class_name
 from .data.info import DatasetInfo
-from .errors import ConfigError
+from .errors import ConfigError, DatasetError
 from .metrics import AccuracyMeter
 
 
@@ -85,4 +85,7 @@ def evaluate(
             predictions.append(torch.stack([pair[0].cpu(), domain.cpu(), pair[1].cpu()], 1))
     meter.all_reduce()
     model.train(was_training)
+    if int(meter.counts[0]) == 0:  # the loader had samples to give (it checks), so every one was skipped
+        raise DatasetError(f"{desc}: the evaluation data yielded no usable sample: every one was skipped as bad "
+                           "(see the warnings above). Fix or re-convert the dataset.")
     return meter.compute(domain_names)

@@ -3,6 +3,9 @@
 timm's ``accuracy`` gives batch percentages; domain generalisation needs *counts* kept per domain
 and per class subset (so ranks and batches can be summed exactly), and base-to-new needs each
 subset scored with the classifier restricted to that subset's classes, as CoCoOp evaluates it.
+
+A sample whose logits hold a NaN/inf is never counted correct (``topk`` ranks NaN first, so a batch of
+NaN logits would otherwise score top-5 = 100%) and is counted in ``nonfinite_logits``.
 """
 from __future__ import annotations
 
@@ -27,8 +30,8 @@ class AccuracyMeter:
     def __init__(self, num_domains: int = 1, base_classes: Optional[Sequence[int]] = None,
                  new_classes: Optional[Sequence[int]] = None, device: Optional[torch.device] = None):
         self.num_domains = num_domains
-        # counts: [total, top1, top5, base_total, base_top1, new_total, new_top1]
-        self.counts = torch.zeros(7, dtype=torch.long, device=device)
+        # counts: [total, top1, top5, base_total, base_top1, new_total, new_top1, nonfinite_logits]
+        self.counts = torch.zeros(8, dtype=torch.long, device=device)
         self.domain_counts = torch.zeros(2, num_domains, dtype=torch.long, device=device)  # [total, top1]
         self.subsets = None
         if base_classes is not None and new_classes is not None:
@@ -41,9 +44,11 @@ class AccuracyMeter:
         logits, target = logits.to(device), target.to(device)
         k = min(5, logits.shape[1])
         topk = logits.topk(k, dim=1).indices
-        top1 = topk[:, 0] == target
-        top5 = (topk == target[:, None]).any(dim=1)
+        finite = torch.isfinite(logits).all(dim=1)
+        top1 = (topk[:, 0] == target) & finite
+        top5 = (topk == target[:, None]).any(dim=1) & finite
         self.counts[0] += target.numel()
+        self.counts[7] += (~finite).sum()
         self.counts[1] += top1.sum()
         self.counts[2] += top5.sum()
         domain = torch.zeros_like(target) if domain is None else domain.to(device)
@@ -55,7 +60,7 @@ class AccuracyMeter:
                 in_subset = member.any(dim=1)
                 pred = subset[logits[:, subset].argmax(dim=1)]
                 self.counts[offset] += in_subset.sum()
-                self.counts[offset + 1] += (in_subset & (pred == target)).sum()
+                self.counts[offset + 1] += (in_subset & (pred == target) & finite).sum()
 
     def all_reduce(self) -> None:
         """Sum the counts over distributed ranks (each rank saw different samples)."""
@@ -67,7 +72,7 @@ class AccuracyMeter:
         """Percentages: top1, top5, their errors, ``top1_<domain>`` and, with subsets, base/new/hm."""
         c = self.counts.tolist()
         pct = lambda num, den: round(100.0 * num / den, 3) if den else float("nan")  # noqa: E731
-        out = {"top1": pct(c[1], c[0]), "top5": pct(c[2], c[0]), "num_samples": c[0]}
+        out = {"top1": pct(c[1], c[0]), "top5": pct(c[2], c[0]), "num_samples": c[0], "nonfinite_logits": c[7]}
         out["top1_err"], out["top5_err"] = round(100 - out["top1"], 3), round(100 - out["top5"], 3)
         totals, correct = self.domain_counts.tolist()
         for i, (n, k) in enumerate(zip(totals, correct)):

@@ -22,10 +22,12 @@ TINY_CLASSES = tiny_family.CLASS_NAMES
 
 
 def train_args(shards, out, *extra):
-    """train.py argv for the tiny arch on synthetic shards (held-out 'sketch', base classes, CPU)."""
+    """train.py argv for the tiny arch on synthetic shards (held-out 'sketch', base classes, CPU); the resume
+    checkpoint is kept so that tests can compare it."""
     return ["--model", TINY_ARCH, "--model-config", TINY_CONFIG, "--data-dir", str(shards),
             "--holdout", "sketch", "--train-classes", "base", "-b", "4", "--lr", "1e-3", "--workers", "0",
-            "--output", str(out), "--experiment", "run", "--log-interval", "1", "--seed", "3", *extra]
+            "--output", str(out), "--experiment", "run", "--log-interval", "1", "--seed", "3", "--keep-checkpoint",
+            *extra]
 
 
 @pytest.fixture(autouse=True)

@@ -160,7 +160,7 @@ def test_bad_samples_skipped_and_counted(bad_dir):
     loader = _load(bad_dir, num_workers=2)
     assert _seen(loader) == _expected()
     assert loader.skipped.as_dict() == {"no_image": 1, "bad_label": 2, "bad_meta": 1, "unknown_domain": 1,
-                                        "bad_image": 1, "missing_from_shard": 0}
+                                        "bad_image": 1, "missing_from_shard": 0, "too_large": 0}
     assert loader.skipped.total == 6
 
 

@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+import clipood_zoo
 import clipood_zoo.checkpoint
 import train
 import validate
@@ -252,7 +253,7 @@ def _bad_dataset(root):
 # one full pass over the bad val split: 4 bad samples; the cut shard keeps 1 of its 6 samples whole (4 never
 # read, 1 without its image); the overstated shard is 2 short
 VAL_SKIPS = {"no_image": 1, "bad_label": 3, "bad_meta": 0, "unknown_domain": 0, "bad_image": 1,
-             "missing_from_shard": 6}
+             "missing_from_shard": 6, "too_large": 0}
 VAL_GOOD = 3 * 4 * 4 - 5
 
 
@@ -467,6 +468,70 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_weights(sh
     assert history, "no kill left a checkpoint behind"
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_sigint_saves_a_checkpoint_and_resume_gives_the_uninterrupted_weights(shards, straight, tmp_path,
+                                                                                          sig):
+    """A scheduler's SIGTERM or a Ctrl-C: the step in progress ends, a checkpoint is written, exit 75 with one line."""
+    args = train_args(shards, tmp_path, "--steps", str(STEPS))  # no --checkpoint-interval: the signal's save counts
+    log = tmp_path / "log.txt"
+    proc = _spawn(args, log)
+    pattern, deadline = re.compile(r"Train: \d+ \[2/"), time.monotonic() + 180
+    while not pattern.search(log.read_text()) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=180) == train.EXIT_INTERRUPTED, log.read_text()[-3000:]
+    run = tmp_path / "run"
+    stopped = re.search(rf"train.py: stopped by {sig.name} after optimizer step (\d) of {STEPS}; checkpoint saved in "
+                        rf"{re.escape(str(run))}. Continue with --resume {re.escape(str(run))}\n$", log.read_text())
+    assert stopped, log.read_text()[-3000:]
+    assert load_checkpoint(run)["step"] == int(stopped.group(1)) >= 2
+    assert "Traceback" not in log.read_text() and not (run / train.RESULT_NAME).exists()
+    resumed = _spawn(args + ["--resume", str(run)], tmp_path / "log2.txt")
+    assert resumed.wait(timeout=180) == 0, (tmp_path / "log2.txt").read_text()[-3000:]
+    assert_same_run(straight, run)
+    assert (run / "summary.csv").read_text().count("\n") == (straight / "summary.csv").read_text().count("\n") == 3
+
+
+def test_ctrl_c_to_the_process_group_with_loader_workers_saves_and_resumes(shards, tmp_path):
+    """A terminal's Ctrl-C reaches the loader workers too, and they die: still a checkpoint, exit 75, no traceback."""
+    args = train_args(shards, tmp_path, "--steps", str(STEPS), "--workers", "1")
+    log = tmp_path / "log.txt"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=f, env=TRAIN_ENV, start_new_session=True)
+    pattern, deadline = re.compile(r"Train: \d+ \[2/"), time.monotonic() + 180
+    while not pattern.search(log.read_text()) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=180) == train.EXIT_INTERRUPTED, log.read_text()[-3000:]
+    run = tmp_path / "run"
+    stopped = re.search(r"train.py: stopped by SIGINT after optimizer step (\d) of", log.read_text())
+    assert stopped and "Traceback" not in log.read_text(), log.read_text()[-3000:]
+    assert load_checkpoint(run)["step"] == int(stopped.group(1))
+    train.main(args + ["--resume", str(run)])
+    assert load_checkpoint(run)["step"] == STEPS and (run / train.RESULT_NAME).exists()
+
+
+def test_export_that_cannot_be_written_leaves_the_epochs_checkpoint(shards, straight, tmp_path, capsys, monkeypatch):
+    """Disk full at the export: the checkpoint was written first, so a resume redoes the evaluation and export."""
+    real = clipood_zoo.save_pretrained
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(clipood_zoo, "save_pretrained", disk_full)
+    args = train_args(shards, tmp_path, "--steps", str(STEPS))
+    err = exits_with(train.main, args, capsys)
+    run = tmp_path / "run"
+    assert (f"train.py: error: could not write the exported model in {run} (No space left on device); the checkpoint "
+            f"{run / 'checkpoint.pt'} is intact: free space or fix the folder, then continue with --resume {run}.") in err
+    state = load_checkpoint(run)
+    assert (state["step"], state["epoch"]) == (4, 0)  # epoch 0 trained, its evaluation and export still to do
+    monkeypatch.setattr(clipood_zoo, "save_pretrained", real)
+    train.main(args + ["--resume", str(run)])
+    assert_same_run(straight, run)
+
+
 def test_save_interrupted_mid_write_keeps_the_previous_checkpoint(shards, straight, tmp_path, capsys, monkeypatch):
     calls = []
     real_write = clipood_zoo.checkpoint.write_bytes_atomic
@@ -486,7 +551,7 @@ def test_save_interrupted_mid_write_keeps_the_previous_checkpoint(shards, straig
     assert f"could not write the checkpoint {run / 'checkpoint.pt'} at step 3 (No space left on device)" in err
     assert "previous checkpoint there, if any, is intact" in err and "--resume" in err
     assert load_checkpoint(run)["step"] == 2
-    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []  # no temporary files
+    assert sorted(p.name for p in run.iterdir() if p.name.endswith(".tmp")) == []  # no temporary files
     monkeypatch.setattr(clipood_zoo.checkpoint, "write_bytes_atomic", real_write)
     train.main(args[:-2] + ["--resume", str(run)])  # the checkpoint interval does not change the weights
     assert_same_run(straight, run)

@@ -27,6 +27,13 @@ Bad data
     yielded fewer samples than ``_info.json`` lists). With ``strict=True`` the first one raises
     :class:`DatasetError` naming the shard and the sample key. The counter lives in shared memory, so it
     includes what the workers skipped; read it after the epoch.
+
+    What one sample may cost is capped before it is paid: a tar member larger than ``max_member_bytes``
+    (its size is in its header) is never read, and an image of more than ``max_image_pixels`` (its size is
+    in its header too) is never decoded; such samples are skipped and counted as ``too_large``.
+    Data that cannot be used ends, never spins: after ``max(MIN_SKIP_RUN, samples in the split)``
+    consecutive skipped samples without a usable one (every label out of range, every shard empty or
+    unreadable) a loader process raises :class:`DatasetError`.
 """
 from __future__ import annotations
 
@@ -38,9 +45,11 @@ import math
 import multiprocessing
 import os
 import random
+import re
 import tarfile
+import warnings
 from functools import partial
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, BinaryIO, Callable, Iterator, Optional, Sequence
 
 import torch
 import webdataset as wds
@@ -54,7 +63,12 @@ from .info import DatasetInfo, read_dataset_info
 _logger = logging.getLogger(__name__)
 
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
-SKIP_REASONS = ("no_image", "bad_label", "bad_meta", "unknown_domain", "bad_image", "missing_from_shard")
+SKIP_REASONS = ("no_image", "bad_label", "bad_meta", "unknown_domain", "bad_image", "missing_from_shard", "too_large")
+MAX_MEMBER_BYTES = 64 * 2**20  # one tar member (image, label, metadata) read into memory at most
+MAX_IMAGE_PIXELS = 8192 * 8192  # decoded at most; PIL only warns below 2 x its own 89 MP limit
+MIN_SKIP_RUN = 1000  # consecutive skipped samples before data is declared unusable (at least the split's size)
+_TOO_LARGE = "__too_large__"  # suffix prefix marking a member that was not read
+_SKIP_META = re.compile(r"__[^/]*__($|/)")  # webdataset's metadata members, skipped as its tar reader does
 
 
 class SkipCounter:
@@ -103,14 +117,27 @@ class _SkipPolicy:
 
     counter: SkipCounter
     strict: bool
+    max_skip_run: int = MIN_SKIP_RUN
+    _skip_run: int = 0  # this process's skipped samples since its last usable one
 
     def __call__(self, exn: Exception) -> bool:
         if isinstance(exn, BadSample):
             if self.strict:
                 raise DatasetError(f"bad sample: {exn}. Fix or re-convert the shard, or load with strict=False.")
             self.counter.record(exn.reason, str(exn), exn.n)
+            self._skip_run += exn.n
+            if self._skip_run >= self.max_skip_run:
+                raise DatasetError(
+                    f"{self._skip_run} samples in a row were skipped without a usable one (skipped so far: "
+                    f"{ {k: v for k, v in self.counter.as_dict().items() if v} }; the last: {exn}): this data "
+                    "cannot be used. Fix or re-convert the dataset (see the warnings above).")
             return True
         raise exn  # a bug, not bad data
+
+    def usable(self, sample: Any) -> Any:
+        """Pipeline stage after decoding: a usable sample ends the run of skipped ones."""
+        self._skip_run = 0
+        return sample
 
     def shard_error(self, url: str, exn: Exception) -> bool:
         if isinstance(exn, DatasetError):  # ours, raised deeper in webdataset's tar reader, seen again
@@ -126,16 +153,17 @@ class _SkipPolicy:
 
 
 class _ReadShards(wds.PipelineStage):
-    """``tarfile_to_samples`` one shard at a time, so that a shard yielding fewer samples than
-    ``_info.json`` lists (truncated, corrupt, unreadable) is noticed and counted."""
+    """webdataset's ``tarfile_to_samples`` one shard at a time, so that a shard yielding fewer samples than
+    ``_info.json`` lists (truncated, corrupt, unreadable) is noticed and counted, with its tar members capped
+    in size (:func:`_capped_members`)."""
 
-    def __init__(self, lengths: dict[str, int], policy: _SkipPolicy):
-        self.lengths, self.policy = lengths, policy
+    def __init__(self, lengths: dict[str, int], policy: _SkipPolicy, max_member_bytes: int = MAX_MEMBER_BYTES):
+        self.lengths, self.policy, self.max_member_bytes = lengths, policy, max_member_bytes
 
     def run(self, shards: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for shard in shards:
             url, n = shard["url"], 0
-            for sample in _local_tar_samples(url, handler=partial(self.policy.shard_error, url)):
+            for sample in _local_tar_samples(url, partial(self.policy.shard_error, url), self.max_member_bytes):
                 n += 1
                 yield sample
             expected = self.lengths[url]
@@ -144,8 +172,9 @@ class _ReadShards(wds.PipelineStage):
                                       f"{expected - n} of {expected} samples could not be read", n=expected - n))
 
 
-def _local_tar_samples(path: str, handler: Callable[[Exception], bool]) -> Iterator[dict[str, Any]]:
-    """webdataset's ``tarfile_samples`` for one local shard, opened with ``open()``.
+def _local_tar_samples(path: str, handler: Callable[[Exception], bool],
+                       max_member_bytes: int) -> Iterator[dict[str, Any]]:
+    """webdataset's ``tarfile_samples`` for one local shard, opened with ``open()``, members capped in size.
 
     ``tarfile_samples`` opens its url with ``gopen``, which runs a name starting with ``pipe:`` as a shell
     command and fetches URLs; a shard named in ``_info.json`` is data and must only ever be read as a file.
@@ -156,8 +185,30 @@ def _local_tar_samples(path: str, handler: Callable[[Exception], bool]) -> Itera
         handler(exn)  # raises when strict; otherwise the shard's samples are counted as missing
         return
     with stream:
-        files = wds.tariterators.tar_file_expander([dict(url=path, stream=stream)], handler=handler)
+        files = _capped_members(path, stream, handler, max_member_bytes)
         yield from wds.tariterators.group_by_keys(files, handler=handler)
+
+
+def _capped_members(url: str, stream: BinaryIO, handler: Callable[[Exception], bool],
+                    max_member_bytes: int) -> Iterator[dict[str, Any]]:
+    """webdataset's ``tar_file_expander`` for one open shard, except that a member whose header gives more than
+    ``max_member_bytes`` is not read (a sparse member can claim GiBs in a KB-sized shard): it becomes a
+    ``__too_large__`` marker."""
+    try:
+        tar = tarfile.open(fileobj=stream, mode="r|*")
+        for member in tar:
+            if not member.isreg() or _SKIP_META.match(member.name):
+                continue
+            if member.size > max_member_bytes:
+                key, ext = wds.tariterators.base_plus_ext(member.name)
+                note = f"tar member {member.name} is {member.size} bytes, over the limit of {max_member_bytes}"
+                yield dict(fname=f"{key}.{_TOO_LARGE}.{ext}", data=note.encode(), __url__=url)
+            else:
+                yield dict(fname=member.name, data=tar.extractfile(member).read(), __url__=url)
+            tar.members = []  # stream mode: keep no headers
+    except Exception as exn:  # noqa: BLE001  truncated or corrupt tar: the handler counts or raises
+        handler(exn)
+    yield {}  # end of shard: group_by_keys emits the last sample
 
 
 class _EpochShuffle(wds.PipelineStage):
@@ -196,6 +247,10 @@ def _rng(seed: int, epoch: SharedCount, per_worker: bool) -> random.Random:
 def _parse(sample: dict[str, Any], classes: Sequence[str], domain_index: dict[str, int]) -> dict[str, Any]:
     """Check the label, domain and image of a raw sample; keep the image undecoded (filters come first)."""
     shard, key = sample.get("__url__", "?"), sample.get("__key__")
+    too_large = [sample[k].decode() for k in sample if k.startswith(_TOO_LARGE)]
+    if too_large:
+        raise BadSample("too_large", shard, key, f"{'; '.join(too_large)} (not read; raise max_member_bytes, "
+                                                 "train.py's --max-member-bytes, to accept it)")
     image_key = next((k for k in IMAGE_KEYS if k in sample), None)
     if image_key is None:
         raise BadSample("no_image", shard, key, f"no image member ({'/'.join(IMAGE_KEYS)})")
@@ -223,13 +278,29 @@ def _keep(sample: dict[str, Any], domains: Optional[frozenset[int]], classes: Op
     return (domains is None or sample["domain"] in domains) and (classes is None or sample["target"] in classes)
 
 
-def _decode(sample: dict[str, Any], class_map: Optional[dict[int, int]]) -> tuple[Image.Image, int, int]:
+def _decode(sample: dict[str, Any], class_map: Optional[dict[int, int]],
+            max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[Image.Image, int, int]:
+    """The RGB image (decoded only if its header's size is within ``max_pixels``), target and domain."""
+    shard, key = sample["__url__"], sample["__key__"]
+    size = None
     try:
-        with Image.open(io.BytesIO(sample["image"])) as img:
-            image = img.convert("RGB")
+        with warnings.catch_warnings():  # PIL's DecompressionBombWarning: the cap below decides, as a skip
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(sample["image"]))
+        with img:
+            if img.width * img.height > max_pixels:
+                size = img.size
+            else:
+                image = img.convert("RGB")
+    except Image.DecompressionBombError as e:  # beyond PIL's own hard limit (Image.MAX_IMAGE_PIXELS x 2)
+        raise BadSample("too_large", shard, key, f"image not decoded: {e}") from None
     except Exception as e:  # noqa: BLE001  PIL's decoders raise OSError, SyntaxError, ValueError, EOFError,
-        # struct.error, IndexError, DecompressionBombError ... on malformed bytes: all mean "does not decode"
-        raise BadSample("bad_image", sample["__url__"], sample["__key__"], f"image does not decode ({e})") from None
+        # struct.error, IndexError ... on malformed bytes: all mean "does not decode"
+        raise BadSample("bad_image", shard, key, f"image does not decode ({e})") from None
+    if size is not None:
+        raise BadSample("too_large", shard, key, f"image of {size[0]}x{size[1]} pixels is over the limit of "
+                                                 f"{max_pixels} (not decoded; raise max_image_pixels, train.py's "
+                                                 "--max-image-pixels, to accept it)")
     target = class_map[sample["target"]] if class_map is not None else sample["target"]
     return image, target, sample["domain"]
 
@@ -283,6 +354,8 @@ def create_loader(
         drop_last: Optional[bool] = None,
         pin_memory: bool = False,
         strict: bool = False,
+        max_member_bytes: int = MAX_MEMBER_BYTES,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
 ) -> ShardLoader:
     """A loader of ``(images, targets, domain_idx)`` batches from split ``split`` of ``data_dir``.
 
@@ -296,6 +369,7 @@ def create_loader(
         seed, epoch, resampled, shuffle_buffer: training only, see the module docstring.
         drop_last: drop each worker's last partial batch (default: ``is_training``).
         strict: raise :class:`DatasetError` on the first bad sample instead of skipping it.
+        max_member_bytes, max_image_pixels: what one sample may cost; larger ones are skipped unread.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
@@ -319,8 +393,11 @@ def create_loader(
         _logger.warning("%d shard(s) for %d rank(s) x %d worker(s): some read nothing; write smaller shards or "
                         "use resampled=True", len(shards), world_size, max(1, num_workers))
 
+    if max_member_bytes < 1 or max_image_pixels < 1:
+        raise ConfigError(f"max_member_bytes and max_image_pixels must be >= 1, got {max_member_bytes}, "
+                          f"{max_image_pixels}.")
     counter = SkipCounter()
-    policy = _SkipPolicy(counter, strict)
+    policy = _SkipPolicy(counter, strict, max_skip_run=max(MIN_SKIP_RUN, num_samples))
     shared_epoch = SharedCount(epoch)
     if resampled:
         per_rank = max(1, num_samples // (world_size * batch_size))
@@ -334,7 +411,7 @@ def create_loader(
             stages.append(_EpochShuffle(len(shards), seed, shared_epoch, per_worker=False))
         stages += [wds.split_by_node, wds.split_by_worker]
     stages.append(_ReadShards({s: n for s, n in zip(info.shard_paths(split), info.split(split).shard_lengths)},
-                              policy))
+                              policy, max_member_bytes))
     if is_training:
         stages.append(_EpochShuffle(shuffle_buffer, seed, shared_epoch, per_worker=True))
     class_map = {c: i for i, c in enumerate(class_ids)} if relabel_classes else None
@@ -343,7 +420,8 @@ def create_loader(
                         domain_index={d: i for i, d in enumerate(info.domains)}), handler=policy),
         wds.select(partial(_keep, domains=None if domain_ids is None else frozenset(domain_ids),
                            classes=None if class_ids is None else frozenset(class_ids))),
-        wds.map(partial(_decode, class_map=class_map), handler=policy),
+        wds.map(partial(_decode, class_map=class_map, max_pixels=max_image_pixels), handler=policy),
+        wds.map(policy.usable),
         wds.map(partial(_apply_transform, transform=transform)),
         wds.batched(batch_size, collation_fn=default_collate, partial=not drop_last),
     ]

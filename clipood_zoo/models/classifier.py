@@ -46,6 +46,44 @@ class CosineClassifierHead(nn.Module):
         return self.logit_scale.exp() * x @ self.weight.to(x.dtype).T
 
 
+def check_class_names(class_names: Sequence[str]) -> None:
+    """At least one name, each a non-empty string (a number or None would be embedded as its repr)."""
+    if isinstance(class_names, str):
+        raise ConfigError(f"class_names must be a list of names, got the string {class_names!r}")
+    if len(class_names) == 0:
+        raise ConfigError("set_classes needs at least one class name")
+    for i, name in enumerate(class_names):
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"class name {i} is {name!r} ({type(name).__name__}); every class name must be a "
+                              "non-empty string")
+
+
+def check_templates(templates: Sequence[Union[str, Callable[[str], str]]]) -> None:
+    """At least one template; each a format string with exactly one ``{}`` (the class name) or a callable
+    returning a string, tried on a sample name so that a bad one fails here, not deep in the text tower."""
+    if len(templates) == 0:
+        raise ConfigError("set_classes needs at least one template, e.g. ('a photo of a {}.',); or leave "
+                          "templates=None for the model's own")
+    if len({callable(t) for t in templates}) > 1:  # open_clip formats all or calls all, by the first's type
+        raise ConfigError("templates must be all format strings or all callables, not a mix")
+    for template in templates:
+        if callable(template):
+            if not isinstance(template("x"), str):
+                raise ConfigError(f"template {template!r} must return a string for a class name")
+            continue
+        if not isinstance(template, str):
+            raise ConfigError(f"template {template!r} ({type(template).__name__}) is neither a format string nor "
+                              "a callable")
+        try:
+            filled = [template.format(name) for name in ("x", "y")]
+        except (IndexError, KeyError, ValueError) as e:
+            raise ConfigError(f"template {template!r} is not a format string with one {{}} for the class name "
+                              f"({type(e).__name__}: {e})") from None
+        if filled[0] == filled[1]:
+            raise ConfigError(f"template {template!r} has no {{}} for the class name: every class would get the "
+                              "same text")
+
+
 class FrozenTextTower:
     """The open_clip text encoder and tokenizer, kept *outside* the module tree on purpose.
 
@@ -115,6 +153,8 @@ class ClipoodClassifier(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Projected image embeddings [B, D], not normalised (open_clip's ``encode_image``)."""
+        if x.shape[0] == 0:
+            raise ConfigError(f"an empty batch (images of shape {tuple(x.shape)}): pass at least one image")
         return self.visual(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -161,13 +201,13 @@ class ClipoodClassifier(nn.Module):
                 "with_text_tower=True (random text weights) or clip_pretrained=<open_clip tag> "
                 "(e.g. create_model(name, clip_pretrained='openai'))"
             )
-        if len(class_names) == 0:
-            raise ConfigError("set_classes needs at least one class name")
         if isinstance(templates, str):
             if templates not in TEMPLATE_SETS:
                 raise ConfigError(f"unknown template set {templates!r}; known: {', '.join(TEMPLATE_SETS)}")
             templates = TEMPLATE_SETS[templates]
         templates = tuple(templates) if templates is not None else self.templates
+        check_class_names(class_names)
+        check_templates(templates)
         device = self.head.weight.device
         self.head.weight = self.text_tower.class_embeddings(class_names, templates, device)
         self.class_names = list(class_names)
