@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-split", default="train")
     g.add_argument("--val-split", default="val", help="split of the source domains used for model selection")
     g.add_argument("--eval-split", default="val", help="split of the held-out domain that is reported")
+    g.add_argument("--domain-balanced", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw every batch evenly from the source domains, as CLIPood and DomainBed do (default: on "
+                        "with several source domains; the remainder of batch size / domains rotates over domains)")
     g.add_argument("--workers", "-j", type=int, default=2)
     g.add_argument("--strict-data", action="store_true", help="stop at the first bad sample instead of skipping it")
     g = p.add_argument_group("method")
@@ -220,7 +223,8 @@ class Run:
         self.train_loader = create_loader(
             args.data_dir, args.train_split, transform=train_transform, batch_size=args.batch_size, is_training=True,
             domains=self.sources, classes=self.train_classes, num_workers=args.workers, seed=args.seed,
-            resampled=True, strict=args.strict_data, pin_memory=self.device.type == "cuda")
+            resampled=True, strict=args.strict_data, pin_memory=self.device.type == "cuda",
+            domain_balanced=len(self.sources) > 1 if args.domain_balanced is None else args.domain_balanced)
         self.batches_per_epoch = len(self.train_loader)
         self.updates_per_epoch = max(1, self.batches_per_epoch // args.grad_accum_steps)
         self.total_steps = args.steps or (args.epochs or 1) * self.updates_per_epoch
