@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pretrained", action="store_true", help="start from the registered weights of --model")
     g.add_argument("--checkpoint", "--initial-checkpoint", dest="checkpoint", default=None,
                    help="start from these weights (a safetensors file or a save_pretrained folder)")
-    g.add_argument("--clip-pretrained", default=None, help="start from open_clip's CLIP weights with this tag, e.g. openai")
+    g.add_argument("--clip-pretrained", default=None, help="start from open_clip's CLIP weights: a tag (e.g. openai) or an open_clip checkpoint file")
     g.add_argument("--model-config", default=None,
                    help="an open_clip model config JSON (or a folder of them) to register before --model is built")
     g.add_argument("--export-name", default=None, help="registry name written into the exported config (default: --model)")
