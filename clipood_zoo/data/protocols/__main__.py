@@ -9,8 +9,10 @@ import shlex
 from pathlib import Path
 from typing import Optional, Sequence
 
+import open_clip
+
 from ... import sweep
-from ...cli_utils import format_results
+from ...cli_utils import AMP_DTYPES, format_results
 from ...errors import ClipoodError
 from ...fileio import write_text_atomic
 from . import base2new, domainbed, imagenet
@@ -52,9 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("validate-imagenet", help="score a model on converted ImageNet sets, A/R on 200 classes")
     c.add_argument("--model", required=True)
     c.add_argument("--checkpoint", default=None)
-    c.add_argument("--clip-pretrained", default=None)
+    c.add_argument("--clip-pretrained", default=None, help="a tag (e.g. openai) or an open_clip checkpoint file")
     c.add_argument("--pretrained", action="store_true")
+    c.add_argument("--model-config", default=None, help="an open_clip model config JSON (or folder) to register")
     c.add_argument("--data-dir", nargs="+", required=True)
+    c.add_argument("--split", default=imagenet.SPLIT, help="split of every set to score")
+    c.add_argument("--amp", action="store_true", help="mixed precision (autocast) with --amp-dtype")
+    c.add_argument("--amp-dtype", choices=sorted(AMP_DTYPES), default="bfloat16")
     c.add_argument("-b", "--batch-size", type=int, default=256)
     c.add_argument("-j", "--workers", type=int, default=2)
     c.add_argument("--device", default=None)
@@ -139,9 +145,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 _print(base2new.convert(args.dataset, args.src, Path(args.out) / f"seed{seed}", shots=args.shots,
                                         seed=seed, shard_size=args.shard_size))
         elif args.command == "validate-imagenet":
+            if args.model_config:
+                open_clip.add_model_config(args.model_config)
             rows = imagenet.validate_shifts(args.model, args.data_dir, checkpoint=args.checkpoint,
                                             clip_pretrained=args.clip_pretrained, pretrained=args.pretrained,
-                                            batch_size=args.batch_size, workers=args.workers, device=args.device)
+                                            batch_size=args.batch_size, workers=args.workers, device=args.device,
+                                            split=args.split, amp_dtype=AMP_DTYPES[args.amp_dtype] if args.amp else None)
             for r in rows:
                 print(r["dataset"], r["top1"], f"({r['eval_classes']} classes, {r['num_samples']} images)")
             if args.results_file:
