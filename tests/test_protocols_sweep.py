@@ -107,3 +107,22 @@ def test_unknown_eval_split_and_dataset():
         sweep.domainbed_jobs("pacs", opts)
     with pytest.raises(ConfigError, match="unknown DomainBed dataset 'pcas'"):
         sweep.domainbed_jobs("pcas", opts)
+
+
+def test_b2n_sweep_gives_the_table3_cells(tmp_path, monkeypatch):
+    from clipood_zoo.data.protocols import base2new
+    from tests.test_protocols_base2new import _eurosat
+
+    _eurosat(tmp_path / "data" / "eurosat")
+    base2new.convert("eurosat", tmp_path / "data", tmp_path / "shards" / "seed1", shots=2, seed=1)
+    monkeypatch.setattr(sweep, "run_subprocess", in_process)
+    argv = ["run", "b2n", "eurosat", "--data", str(tmp_path / "shards"), "--output", str(tmp_path / "out"),
+            "--seeds", "1", "--model", TINY_ARCH, "--model-config", TINY_CONFIG, "--clip-pretrained", "none",
+            "--steps", "2", "-b", "4", "--workers", "0"]
+    assert protocols_main(argv) == 0
+    (row,) = json.loads(next((tmp_path / "out" / "results").glob("*-b2n_eurosat-clipood-s1.json")).read_text())
+    table = (tmp_path / "out" / "table3_eurosat.md").read_text()
+    (line,) = [x for x in table.splitlines() if x.startswith("| EuroSAT |")]
+    base, new, hm = (c.strip() for c in line.split("|")[2:5])
+    assert (base, new) == (f"{row['base_top1']:.1f}", f"{row['new_top1']:.1f}")
+    assert hm == f"{paper_tables.harmonic_mean(row['base_top1'], row['new_top1']):.1f}"
