@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import shlex
 import subprocess
 import sys
@@ -38,7 +37,6 @@ from .errors import ConfigError, TrainingError
 from .fileio import write_text_atomic
 from .registry import get_pretrained_cfg
 
-_logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
 EVAL_SPLITS = {"val": "the held-out domain's 20% 'val' split (DomainBed's 'out', what CLIPood's converter scores)",
