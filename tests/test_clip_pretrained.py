@@ -88,3 +88,13 @@ def test_openai_weights_are_built_with_quick_gelu(clip_file, monkeypatch):
     assert torch.equal(quick.visual.conv1.weight, state["visual.conv1.weight"])
     gelu = build_classifier(TINY_ARCH, class_names=["cat"], clip_pretrained="fake_gelu", cache_dir=str(cache))
     assert not _uses_quick_gelu(gelu)
+
+
+def test_no_network_without_hf_hub_offline_fails_at_once(monkeypatch, tmp_path):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "https://127.0.0.1:9")  # nothing listens: refused
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(open_clip.pretrained, "download_pretrained", lambda *a, **k: pytest.fail("tried to download"))
+    with pytest.raises(ConfigError, match=r"\(127\.0\.0\.1 is not reachable: .*pass --clip-pretrained /path/to/"):
+        resolve_clip_weights("ViT-B-16", "openai", cache_dir=str(tmp_path))

@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
@@ -111,9 +112,11 @@ def _hub_offline() -> bool:
 
 def _unreachable(source: str) -> str:
     """Why the weights' host cannot be reached ('' if it can), found with one connection instead of the
-    downloader's minute of retries."""
+    downloader's minute of retries. Behind a proxy nothing is probed: the downloader's errors say it."""
     from huggingface_hub import constants
     url = urllib.parse.urlparse(source if "://" in source else constants.ENDPOINT)
+    if url.scheme in urllib.request.getproxies() or "all" in urllib.request.getproxies():
+        return ""
     try:
         socket.create_connection((url.hostname, url.port or 443), timeout=5).close()
         return ""
