@@ -29,7 +29,8 @@ Domain-balanced batches (``domain_balanced=True``, with ``resampled``)
     ``r`` domains in turn: batch ``t`` (counted per worker and epoch) gives one more to the domains at
     positions ``(t * r + j) % n`` for ``j < r`` (positions in ``_info.json``'s domain order), so every
     ``n`` consecutive batches hold exactly ``batch_size`` samples of each domain. Batches are laid out
-    domain by domain. Streamed shards work the same way: only the shard list of each domain differs.
+    domain by domain. Each domain's shuffle buffer holds ``shuffle_buffer // n`` samples, so memory is
+    that of one unbalanced stream. Streamed shards work the same way: only each domain's shard list differs.
 
 Bad data
     A sample whose image does not decode, whose ``.cls`` is missing or out of range, whose ``.json`` is
@@ -356,8 +357,7 @@ def create_loader(
     shared_epoch = SharedCount(epoch)
     class_map = {c: i for i, c in enumerate(class_ids)} if relabel_classes else None
     sample_stages = partial(_sample_stages, info=info, split=split, policy=policy, is_training=is_training,
-                            seed=seed, epoch=shared_epoch, shuffle_buffer=shuffle_buffer, class_ids=class_ids,
-                            class_map=class_map, transform=transform)
+                            seed=seed, epoch=shared_epoch, class_ids=class_ids, class_map=class_map, transform=transform)
     if resampled:
         per_rank = max(1, num_samples // (world_size * batch_size))
         per_worker = math.ceil(per_rank / max(1, num_workers))
@@ -374,7 +374,8 @@ def create_loader(
                                    f"domains or turn domain balancing off.")
             stream = f"domain{d}"
             streams.append(wds.DataPipeline(_ResampledShards(_shards(info, split, [d]), seed, shared_epoch, stream),
-                                            *sample_stages(domain_ids=[d], stream=stream)))
+                                            *sample_stages(domain_ids=[d], stream=stream,
+                                                           shuffle_buffer=max(1, shuffle_buffer // len(balanced)))))
         pipeline = wds.DataPipeline(_BalancedBatches(streams, batch_size))
     else:
         if resampled:
@@ -384,7 +385,7 @@ def create_loader(
             if is_training:
                 stages.append(_EpochShuffle(len(shards), seed, shared_epoch, per_worker=False))
             stages += [wds.split_by_node, wds.split_by_worker]
-        stages += sample_stages(domain_ids=domain_ids)
+        stages += sample_stages(domain_ids=domain_ids, shuffle_buffer=shuffle_buffer)
         stages.append(wds.batched(batch_size, collation_fn=default_collate, partial=not drop_last))
         pipeline = wds.DataPipeline(*stages)
     if resampled:
