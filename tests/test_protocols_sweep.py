@@ -126,3 +126,19 @@ def test_b2n_sweep_gives_the_table3_cells(tmp_path, monkeypatch):
     base, new, hm = (c.strip() for c in line.split("|")[2:5])
     assert (base, new) == (f"{row['base_top1']:.1f}", f"{row['new_top1']:.1f}")
     assert hm == f"{paper_tables.harmonic_mean(row['base_top1'], row['new_top1']):.1f}"
+
+
+def test_imagenet_dry_run_trains_each_seed_folder_and_scores_every_shift(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sweep, "run_subprocess", lambda cmd: pytest.fail(f"ran {cmd}"))
+    protocols_main(["run", "imagenet", "--data", str(tmp_path / "in"), "--shifts", str(tmp_path / "v2"),
+                    str(tmp_path / "r"), "--output", str(tmp_path / "out"), "--seeds", "1", "2", "--dry-run"])
+    lines = capsys.readouterr().out.splitlines()
+    trains = [line for line in lines if "train.py" in line]
+    scores = [line for line in lines if "validate-imagenet" in line]
+    assert len(trains) == len(scores) == 2
+    for seed, train_line, score in zip((1, 2), trains, scores):
+        assert f"--data-dir {tmp_path / 'in' / f'seed{seed}'} " in train_line
+        assert f"--experiment clipood_vitb16_imagenet-clipood-s{seed} " in train_line
+        assert "--bma-beta 0.1 " in train_line and "--clip-pretrained openai" in train_line  # the entry's recipe
+        assert f"--data-dir {tmp_path / 'in' / f'seed{seed}'} {tmp_path / 'v2'} {tmp_path / 'r'} " in score
+    assert lines[-1].endswith(f"--table 2 --output {tmp_path / 'out' / 'table2_imagenet.md'}")
