@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pretrained", action="store_true", help="start from the registered weights of --model")
     g.add_argument("--checkpoint", "--initial-checkpoint", dest="checkpoint", default=None,
                    help="start from these weights (a safetensors file or a save_pretrained folder)")
-    g.add_argument("--clip-pretrained", default=None, help="start from open_clip's CLIP weights with this tag, e.g. openai")
+    g.add_argument("--clip-pretrained", default=None, help="start from open_clip's CLIP weights: a tag (e.g. openai) or an open_clip checkpoint file")
     g.add_argument("--model-config", default=None,
                    help="an open_clip model config JSON (or a folder of them) to register before --model is built")
     g.add_argument("--export-name", default=None, help="registry name written into the exported config (default: --model)")
@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-split", default="train")
     g.add_argument("--val-split", default="val", help="split of the source domains used for model selection")
     g.add_argument("--eval-split", default="val", help="split of the held-out domain that is reported")
+    g.add_argument("--domain-balanced", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw every batch evenly from the source domains, as CLIPood and DomainBed do (default: on "
+                        "with several source domains; the remainder of batch size / domains rotates over domains)")
     g.add_argument("--workers", "-j", type=int, default=2)
     g.add_argument("--strict-data", action="store_true", help="stop at the first bad sample instead of skipping it")
     g.add_argument("--max-member-bytes", type=int, default=MAX_MEMBER_BYTES,
@@ -359,11 +362,13 @@ class Run:
             data_config["input_size"], is_training=True, scale=tuple(args.scale), hflip=args.hflip, vflip=0.0,
             color_jitter=args.color_jitter, interpolation=data_config["interpolation"], mean=data_config["mean"],
             std=data_config["std"])
+        self.domain_balanced = len(self.sources) > 1 if args.domain_balanced is None else args.domain_balanced
         self.train_loader = create_loader(
             args.data_dir, args.train_split, transform=train_transform, batch_size=args.batch_size, is_training=True,
             domains=self.sources, classes=self.train_classes, num_workers=args.workers, seed=args.seed,
             resampled=True, strict=args.strict_data, pin_memory=self.device.type == "cuda",
-            max_member_bytes=args.max_member_bytes, max_image_pixels=args.max_image_pixels)
+            max_member_bytes=args.max_member_bytes, max_image_pixels=args.max_image_pixels,
+            domain_balanced=self.domain_balanced)
         self.batches_per_epoch = len(self.train_loader)
         if self.batches_per_epoch < args.grad_accum_steps:
             raise ConfigError(
@@ -417,6 +422,7 @@ class Run:
         a = self.args
         return {"--model": a.model, "--method": a.method, "--holdout": a.holdout, "--domains": list(self.sources),
                 "--train-classes": a.train_classes, "--train-split": a.train_split, "--steps": self.total_steps,
+                "--domain-balanced": self.domain_balanced,
                 "--batch-size": a.batch_size, "processes": self.world_size, "--grad-accum-steps": a.grad_accum_steps,
                 "--opt": a.opt, "--lr": a.lr, "--weight-decay": a.weight_decay, "--clip-grad": a.clip_grad,
                 "--sched": a.sched, "--warmup-steps": a.warmup_steps, "--warmup-lr": a.warmup_lr,

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="zoo names, fnmatch patterns ('clipood_*'), 'all', or an open_clip architecture")
     p.add_argument("--pretrained", action="store_true", help="load each model's registered weights")
     p.add_argument("--checkpoint", default=None, help="weights to load (a safetensors file or save_pretrained folder)")
-    p.add_argument("--clip-pretrained", default=None, help="open_clip CLIP weights tag, for zero-shot evaluation")
+    p.add_argument("--clip-pretrained", default=None, help="open_clip CLIP weights for zero-shot evaluation: a tag (e.g. openai) or an open_clip checkpoint file")
     p.add_argument("--model-config", default=None, help="an open_clip model config JSON (or folder) to register")
     p.add_argument("--data-dir", required=True)
     p.add_argument("--split", default="val")

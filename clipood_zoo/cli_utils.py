@@ -35,6 +35,11 @@ def model_for_dataset(name: str, info: DatasetInfo, pretrained: bool = False, ch
     """
     if is_model(name):
         model = create_model(name, pretrained=pretrained, checkpoint_path=checkpoint, clip_pretrained=clip_pretrained)
+        random_head = not (pretrained or checkpoint or clip_pretrained)
+        if random_head and not model.class_names and model.num_classes == len(info.classes):
+            # an entry whose class names are unknown offline (CoOp's datasets), built without weights: its head is
+            # random, so any order is its order: the dataset's (the random-init smoke path of every family)
+            model.class_names = [prettify_class_name(c) for c in info.classes]
     else:
         model = build_classifier(name, class_names=[prettify_class_name(c) for c in info.classes],
                                  clip_pretrained=clip_pretrained)

@@ -27,8 +27,15 @@ def align_classes(model: nn.Module, info: DatasetInfo) -> None:
     if model.text_tower is not None:
         model.set_classes([prettify_class_name(c) for c in info.classes])
         return
+    name = model.pretrained_cfg.get("architecture", "the model")
+    if not model.class_names:
+        raise ConfigError(
+            f"{name}'s head of {model.num_classes} classes has no class names (its weights do not say which row is "
+            f"which class), so it cannot be matched to {info.path}'s classes. Start from CLIP weights "
+            "(--clip-pretrained) so the text tower embeds the dataset's class names, or from weights that carry "
+            "their class names (train.py exports them).")
     raise ConfigError(
-        f"{model.pretrained_cfg.get('architecture', 'the model')} classifies {model.num_classes} classes "
+        f"{name} classifies {model.num_classes} classes "
         f"({', '.join(model.class_names[:3])}...) but {info.path} has {len(info.classes)} "
         f"({', '.join(info.classes[:3])}...). Use a model made for this dataset, or start from CLIP weights "
         "(--clip-pretrained) so the text tower can embed the dataset's class names.")

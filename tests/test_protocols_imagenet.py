@@ -1,6 +1,7 @@
 """ImageNet and its shifts: label order, the A/R 200-class subsets, converters, restricted scoring."""
 import json
 import tarfile
+import re
 
 import pytest
 import torch
@@ -167,3 +168,29 @@ def test_evaluate_shift_restricts_logits(tmp_path):
     m = P.evaluate_shift(_LookupModel(table), tmp_path / "out", batch_size=7, workers=0, transform=TF.to_tensor)
     assert m["top1"] == pytest.approx(expected, abs=1e-3) and m["top1_imagenet_r"] == pytest.approx(expected, abs=1e-3)
     assert m["eval_classes"] == 200 and m["num_samples"] == len(samples)
+
+
+@pytest.fixture
+def imagenet_r_shards(tmp_path):
+    root = tmp_path / "imagenet-r"
+    for i, w in enumerate(P.subset_wnids("imagenet_r")):
+        (root / w).mkdir(parents=True)
+        (root / w / "0.png").write_bytes(image_bytes((i % 256, 0, 0), "png"))
+    P.convert_shift("imagenet_r", tmp_path, tmp_path / "out")
+    return tmp_path / "out"
+
+
+def test_validate_imagenet_cli_takes_the_common_flags_and_shows_progress(imagenet_r_shards, tmp_path, capsys):
+    from clipood_zoo.data.protocols.__main__ import main
+    from tests.conftest import TINY_ARCH, TINY_CONFIG
+
+    argv = ["validate-imagenet", "--model", TINY_ARCH, "--model-config", TINY_CONFIG, "--data-dir",
+            str(imagenet_r_shards), "-b", "64", "-j", "0", "--amp", "--results-file", str(tmp_path / "r.json")]
+    assert main(argv + ["--split", "test"]) == 0
+    out, err = capsys.readouterr()
+    assert re.search(r"imagenet_r: +0%\|.*\| 0/4 ", err)  # tqdm's bar over the 200 images in batches of 64
+    (row,) = json.loads((tmp_path / "r.json").read_text())
+    assert row["split"] == "test" and row["eval_classes"] == 200 and row["num_samples"] == 200
+    with pytest.raises(SystemExit) as e:
+        main(argv + ["--split", "val"])
+    assert e.value.code == 2 and "has no split 'val'" in capsys.readouterr().err

@@ -20,6 +20,18 @@ Training
     ``resampled=True``: every (rank, worker) draws shards with replacement and yields exactly
     ``len(loader)`` batches per epoch in total, the same on every rank.
 
+Domain-balanced batches (``domain_balanced=True``, with ``resampled``)
+    CLIPood (like DomainBed) draws every batch evenly from the source domains: one endless loader per
+    domain, zipped. Shards written domain by domain and read through a shuffle buffer give batches
+    dominated by one domain instead. Here each kept domain gets its own resampled stream (its own shards,
+    filtered to that domain, seeded per (seed, epoch, rank, worker, domain)), and each batch takes
+    ``batch_size // n`` samples from every domain. The ``r = batch_size % n`` samples left over go to
+    ``r`` domains in turn: batch ``t`` (counted per worker and epoch) gives one more to the domains at
+    positions ``(t * r + j) % n`` for ``j < r`` (positions in ``_info.json``'s domain order), so every
+    ``n`` consecutive batches hold exactly ``batch_size`` samples of each domain. Batches are laid out
+    domain by domain. Each domain's shuffle buffer holds ``shuffle_buffer // n`` samples, so memory is
+    that of one unbalanced stream. Streamed shards work the same way: only each domain's shard list differs.
+
 Bad data
     A sample whose image does not decode, whose ``.cls`` is missing or out of range, whose ``.json`` is
     unreadable or names an unknown domain is skipped, logged (the first few) and counted in
@@ -218,30 +230,61 @@ class _EpochShuffle(wds.PipelineStage):
     that splitting it afterwards is a partition); ``True`` decorrelates the sample streams.
     """
 
-    def __init__(self, bufsize: int, seed: int, epoch: SharedCount, per_worker: bool):
-        self.bufsize, self.seed, self.epoch, self.per_worker = bufsize, seed, epoch, per_worker
+    def __init__(self, bufsize: int, seed: int, epoch: SharedCount, per_worker: bool, stream: str = ""):
+        self.bufsize, self.seed, self.epoch, self.per_worker, self.stream = bufsize, seed, epoch, per_worker, stream
 
     def run(self, src: Iterator[Any]) -> Iterator[Any]:
-        return wds.shuffle(self.bufsize, self.bufsize, rng=_rng(self.seed, self.epoch, self.per_worker))(src)
+        rng = _rng(self.seed, self.epoch, self.per_worker, self.stream)
+        return wds.shuffle(self.bufsize, self.bufsize, rng=rng)(src)
 
 
 class _ResampledShards(IterableDataset):
-    """An endless stream of shards drawn with replacement, seeded per (seed, epoch, rank, worker)."""
+    """An endless stream of shards drawn with replacement, seeded per (seed, epoch, rank, worker[, stream])."""
 
-    def __init__(self, urls: Sequence[str], seed: int, epoch: SharedCount):
+    def __init__(self, urls: Sequence[str], seed: int, epoch: SharedCount, stream: str = ""):
         super().__init__()
-        self.urls, self.seed, self.epoch = list(urls), seed, epoch
+        self.urls, self.seed, self.epoch, self.stream = list(urls), seed, epoch, stream
 
     def __iter__(self) -> Iterator[dict[str, str]]:
-        rng = _rng(self.seed, self.epoch, per_worker=True)
+        rng = _rng(self.seed, self.epoch, per_worker=True, stream=self.stream)
         while True:
             yield dict(url=rng.choice(self.urls))
 
 
-def _rng(seed: int, epoch: SharedCount, per_worker: bool) -> random.Random:
+def _rng(seed: int, epoch: SharedCount, per_worker: bool, stream: str = "") -> random.Random:
+    """``stream`` tells apart the per-domain streams of domain-balanced loading (empty otherwise)."""
     rank, _, worker, _ = wds.utils.pytorch_worker_info()
-    parts = (seed, epoch.value) + ((rank, worker) if per_worker else ())
+    parts = (seed, epoch.value) + ((rank, worker) if per_worker else ()) + ((stream,) if stream else ())
     return random.Random("-".join(map(str, parts)))  # str seeds are hashed with sha512: stable across runs
+
+
+def balanced_counts(batch_size: int, num_domains: int, batch_index: int) -> list[int]:
+    """Samples per domain in batch ``batch_index``: ``batch_size // n`` each, the remainder in turn.
+
+    The ``r = batch_size % n`` extra samples go to positions ``(batch_index * r + j) % n``, ``j < r``, so
+    any ``n`` consecutive batches give each domain exactly ``batch_size`` samples.
+    """
+    base, extra = divmod(batch_size, num_domains)
+    counts = [base] * num_domains
+    for j in range(extra):
+        counts[(batch_index * extra + j) % num_domains] += 1
+    return counts
+
+
+class _BalancedBatches(IterableDataset):
+    """Zip one endless sample stream per domain into batches with :func:`balanced_counts` samples of each."""
+
+    def __init__(self, streams: Sequence[Any], batch_size: int):
+        super().__init__()
+        self.streams, self.batch_size = list(streams), batch_size
+
+    def __iter__(self) -> Iterator[Any]:
+        iterators = [iter(s) for s in self.streams]
+        t = 0
+        while True:
+            counts = balanced_counts(self.batch_size, len(iterators), t)
+            yield default_collate([next(it) for it, n in zip(iterators, counts) for _ in range(n)])
+            t += 1
 
 
 def _parse(sample: dict[str, Any], classes: Sequence[str], domain_index: dict[str, int]) -> dict[str, Any]:
@@ -356,6 +399,7 @@ def create_loader(
         strict: bool = False,
         max_member_bytes: int = MAX_MEMBER_BYTES,
         max_image_pixels: int = MAX_IMAGE_PIXELS,
+        domain_balanced: bool = False,
 ) -> ShardLoader:
     """A loader of ``(images, targets, domain_idx)`` batches from split ``split`` of ``data_dir``.
 
@@ -370,6 +414,8 @@ def create_loader(
         drop_last: drop each worker's last partial batch (default: ``is_training``).
         strict: raise :class:`DatasetError` on the first bad sample instead of skipping it.
         max_member_bytes, max_image_pixels: what one sample may cost; larger ones are skipped unread.
+        domain_balanced: every batch drawn evenly from the kept domains (needs ``resampled``; see the
+            module docstring).
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
@@ -377,6 +423,9 @@ def create_loader(
         raise ConfigError(f"num_workers must be >= 0 and shuffle_buffer >= 1, got {num_workers}, {shuffle_buffer}.")
     if resampled and not is_training:
         raise ConfigError("resampled=True is for training; evaluation must see every sample exactly once.")
+    if domain_balanced and not resampled:
+        raise ConfigError("domain_balanced=True needs resampled=True: balanced batches come from one endless "
+                          "stream per domain, not from one pass over the shards.")
     if relabel_classes and classes is None:
         raise ConfigError("relabel_classes=True needs classes (the subset whose positions become the targets).")
     drop_last = is_training if drop_last is None else drop_last
@@ -399,23 +448,58 @@ def create_loader(
     counter = SkipCounter()
     policy = _SkipPolicy(counter, strict, max_skip_run=max(MIN_SKIP_RUN, num_samples))
     shared_epoch = SharedCount(epoch)
+    class_map = {c: i for i, c in enumerate(class_ids)} if relabel_classes else None
+    sample_stages = partial(_sample_stages, info=info, split=split, policy=policy, is_training=is_training,
+                            seed=seed, epoch=shared_epoch, class_ids=class_ids, class_map=class_map, transform=transform,
+                            max_member_bytes=max_member_bytes, max_image_pixels=max_image_pixels)
     if resampled:
         per_rank = max(1, num_samples // (world_size * batch_size))
         per_worker = math.ceil(per_rank / max(1, num_workers))
         num_batches = per_worker * max(1, num_workers)
-        stages: list[Any] = [_ResampledShards(shards, seed, shared_epoch)]
     else:
         num_batches = (math.floor if drop_last else math.ceil)(num_samples / (world_size * batch_size))
-        stages = [wds.SimpleShardList(shards)]
-        if is_training:
-            stages.append(_EpochShuffle(len(shards), seed, shared_epoch, per_worker=False))
-        stages += [wds.split_by_node, wds.split_by_worker]
-    stages.append(_ReadShards({s: n for s, n in zip(info.shard_paths(split), info.split(split).shard_lengths)},
-                              policy, max_member_bytes))
+    if domain_balanced:
+        balanced = domain_ids if domain_ids is not None else list(range(len(info.domains)))
+        streams = []
+        for d in balanced:
+            if count_samples(info, split, [info.domains[d]], classes) == 0:
+                raise DatasetError(f"domain {info.domains[d]!r} has no samples in split {split!r} of {info.path} "
+                                   f"(classes {classes}), so batches cannot be balanced over it; leave it out of the "
+                                   f"domains or turn domain balancing off.")
+            stream = f"domain{d}"
+            streams.append(wds.DataPipeline(_ResampledShards(_shards(info, split, [d]), seed, shared_epoch, stream),
+                                            *sample_stages(domain_ids=[d], stream=stream,
+                                                           shuffle_buffer=max(1, shuffle_buffer // len(balanced)))))
+        pipeline = wds.DataPipeline(_BalancedBatches(streams, batch_size))
+    else:
+        if resampled:
+            stages: list[Any] = [_ResampledShards(shards, seed, shared_epoch)]
+        else:
+            stages = [wds.SimpleShardList(shards)]
+            if is_training:
+                stages.append(_EpochShuffle(len(shards), seed, shared_epoch, per_worker=False))
+            stages += [wds.split_by_node, wds.split_by_worker]
+        stages += sample_stages(domain_ids=domain_ids, shuffle_buffer=shuffle_buffer)
+        stages.append(wds.batched(batch_size, collation_fn=default_collate, partial=not drop_last))
+        pipeline = wds.DataPipeline(*stages)
+    if resampled:
+        pipeline = pipeline.with_epoch(nbatches=per_worker)
+    loader = wds.WebLoader(pipeline, batch_size=None, shuffle=False, num_workers=num_workers,
+                           pin_memory=pin_memory)
+    return ShardLoader(loader, info, split, num_samples, num_batches, counter, shared_epoch)
+
+
+def _sample_stages(*, info: DatasetInfo, split: str, policy: _SkipPolicy, is_training: bool, seed: int,
+                   epoch: SharedCount, shuffle_buffer: int, domain_ids: Optional[Sequence[int]],
+                   class_ids: Optional[Sequence[int]], class_map: Optional[dict[int, int]],
+                   transform: Callable[[Image.Image], Any], max_member_bytes: int, max_image_pixels: int,
+                   stream: str = "") -> list[Any]:
+    """Shard urls -> checked, filtered, decoded and transformed ``(image, target, domain)`` samples."""
+    stages: list[Any] = [_ReadShards({s: n for s, n in zip(info.shard_paths(split), info.split(split).shard_lengths)},
+                                     policy, max_member_bytes)]
     if is_training:
-        stages.append(_EpochShuffle(shuffle_buffer, seed, shared_epoch, per_worker=True))
-    class_map = {c: i for i, c in enumerate(class_ids)} if relabel_classes else None
-    stages += [
+        stages.append(_EpochShuffle(shuffle_buffer, seed, epoch, per_worker=True, stream=stream))
+    return stages + [
         wds.map(partial(_parse, classes=info.classes,
                         domain_index={d: i for i, d in enumerate(info.domains)}), handler=policy),
         wds.select(partial(_keep, domains=None if domain_ids is None else frozenset(domain_ids),
@@ -423,14 +507,7 @@ def create_loader(
         wds.map(partial(_decode, class_map=class_map, max_pixels=max_image_pixels), handler=policy),
         wds.map(policy.usable),
         wds.map(partial(_apply_transform, transform=transform)),
-        wds.batched(batch_size, collation_fn=default_collate, partial=not drop_last),
     ]
-    pipeline = wds.DataPipeline(*stages)
-    if resampled:
-        pipeline = pipeline.with_epoch(nbatches=per_worker)
-    loader = wds.WebLoader(pipeline, batch_size=None, shuffle=False, num_workers=num_workers,
-                           pin_memory=pin_memory)
-    return ShardLoader(loader, info, split, num_samples, num_batches, counter, shared_epoch)
 
 
 def _shards(info: DatasetInfo, split: str, domain_ids: Optional[Sequence[int]]) -> list[str]:

@@ -5,8 +5,10 @@ checked -> shards with the fields its table needs.
 - :mod:`.imagenet`   ImageNet val and -V2/-Sketch/-A/-R, 200-class scoring for A and R (Table 2)
 - :mod:`.base2new`   CoOp's 11 datasets: split files, few-shot draw, base/new halves (Table 3)
 
-Command line: ``python -m clipood_zoo.data.protocols --help``; commands per table in
-``docs/paper_protocols.md``; tables from result rows with ``tools/paper_tables.py``.
+Command line: ``python -m clipood_zoo.data.protocols --help``; its ``run`` command trains, validates
+and tabulates a whole table (:mod:`clipood_zoo.sweep`, outside this data package because it runs
+train.py); commands per table in ``docs/paper_protocols.md``; tables from result rows with
+``tools/paper_tables.py``.
 """
 from . import base2new, domainbed, imagenet
 

@@ -3,7 +3,9 @@
 Paper Table 1 protocol (CLIPood, following DomainBed): leave one domain out; per domain DomainBed's
 seeded 80/20 in/out split (:func:`clipood_zoo.data.converters.convert_domainbed`); the model is
 selected on the source domains' 20% ``val`` split (training-domain validation, what train.py does) and
-the held-out domain's ``val`` (DomainBed's "out" split) is reported. One row per held-out domain,
+the held-out domain's ``val`` (DomainBed's "out" split, as CLIPood's converter) is reported by default;
+DomainBed's own tables report the held-out domain's "in" split (``train`` here): ``run domainbed
+--eval-split train``. One row per held-out domain,
 the dataset's number is their mean, Table 1's "Avg" the mean of the five datasets
 (``tools/paper_tables.py``).
 

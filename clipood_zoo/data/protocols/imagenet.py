@@ -263,7 +263,7 @@ def restricted_top1(logits: torch.Tensor, target: torch.Tensor, classes: Sequenc
 
 def evaluate_shift(model: torch.nn.Module, data_dir: str | os.PathLike, *, batch_size: int = 256, workers: int = 2,
                    device: Optional[torch.device] = None, amp_dtype: Optional[torch.dtype] = None,
-                   split: str = SPLIT, transform=None) -> Dict[str, Any]:
+                   split: str = SPLIT, transform=None, progress: bool = False) -> Dict[str, Any]:
     """top1/top5 and ``top1_<domain>`` of ``model`` on a converted set, restricted to ``eval_classes``
     when ``_info.json`` declares them (A, R); ``eval_classes`` in the result is the number of columns."""
     from timm.data import create_transform, resolve_data_config
@@ -279,14 +279,17 @@ def evaluate_shift(model: torch.nn.Module, data_dir: str | os.PathLike, *, batch
         transform = create_transform(**resolve_data_config({}, model=model))
     loader = create_loader(data_dir, split, transform=transform, batch_size=batch_size, is_training=False,
                            classes=subset, relabel_classes=subset is not None, num_workers=workers)
-    metrics = evaluate(model, loader, device, info.domains, amp_dtype=amp_dtype, logit_columns=subset)
+    metrics = evaluate(model, loader, device, info.domains, amp_dtype=amp_dtype, logit_columns=subset,
+                       progress=progress, desc=info.name)
     return {**metrics, "eval_classes": len(subset) if subset is not None else len(info.classes), "split": split}
 
 
 def validate_shifts(model_name: str, data_dirs: Sequence[str | os.PathLike], *, checkpoint: Optional[str] = None,
                     clip_pretrained: Optional[str] = None, pretrained: bool = False, batch_size: int = 256,
-                    workers: int = 2, device: Optional[str] = None) -> List[Dict[str, Any]]:
-    """One validate.py-style row per converted set (ImageNet, V2, Sketch, A, R) for ``model_name``."""
+                    workers: int = 2, device: Optional[str] = None, split: str = SPLIT,
+                    amp_dtype: Optional[torch.dtype] = None, progress: bool = True) -> List[Dict[str, Any]]:
+    """One validate.py-style row per converted set (ImageNet, V2, Sketch, A, R) for ``model_name``
+    (split ``split`` of each; a progress bar per set unless ``progress=False``)."""
     from ...cli_utils import default_device, model_for_dataset
     from ..info import read_dataset_info
 
@@ -297,7 +300,8 @@ def validate_shifts(model_name: str, data_dirs: Sequence[str | os.PathLike], *, 
         info = read_dataset_info(data_dir)
         if model is None:
             model = model_for_dataset(model_name, info, pretrained, checkpoint, clip_pretrained).to(dev)
-        m = evaluate_shift(model, data_dir, batch_size=batch_size, workers=workers, device=dev)
+        m = evaluate_shift(model, data_dir, batch_size=batch_size, workers=workers, device=dev, amp_dtype=amp_dtype,
+                           split=split, progress=progress)
         rows.append({"model": model_name, **{k: m[k] for k in ("top1", "top1_err", "top5", "top5_err")},
                      **{k: v for k, v in m.items() if k.startswith("top1_") and k != "top1_err"},
                      "num_samples": m["num_samples"], "split": m["split"], "eval_classes": m["eval_classes"],
