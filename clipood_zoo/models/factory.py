@@ -111,10 +111,10 @@ def build_zoo_model(
         quick_gelu=cfg.quick_gelu, clip_pretrained=clip_pretrained, with_text_tower=with_text_tower,
         logit_scale=cfg.logit_scale, cache_dir=cache_dir,
     )
-    if checkpoint_path is not None or pretrained:
-        path = resolve_weights(cfg, checkpoint_path=checkpoint_path, cache_dir=cache_dir)
-        _logger.info("Loading %s weights from %s", model_name, path)
-        load_weights(model, path, allow_pickle=allow_pickle)
     model.pretrained_cfg = cfg.to_dict()
     model.pretrained_cfg["architecture"] = model_name
+    if checkpoint_path is not None or pretrained:
+        path, sha256 = resolve_weights(cfg, checkpoint_path=checkpoint_path, cache_dir=cache_dir)
+        _logger.info("Loading %s weights from %s", model_name, path)
+        load_weights(model, path, allow_pickle=allow_pickle, expected_sha256=sha256)
     return model
