@@ -8,6 +8,7 @@ trusts it (``allow_pickle=True``), and then with ``torch.load(weights_only=True)
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -85,19 +86,54 @@ def _local_file(cfg: Any) -> Optional[Path]:
 def _hub_file(repo_id: str, filename: str, cache_dir: Optional[PathLike]) -> Path:
     """``filename`` of hub repo ``repo_id`` (``ORG/NAME`` or ``ORG/NAME@revision``, as timm spells it)."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
     repo, _, revision = repo_id.partition("@")
     try:
         return Path(hf_hub_download(repo, filename, revision=revision or None, cache_dir=cache_dir))
-    except (LocalEntryNotFoundError, EntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
-        why = "HF_HUB_OFFLINE is set and the file is not in the cache" if offline else f"{type(e).__name__}: {e}"
-        raise WeightsNotFoundError(
-            f"Could not get {filename!r} from the Hugging Face hub repo {repo_id!r} ({why}). Download it where the "
-            f"hub is reachable (huggingface-cli download {repo} {filename}) into the cache "
-            f"({cache_dir or 'the default HF cache'}), or pass the file with checkpoint_path=."
-        ) from e
+    except _hub_errors() as e:
+        raise hub_not_found(repo_id, filename, cache_dir, e) from e
+
+
+def _hub_errors() -> Tuple[type, ...]:
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    return LocalEntryNotFoundError, EntryNotFoundError, HfHubHTTPError, OSError, ValueError
+
+
+def hub_not_found(repo_id: str, filename: str, cache_dir: Optional[PathLike], e: BaseException) -> WeightsNotFoundError:
+    """One line naming the repo and file that could not be had, why, and how to get them."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+    why = "HF_HUB_OFFLINE is set and the file is not in the cache" if offline else f"{type(e).__name__}: {e}"
+    why = " ".join(why.split())
+    return WeightsNotFoundError(
+        f"Could not get {filename!r} from the Hugging Face hub repo {repo_id!r} ({why}). Download it where the "
+        f"hub is reachable (huggingface-cli download {repo_id.partition('@')[0]} {filename}) into the cache "
+        f"({cache_dir or 'the default HF cache'}), or pass the file with checkpoint_path=."
+    )
+
+
+def clear_timm_hub_errors() -> None:
+    """Make ``timm.create_model('hf-hub:ORG/NAME')`` name the repo when its config.json cannot be had.
+
+    timm reads an ``hf-hub:`` id's config.json itself, before any zoo code runs, and huggingface_hub's
+    offline error names neither repo nor file. The zoo wraps timm's reader once so that error becomes
+    :func:`hub_not_found`'s line (a ``FileNotFoundError``, as huggingface_hub's is); nothing else changes.
+    """
+    import timm.models._factory as timm_factory
+
+    original = timm_factory.load_model_config_from_hf
+    if getattr(original, "clipood_clear_errors", False):
+        return
+
+    @functools.wraps(original)
+    def load_model_config_from_hf(model_id: str, cache_dir: Optional[PathLike] = None, **kwargs: Any):
+        try:
+            return original(model_id, cache_dir=cache_dir, **kwargs)
+        except _hub_errors() as e:
+            raise hub_not_found(model_id, CONFIG_NAME, cache_dir, e) from e
+
+    load_model_config_from_hf.clipood_clear_errors = True
+    timm_factory.load_model_config_from_hf = load_model_config_from_hf
 
 
 def resolve_weights(
