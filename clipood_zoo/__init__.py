@@ -15,13 +15,13 @@ from .errors import (  # noqa: E402
     ClipoodError, ConfigError, DatasetError, UnknownModelError, UnsafeWeightsError, WeightsError,
     WeightsIntegrityError, WeightsMismatchError, WeightsNotFoundError,
 )
-from .hub import clear_timm_hub_errors, load_weights, push_to_hub, save_pretrained  # noqa: E402
+from .hub import integrate_with_timm, load_weights, push_to_hub, save_pretrained  # noqa: E402
 from .losses import MMSLoss, mms_loss  # noqa: E402
 from .models import ClipoodClassifier  # noqa: E402
 from .registry import create_model, get_pretrained_cfg, is_model, list_models, list_pretrained  # noqa: E402
 from .version import __version__  # noqa: E402
 
-clear_timm_hub_errors()  # timm.create_model('hf-hub:...') of a missing repo names it
+integrate_with_timm()  # timm.create_model's hf-hub: errors and checkpoint_path= load zoo models the zoo's way
 
 __all__ = [
     "create_model", "list_models", "list_pretrained", "is_model", "get_pretrained_cfg", "ModelBma", "bma_weights",

@@ -16,12 +16,14 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
+from open_clip.model import resize_pos_embed
 from torch import nn
 
 from .errors import UnsafeWeightsError, WeightsError, WeightsIntegrityError, WeightsMismatchError, WeightsNotFoundError
@@ -83,6 +85,19 @@ def _local_file(cfg: Any) -> Optional[Path]:
     return next((d / cfg.file for d in weights_dirs() if (d / cfg.file).is_file()), None)
 
 
+def load_pretrained_file(model: nn.Module, file: PathLike) -> None:
+    """Load ``file`` as ``model``'s registry cfg names it (timm's ``load_pretrained``), with that cfg's sha256."""
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    path = _local_file(SimpleNamespace(file=str(file)))
+    if path is None:
+        tried = ", ".join(str(d / file) for d in weights_dirs()) or "CLIPOOD_WEIGHTS_DIR is unset"
+        raise WeightsNotFoundError(f"Weights {str(file)!r} of {cfg.get('architecture')} not found (looked in: {tried}); "
+                                   "set CLIPOOD_WEIGHTS_DIR to the folder holding them.")
+    expected = cfg.get("sha256") if str(file) == cfg.get("file") else None
+    load_weights(model, path, expected_sha256=expected)
+    model.update_pretrained_cfg()
+
+
 def _hub_file(repo_id: str, filename: str, cache_dir: Optional[PathLike]) -> Path:
     """``filename`` of hub repo ``repo_id`` (``ORG/NAME`` or ``ORG/NAME@revision``, as timm spells it)."""
     from huggingface_hub import hf_hub_download
@@ -112,28 +127,41 @@ def hub_not_found(repo_id: str, filename: str, cache_dir: Optional[PathLike], e:
     )
 
 
-def clear_timm_hub_errors() -> None:
-    """Make ``timm.create_model('hf-hub:ORG/NAME')`` name the repo when its config.json cannot be had.
+def integrate_with_timm() -> None:
+    """Two hooks into ``timm.create_model``'s own steps, installed once on import:
 
-    timm reads an ``hf-hub:`` id's config.json itself, before any zoo code runs, and huggingface_hub's
-    offline error names neither repo nor file. The zoo wraps timm's reader once so that error becomes
-    :func:`hub_not_found`'s line (a ``FileNotFoundError``, as huggingface_hub's is); nothing else changes.
+    - an ``hf-hub:`` id's config.json is read by timm before any zoo code runs, and huggingface_hub's offline
+      error names neither repo nor file: that error becomes :func:`hub_not_found`'s line (a
+      ``FileNotFoundError``, as huggingface_hub's is);
+    - ``checkpoint_path=`` is loaded by timm's ``load_checkpoint``, which knows neither save_pretrained folders
+      nor a head of another class count: for zoo models it goes through :func:`load_weights` instead.
+    Other models are untouched.
     """
     import timm.models._factory as timm_factory
 
-    original = timm_factory.load_model_config_from_hf
-    if getattr(original, "clipood_clear_errors", False):
+    if getattr(timm_factory.load_checkpoint, "clipood_zoo", False):
         return
+    read_config, load_checkpoint = timm_factory.load_model_config_from_hf, timm_factory.load_checkpoint
 
-    @functools.wraps(original)
+    @functools.wraps(read_config)
     def load_model_config_from_hf(model_id: str, cache_dir: Optional[PathLike] = None, **kwargs: Any):
         try:
-            return original(model_id, cache_dir=cache_dir, **kwargs)
+            return read_config(model_id, cache_dir=cache_dir, **kwargs)
         except _hub_errors() as e:
             raise hub_not_found(model_id, CONFIG_NAME, cache_dir, e) from e
 
-    load_model_config_from_hf.clipood_clear_errors = True
+    @functools.wraps(load_checkpoint)
+    def load_checkpoint_into(model: nn.Module, checkpoint_path: PathLike, *args: Any, **kwargs: Any):
+        from .models.classifier import ClipoodClassifier
+
+        if not isinstance(model, ClipoodClassifier):
+            return load_checkpoint(model, checkpoint_path, *args, **kwargs)
+        load_weights(model, checkpoint_path)
+        model.update_pretrained_cfg()
+
+    load_checkpoint_into.clipood_zoo = True
     timm_factory.load_model_config_from_hf = load_model_config_from_hf
+    timm_factory.load_checkpoint = load_checkpoint_into
 
 
 def resolve_weights(
@@ -317,6 +345,15 @@ def _check_config_matches(model: nn.Module, config: Mapping[str, Any], path: Pat
         )
 
 
+def _fit_position_embedding(model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> None:
+    """Weights of another input size fit a tower built for ``img_size``: open_clip's own resampling, in fp32."""
+    key = "visual.positional_embedding"
+    target = model.state_dict().get(key)
+    if key in state_dict and target is not None and state_dict[key].shape != target.shape:
+        state_dict[key] = state_dict[key].float()
+        resize_pos_embed(state_dict, model)
+
+
 def load_weights(model: nn.Module, path: PathLike, allow_pickle: bool = False,
                  expected_sha256: Optional[str] = None) -> None:
     """Load a weights file (or a save_pretrained folder) into a ClipoodClassifier, with the file's classes.
@@ -334,6 +371,7 @@ def load_weights(model: nn.Module, path: PathLike, allow_pickle: bool = False,
     if path.name == WEIGHTS_NAME and isinstance(config.get("sha256"), str):
         verify_sha256(data, config["sha256"], path)  # save_pretrained recorded it: catches flipped bits
     del data
+    _fit_position_embedding(model, state_dict)
     head_weight = state_dict.get("head.weight")
     if head_weight is not None and hasattr(model, "reset_classifier") and head_weight.shape[0] != model.num_classes:
         model.reset_classifier(head_weight.shape[0])
