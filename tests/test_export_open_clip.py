@@ -67,4 +67,7 @@ def test_shipped_base_exports_with_its_minilm_text_tower(tmp_path):
         classifier = build_zero_shot_classifier(clip, model.text_tower.tokenizer, names, model.templates,
                                                 device="cpu", use_tqdm=False)
         logits = clip.logit_scale.exp() * F.normalize(clip.encode_image(images), dim=-1) @ classifier
-        torch.testing.assert_close(logits, model(images)[:, :20], rtol=1e-4, atol=1e-4)
+        # the shipped head holds the embeddings rounded to fp16; the export's text tower recomputes them in fp32
+        torch.testing.assert_close(logits, model(images)[:, :20], rtol=0, atol=1e-2)
+        model.set_classes(names)  # the same text tower, in fp32 here too: equal up to float summation order
+        torch.testing.assert_close(logits, model(images), rtol=1e-5, atol=1e-5)
