@@ -160,6 +160,14 @@ class ClipoodClassifier(nn.Module):
 
         load_pretrained_file(self, file)
 
+    def keep_classes(self, rows: Sequence[int]) -> None:
+        """Keep these head rows, in this order (a dataset's classes among the model's); the embeddings are unchanged."""
+        self.head.weight = self.head.weight[list(rows)].clone()
+        if self.class_names:
+            self.class_names = [self.class_names[i] for i in rows]
+        if self.pretrained_cfg:
+            self.update_pretrained_cfg()
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.visual.set_grad_checkpointing(enable)
 
