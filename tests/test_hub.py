@@ -279,3 +279,12 @@ def test_same_tensors_give_the_same_file_bytes_in_every_process(tmp_path):
     assert files[0] == files[1] == files[2]
     header = json.loads(files[0][8:8 + int.from_bytes(files[0][:8], "little")])
     assert list(header["__metadata__"]) == ["architecture", "format"]
+
+
+@pytest.mark.parametrize("create", [create_model, timm.create_model], ids=["clipood_zoo", "timm"])
+def test_local_dir_id_loads_that_folder(tmp_path, monkeypatch, create):
+    mine = trained_toy()
+    save_pretrained(mine, tmp_path / "mine", model_name="testzoo_tiny_toy_shipped")
+    monkeypatch.chdir(tmp_path)  # a relative path, as users type it
+    loaded = create("local-dir:mine", pretrained=True).eval()
+    assert torch.equal(loaded(IMAGES), mine(IMAGES))
