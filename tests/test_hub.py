@@ -271,12 +271,12 @@ def test_same_tensors_give_the_same_file_bytes_in_every_process(tmp_path):
     in_process = {save_pretrained(model, tmp_path / "again").read_bytes() for _ in range(10)}
     assert len(in_process) == 1  # (raw safetensors.save gives several orders in 10 calls)
     repo = Path(__file__).resolve().parent.parent
-    for seed in ("1", "2", "3"):
+    for seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1"}
         subprocess.run([sys.executable, "-c", SAVE_IN_A_FRESH_PROCESS, str(tmp_path / seed)], check=True, env=env,
                        cwd=repo)
-    files = [(tmp_path / seed / "model.safetensors").read_bytes() for seed in ("1", "2", "3")]
-    assert files[0] == files[1] == files[2]
+    files = [(tmp_path / seed / "model.safetensors").read_bytes() for seed in ("1", "2")]
+    assert files[0] == files[1]
     header = json.loads(files[0][8:8 + int.from_bytes(files[0][:8], "little")])
     assert list(header["__metadata__"]) == ["architecture", "format"]
 

@@ -23,15 +23,21 @@ REPO = Path(__file__).resolve().parent.parent
 MINI = REPO / "datasets" / "emojidg-mini"
 SCORED = "clipood_vitt_emojidg_3d"  # one shipped fine-tune: a 444-image held-out domain, seconds on CPU
 
-SCORE_SCRIPT = """
-import json, sys
+SCRIPT = """
+import json, os, sys
 import torch
 from timm.data import create_transform, resolve_data_config
 import clipood_zoo
 from clipood_zoo.data import create_loader, read_dataset_info
 from clipood_zoo.evaluate import align_classes, evaluate
 
-name, data_dir = sys.argv[1:]
+name, data_dir, weights_dir = sys.argv[1:]
+try:  # no CLIPOOD_WEIGHTS_DIR yet: a wheel install has no weights
+    clipood_zoo.create_model(name, pretrained=True)
+    no_weights = None
+except clipood_zoo.WeightsNotFoundError as e:
+    no_weights = str(e)
+os.environ["CLIPOOD_WEIGHTS_DIR"] = weights_dir
 model = clipood_zoo.create_model(name, pretrained=True)
 info = read_dataset_info(data_dir)
 align_classes(model, info)
@@ -39,16 +45,8 @@ domain = clipood_zoo.get_pretrained_cfg(name).heldout_domain
 loader = create_loader(data_dir, "val", transform=create_transform(**resolve_data_config({}, model=model)),
                        batch_size=256, is_training=False, domains=[domain], num_workers=0)
 metrics = evaluate(model, loader, torch.device("cpu"), info.domains)
-print(json.dumps({"file": clipood_zoo.__file__, "pretrained": clipood_zoo.list_pretrained(),
+print(json.dumps({"file": clipood_zoo.__file__, "pretrained": clipood_zoo.list_pretrained(), "no_weights": no_weights,
                   "top1": metrics["top1"], "num_samples": metrics["num_samples"]}))
-"""
-
-NO_WEIGHTS_SCRIPT = """
-import clipood_zoo
-try:
-    clipood_zoo.create_model("clip_vitt_emoji", pretrained=True)
-except clipood_zoo.WeightsNotFoundError as e:
-    print(e)
 """
 
 
@@ -99,21 +97,17 @@ def test_the_wheel_holds_every_data_file_the_package_reads(installed):
     assert not [n for n in names if n.startswith("weights/") or n.endswith(".safetensors")]  # weights are not in it
 
 
-def test_installed_wheel_scores_a_shipped_model_like_its_card(installed, tmp_path):
+def test_installed_wheel_finds_weights_outside_it_and_scores_a_shipped_model_like_its_card(installed, tmp_path):
     python, _ = installed
-    result = json.loads(run_in(python, SCORE_SCRIPT, tmp_path, SCORED, MINI,
-                               CLIPOOD_WEIGHTS_DIR=REPO / "weights").splitlines()[-1])
+    result = json.loads(run_in(python, SCRIPT, tmp_path, SCORED, MINI, REPO / "weights").splitlines()[-1])
     assert not Path(result["file"]).is_relative_to(REPO)  # the installed copy, not the checkout
+
+    message = result["no_weights"]  # before CLIPOOD_WEIGHTS_DIR was set: one line saying where weights come from
+    assert "\n" not in message and get_pretrained_cfg(SCORED).file in message
+    assert "CLIPOOD_WEIGHTS_DIR" in message and "checkpoint_path=" in message and "hf-hub:" in message
+
     assert SCORED in result["pretrained"] and "clip_vitt_emoji" in result["pretrained"]
     card = (REPO / "weights" / SCORED / "README.md").read_text()
     recorded = float(re.search(r"^- top1: ([\d.]+)$", card, re.M).group(1))
     assert result["num_samples"] == 444
     assert result["top1"] == pytest.approx(recorded, abs=0.5)  # the fp16 file vs the fp32 export the card measured
-
-
-def test_installed_wheel_without_weights_says_where_they_come_from_in_one_line(installed, tmp_path):
-    python, _ = installed
-    message = run_in(python, NO_WEIGHTS_SCRIPT, tmp_path).strip()
-    file = get_pretrained_cfg("clip_vitt_emoji").file
-    assert "\n" not in message and file in message
-    assert "CLIPOOD_WEIGHTS_DIR" in message and "checkpoint_path=" in message and "hf-hub:" in message
