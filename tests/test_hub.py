@@ -288,3 +288,18 @@ def test_local_dir_id_loads_that_folder(tmp_path, monkeypatch, create):
     monkeypatch.chdir(tmp_path)  # a relative path, as users type it
     loaded = create("local-dir:mine", pretrained=True).eval()
     assert torch.equal(loaded(IMAGES), mine(IMAGES))
+
+
+@pytest.mark.parametrize("create", [create_model, timm.create_model], ids=["clipood_zoo", "timm"])
+def test_hub_copy_of_a_shipped_model_with_changed_weights_loads_the_copy(tmp_path, create):
+    """The reported case: a shipped name (a weights/ file and a registry sha256) re-published with changed weights."""
+    shipped = create_model("clip_vitt_emoji", pretrained=True).eval()
+    changed = create_model("clip_vitt_emoji", pretrained=True).eval()
+    with torch.no_grad():
+        changed.visual.proj.mul_(-1.0)
+    save_pretrained(changed, tmp_path / "repo")
+    cache = fake_hub_cache(tmp_path / "hf", "me/mod", tmp_path / "repo")
+    loaded = create("hf-hub:me/mod", pretrained=True, cache_dir=str(cache)).eval()
+    images = torch.randn(2, 3, 40, 40)
+    assert torch.equal(loaded.visual.proj, changed.visual.proj)
+    assert torch.equal(loaded(images), changed(images)) and not torch.equal(loaded(images), shipped(images))
