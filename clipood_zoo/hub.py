@@ -20,10 +20,10 @@ from types import SimpleNamespace
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
+from open_clip.model import resize_pos_embed
 from safetensors import SafetensorError
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
-from open_clip.model import resize_pos_embed
 from torch import nn
 
 from .errors import UnsafeWeightsError, WeightsError, WeightsIntegrityError, WeightsMismatchError, WeightsNotFoundError
@@ -205,13 +205,9 @@ def load_error_summary(e: BaseException) -> str:
     return f"{type(e).__name__}: {line[:200]}"
 
 
-def load_state_dict(path: PathLike, allow_pickle: bool = False) -> Dict[str, torch.Tensor]:
-    """Tensors from a safetensors file; a pickle only with ``allow_pickle`` (and then ``weights_only=True``)."""
-    return state_dict_from_bytes(Path(path).read_bytes(), path, allow_pickle)
-
-
 def state_dict_from_bytes(data: bytes, path: PathLike, allow_pickle: bool = False) -> Dict[str, torch.Tensor]:
-    """Parse the bytes of ``path`` (already read, so that what is hashed is what is loaded)."""
+    """Tensors from the bytes of ``path`` (read once by the caller, so that what is hashed is what is loaded):
+    safetensors; a pickle only with ``allow_pickle`` (and then ``torch.load(weights_only=True)``)."""
     path = Path(path)
     if path.suffix in PICKLE_SUFFIXES:
         if not allow_pickle:

@@ -101,18 +101,17 @@ def get_pretrained_cfg(model_name: str) -> ZooPretrainedCfg:
 # config.json, timm's local-dir:, an overlay's file) must not inherit the registry's file or its sha256, or
 # the registry's weights would be loaded (and "verified") in place of the ones asked for.
 WEIGHTS_SOURCE_FIELDS = ("file", "hf_hub_id", "hf_hub_filename", "url", "state_dict", "sha256", "source")
+_TUPLE_FIELDS = ("input_size", "test_input_size", "min_input_size", "mean", "std", "templates", "label_names")
 
 
 def _apply(cfg: ZooPretrainedCfg, changes: Dict[str, Any]) -> ZooPretrainedCfg:
+    """``cfg`` with ``changes`` (a config.json's pretrained_cfg or an overlay; JSON lists back to tuples)."""
     known = {f.name for f in fields(ZooPretrainedCfg)}
     changes = {k: tuple(v) if isinstance(v, list) and k in _TUPLE_FIELDS else v
                for k, v in changes.items() if k in known}  # a newer save may carry fields this version lacks
     if any(changes.get(k) for k in ("file", "hf_hub_id", "url", "state_dict")):
         cfg = replace(cfg, **{k: None for k in WEIGHTS_SOURCE_FIELDS})
     return replace(cfg, **changes)
-
-
-_TUPLE_FIELDS = ("input_size", "test_input_size", "min_input_size", "mean", "std", "templates", "label_names")
 
 
 def resolve_pretrained_cfg(

@@ -56,14 +56,14 @@ def test_fine_tuning_kwargs_new_head_pool_and_image_size_keep_the_loaded_weights
     (dict(drop_block_rate=0.1), "cannot take drop_block_rate=0.1: a ViT has no convolutional feature maps"),
     (dict(bn_eps=1e-3), "cannot take bn_eps=0.001: a ViT has no convolutional feature maps or batch norm"),
     (dict(features_only=True), "cannot take features_only=True: the open_clip image tower has no multi-scale"),
-    (dict(global_pool="max"), "cannot take global_pool='max': the image tower pools with one of token, avg"),
+    (dict(global_pool="max"), "cannot take global_pool='max': the image tower pools with 'token' or 'avg'"),
     (dict(output_stride=16), "does not take output_stride; clipood models take timm's num_classes, in_chans"),
 ])
 def test_unsupported_kwargs_are_clear_errors_naming_what_is_supported(kwargs, message):
     for create in (clipood_zoo.create_model, timm.create_model):
         with pytest.raises(ConfigError) as info:
             create("testzoo_tiny_toy_a", **kwargs)
-        assert message in str(info.value) and "num_classes" in str(info.value)
+        assert message in str(info.value) and "num_classes" in str(info.value) and "img_size" in str(info.value)
 
 
 def test_pretrained_cfg_agrees_with_the_loaded_model():

@@ -112,10 +112,10 @@ def timm_vision_cfg(clip_arch: str, model_name: str, in_chans: Optional[int] = N
     timm_backbone = bool(vision.get("timm_model_name"))
 
     def refuse(kwarg: str, why: str) -> None:
-        raise ConfigError(f"{model_name} cannot take {kwarg}: {why}. Zoo models take timm's "
-                          f"{', '.join(TIMM_KWARGS[:5])} and, where the image tower has them, "
-                          f"{', '.join(TIMM_KWARGS[5:7])}; and clip_pretrained, with_text_tower, checkpoint_path, "
-                          "cache_dir, pretrained_cfg_overlay, allow_pickle.")
+        raise ConfigError(f"{model_name} cannot take {kwarg}: {why}. Zoo models take timm's num_classes, "
+                          "in_chans=3, img_size, global_pool ('token' or 'avg'), and drop_rate / drop_path_rate where "
+                          "the image tower has them (timm backbones); and clip_pretrained, with_text_tower, "
+                          "checkpoint_path, cache_dir, pretrained_cfg_overlay, allow_pickle.")
 
     if in_chans not in (None, 3):
         refuse(f"in_chans={in_chans}", "CLIP image towers take 3-channel RGB images")
@@ -133,7 +133,7 @@ def timm_vision_cfg(clip_arch: str, model_name: str, in_chans: Optional[int] = N
             vision[key], changed = value, True
     if global_pool is not None:
         if global_pool not in _POOLS or timm_backbone:
-            refuse(f"global_pool={global_pool!r}", f"the image tower pools with one of {', '.join(_POOLS)}")
+            refuse(f"global_pool={global_pool!r}", "the image tower pools with 'token' or 'avg'")
         vision["pool_type"], changed = _POOLS[global_pool], True
     if img_size is not None:
         size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
