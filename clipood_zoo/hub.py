@@ -409,10 +409,22 @@ def save_pretrained(
     cfg.update(architecture=model_name, num_classes=getattr(model, "num_classes", cfg.get("num_classes")))
     if getattr(model, "class_names", None):
         cfg["label_names"] = list(model.class_names)
-    config = {"architecture": model_name, "sha256": digest, "pretrained_cfg": cfg, **dict(extra_config or {})}
+    config = {"architecture": model_name, "sha256": digest, "pretrained_cfg": cfg, **_model_args(model, model_name),
+              **dict(extra_config or {})}
     write_text_atomic(save_dir / CONFIG_NAME, json.dumps(config, indent=2, default=str) + "\n")
     write_text_atomic(save_dir / CARD_NAME, model_card(model_name, cfg, digest, card_sections))
     return weights_path
+
+
+def _model_args(model: nn.Module, model_name: str) -> Dict[str, Any]:
+    """timm's ``model_args`` of a config.json: what rebuilds this model's tower where it differs from its registered
+    name's (an ``img_size``), so that an ``hf-hub:``/``local-dir:`` id builds the tower the weights are for."""
+    from .registry import get_pretrained_cfg, is_model
+
+    size = getattr(model, "image_size", None)
+    if size is None or not is_model(model_name) or get_pretrained_cfg(model_name).input_size[-1] == size:
+        return {}
+    return {"model_args": {"img_size": size}}
 
 
 def model_card(model_name: str, cfg: Mapping[str, Any], digest: str, sections: Optional[Mapping[str, str]]) -> str:

@@ -303,3 +303,19 @@ def test_hub_copy_of_a_shipped_model_with_changed_weights_loads_the_copy(tmp_pat
     images = torch.randn(2, 3, 40, 40)
     assert torch.equal(loaded.visual.proj, changed.visual.proj)
     assert torch.equal(loaded(images), changed(images)) and not torch.equal(loaded(images), shipped(images))
+
+
+@pytest.mark.parametrize("create", [create_model, timm.create_model], ids=["clipood_zoo", "timm"])
+def test_hub_repo_of_another_image_size_rebuilds_that_tower(tmp_path, create):
+    """A model made with img_size=48 (the registry's tower is 32 px) comes back at 48 px with its own embedding."""
+    mine = create_model("testzoo_tiny_toy_a", img_size=48).eval()
+    with torch.no_grad():
+        mine.visual.positional_embedding.normal_()
+    save_pretrained(mine, tmp_path / "repo")
+    assert json.loads((tmp_path / "repo" / "config.json").read_text())["model_args"] == {"img_size": 48}
+    cache = fake_hub_cache(tmp_path / "hf", "me/big", tmp_path / "repo")
+    loaded = create("hf-hub:me/big", pretrained=True, cache_dir=str(cache)).eval()
+    assert loaded.pretrained_cfg["input_size"] == (3, 48, 48)
+    assert torch.equal(loaded.visual.positional_embedding, mine.visual.positional_embedding)
+    images = torch.randn(2, 3, 48, 48)
+    assert torch.equal(loaded(images), mine(images))
