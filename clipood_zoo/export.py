@@ -19,11 +19,13 @@ from .registry import create_model
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m clipood_zoo.export",
-        description="Write a zoo model as an open_clip CLIP folder: open_clip.create_model_and_transforms('local-dir:OUT').")
+        description="Write a zoo model as an open_clip CLIP folder: "
+                    "open_clip.create_model_and_transforms('local-dir:OUT').")
     parser.add_argument("model", help="zoo model name (clipood_zoo.list_models())")
     parser.add_argument("out", help="output folder")
     parser.add_argument("--pretrained", action="store_true", help="the model's registered weights")
-    parser.add_argument("--checkpoint", default=None, help="fine-tuned weights (a safetensors file or save_pretrained folder)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="fine-tuned weights (a safetensors file or save_pretrained folder)")
     parser.add_argument("--clip-pretrained", default=None,
                         help="open_clip tag of the CLIP whose text tower the head was embedded with (e.g. openai); "
                              "default: the architecture's own text weights (the bundled MiniLM for the EmojiDG family)")

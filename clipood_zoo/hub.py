@@ -91,8 +91,8 @@ def load_pretrained_file(model: nn.Module, file: PathLike) -> None:
     path = _local_file(SimpleNamespace(file=str(file)))
     if path is None:
         tried = ", ".join(str(d / file) for d in weights_dirs()) or "CLIPOOD_WEIGHTS_DIR is unset"
-        raise WeightsNotFoundError(f"Weights {str(file)!r} of {cfg.get('architecture')} not found (looked in: {tried}); "
-                                   "set CLIPOOD_WEIGHTS_DIR to the folder holding them.")
+        raise WeightsNotFoundError(f"Weights {str(file)!r} of {cfg.get('architecture')} not found (looked in: "
+                                   f"{tried}); set CLIPOOD_WEIGHTS_DIR to the folder holding them.")
     expected = cfg.get("sha256") if str(file) == cfg.get("file") else None
     load_weights(model, path, expected_sha256=expected)
     model.update_pretrained_cfg()
@@ -310,7 +310,7 @@ def _check_fits(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: 
 
 
 def _config_clip_arch(config: Mapping[str, Any]) -> Optional[str]:
-    """The open_clip architecture a config.json says its tensors are: its own ``clip_arch``, else its registry name's."""
+    """The open_clip architecture a config.json says its tensors are: its ``clip_arch``, else its registry name's."""
     from .registry import get_pretrained_cfg, is_model
 
     arch = config.get("pretrained_cfg", {}).get("clip_arch")

@@ -46,7 +46,8 @@ def export_open_clip(model: ClipoodClassifier, out_dir: PathLike) -> Path:
     cfg = model.pretrained_cfg or {}
     clip_arch = cfg.get("clip_arch")
     if not clip_arch:
-        raise ConfigError("the model's pretrained_cfg names no clip_arch; export models made by clipood_zoo.create_model")
+        raise ConfigError("the model's pretrained_cfg names no clip_arch; export models made by "
+                          "clipood_zoo.create_model")
     model_cfg = dict(clip_model_config(clip_arch))
     model_cfg["vision_cfg"] = {**model_cfg["vision_cfg"], "image_size": model.image_size}
     if cfg.get("quick_gelu"):

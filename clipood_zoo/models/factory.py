@@ -126,10 +126,12 @@ def timm_vision_cfg(clip_arch: str, model_name: str, in_chans: Optional[int] = N
         if value is not None and (kwarg != "drop_block_rate" or value):
             refuse(f"{kwarg}={value}", "a ViT has no convolutional feature maps or batch norm")
     changed = False
-    for kwarg, value, key in (("drop_rate", drop_rate, "timm_drop"), ("drop_path_rate", drop_path_rate, "timm_drop_path")):
+    for kwarg, value, key in (("drop_rate", drop_rate, "timm_drop"),
+                              ("drop_path_rate", drop_path_rate, "timm_drop_path")):
         if value:
             if not timm_backbone:
-                refuse(f"{kwarg}={value}", f"open_clip's ViT image tower ({clip_arch}) has no {kwarg.rsplit('_', 1)[0]}")
+                what = kwarg.rsplit("_", 1)[0]
+                refuse(f"{kwarg}={value}", f"open_clip's ViT image tower ({clip_arch}) has no {what}")
             vision[key], changed = value, True
     if global_pool is not None:
         if global_pool not in _POOLS or timm_backbone:
