@@ -15,11 +15,13 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["clipood_zoo", "clipood_zoo.*"]),
-    package_data={"clipood_zoo": ["model_configs/*.json"]},
+    # every data file the package reads at run time (tests/test_wheel_install.py checks none is missing);
+    # weights are not package data: a wheel install finds them through $CLIPOOD_WEIGHTS_DIR or a hub id
+    package_data={"clipood_zoo": ["model_configs/*.json", "models/*.json", "data/*.json"]},
     python_requires=">=3.10",
     install_requires=[
         # Exact pins: torch 2.13.0 (the CPU wheel on these machines) breaks torchvision's ops, and
-        # timm/open_clip import torchvision. These two are known-good together (DEVELOPERS.md).
+        # timm/open_clip import torchvision. These two are known-good together.
         "torch==2.14.1",
         "torchvision==0.29.1",
         "timm>=1.0.15,<1.1",

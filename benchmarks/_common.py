@@ -24,7 +24,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# The shipped small family's image tower (DESIGN.md: ViT width 192, 6 layers, patch 8, 40 px, embed 384),
+# The shipped small family's image tower (clipood_zoo/model_configs/ViT-T-8-40-MiniLM.json: ViT width 192,
+# 6 layers, patch 8, 40 px, embed 384),
 # with a small standard open_clip text tower so that a full open_clip model (encode_text) can be built
 # without the MiniLM wheel. Registered under our own name so it never clashes with configs others edit.
 SMALL_ARCH = "bench-ViT-T-8-40"

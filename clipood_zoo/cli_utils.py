@@ -13,10 +13,10 @@ from torch import nn
 from .data.catalog import prettify_class_name
 from .data.info import DatasetInfo
 from .evaluate import align_classes
-from .hub import load_weights, resolve_weights, sha256_file
+from .hub import load_weights, sha256_file
 from .models import build_classifier
 from .models.factory import default_cfg
-from .registry import create_model, get_pretrained_cfg, is_model
+from .registry import create_model, is_model
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -43,19 +43,20 @@ def model_for_dataset(name: str, info: DatasetInfo, pretrained: bool = False, ch
     else:
         model = build_classifier(name, class_names=[prettify_class_name(c) for c in info.classes],
                                  clip_pretrained=clip_pretrained)
-        if checkpoint:
-            load_weights(model, checkpoint)
         model.pretrained_cfg = {**default_cfg(name).to_dict(), "architecture": name}
-    model.pretrained_cfg.update(clip_pretrained=clip_pretrained,
-                                initial_weights=initial_weights(name, pretrained, checkpoint, clip_pretrained))
+        if checkpoint:
+            model.pretrained_cfg["loaded_weights"] = load_weights(model, checkpoint)
+    model.pretrained_cfg.update(clip_pretrained=clip_pretrained, initial_weights=initial_weights(
+        clip_pretrained, model.pretrained_cfg.pop("loaded_weights", None)))
     align_classes(model, info)
     return model
 
 
-def initial_weights(name: str, pretrained: bool, checkpoint: Optional[str],
-                    clip_pretrained: Optional[str]) -> Union[str, List[Dict[str, str]]]:
+def initial_weights(clip_pretrained: Optional[str],
+                    loaded_weights: Optional[Dict[str, str]]) -> Union[str, List[Dict[str, str]]]:
     """What ``model_for_dataset`` loaded, in load order, for the records a run exports: open_clip's CLIP
-    weights (tag, or file and sha256), then the zoo or ``checkpoint`` weights (file and sha256); or 'random init'.
+    weights (tag, or file and sha256), then the zoo or checkpoint weights (``load_weights``' record: the file
+    and the sha256 of the bytes it parsed); or 'random init'.
 
     A registry cfg's ``clip_pretrained`` says where its published weights came from, not what a run loaded,
     so it is replaced by this record."""
@@ -63,10 +64,8 @@ def initial_weights(name: str, pretrained: bool, checkpoint: Optional[str],
     if clip_pretrained:
         loaded.append({"open_clip_file": os.path.abspath(clip_pretrained), "sha256": sha256_file(clip_pretrained)}
                       if os.path.isfile(clip_pretrained) else {"open_clip_tag": clip_pretrained})
-    if checkpoint or (pretrained and is_model(name)):
-        cfg = get_pretrained_cfg(name) if is_model(name) else None
-        path = resolve_weights(cfg, checkpoint_path=checkpoint)
-        loaded.append({"file": str(path.resolve()), "sha256": sha256_file(path)})
+    if loaded_weights:
+        loaded.append(loaded_weights)
     return loaded or "random init"
 
 

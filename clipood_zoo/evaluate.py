@@ -2,27 +2,51 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from .data.catalog import prettify_class_name
+from .data.catalog import class_key, prettify_class_name
 from .data.info import DatasetInfo
 from .errors import ConfigError, DatasetError
 from .metrics import AccuracyMeter
 
+_logger = logging.getLogger(__name__)
+
 
 def same_classes(model_names: Sequence[str], dataset_names: Sequence[str]) -> bool:
     """Class lists equal up to folder-name spelling ('Alarm_Clock' == 'alarm clock')."""
-    norm = lambda names: [prettify_class_name(n).lower() for n in names]  # noqa: E731
-    return norm(model_names) == norm(dataset_names)
+    return [class_key(n) for n in model_names] == [class_key(n) for n in dataset_names]
+
+
+def head_rows_for(model_names: Sequence[str], dataset_names: Sequence[str]) -> Optional[list]:
+    """The model's head row of each dataset class, by name; None unless every dataset class is one of the model's."""
+    rows = {}
+    for i, name in enumerate(model_names):
+        rows.setdefault(class_key(name), i)
+    if len(rows) != len(model_names):
+        return None  # two model classes spelled alike: matching by name would be a guess
+    found = [rows.get(class_key(n)) for n in dataset_names]
+    return None if any(r is None for r in found) else found
 
 
 def align_classes(model: nn.Module, info: DatasetInfo) -> None:
-    """Make the head hold the dataset's classes in its label order, or say why it cannot."""
+    """Make the head hold the dataset's classes in its label order, or say why it cannot.
+
+    A dataset whose classes are the model's (or some of them) in another order, say sorted folder names,
+    gets the model's own head rows, selected and reordered by name; otherwise a model with a text tower
+    embeds the dataset's names.
+    """
     if model.class_names and same_classes(model.class_names, info.classes):
+        return
+    rows = head_rows_for(model.class_names, info.classes) if model.class_names else None
+    if rows is not None:
+        _logger.info("%s: head rows selected and reordered by class name to %s's %d classes (the model has %d)",
+                     model.pretrained_cfg.get("architecture", "the model"), info.path, len(rows), model.num_classes)
+        model.keep_classes(rows)
         return
     if model.text_tower is not None:
         model.set_classes([prettify_class_name(c) for c in info.classes])
@@ -37,8 +61,8 @@ def align_classes(model: nn.Module, info: DatasetInfo) -> None:
     raise ConfigError(
         f"{name} classifies {model.num_classes} classes "
         f"({', '.join(model.class_names[:3])}...) but {info.path} has {len(info.classes)} "
-        f"({', '.join(info.classes[:3])}...). Use a model made for this dataset, or start from CLIP weights "
-        "(--clip-pretrained) so the text tower can embed the dataset's class names.")
+        f"({', '.join(info.classes[:3])}...), not all of them the model's. Use a model made for this dataset, or "
+        "start from CLIP weights (--clip-pretrained) so the text tower can embed the dataset's class names.")
 
 
 def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):

@@ -8,15 +8,19 @@ trusts it (``allow_pickle=True``), and then with ``torch.load(weights_only=True)
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 import json
 import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from types import SimpleNamespace
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
+from open_clip.model import resize_pos_embed
 from safetensors import SafetensorError
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
@@ -31,15 +35,16 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl")
-REPO_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+REPO_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"  # a source checkout's weights/
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 
 def weights_dirs() -> List[Path]:
-    """Folders searched for a cfg's relative ``file``: ``$CLIPOOD_WEIGHTS_DIR`` (os.pathsep-separated), then the repo's ``weights/``."""
+    """Folders searched for a cfg's relative ``file``: ``$CLIPOOD_WEIGHTS_DIR`` (os.pathsep-separated), then a
+    source checkout's ``weights/`` (absent from a wheel install, which ships no weights)."""
     env = os.environ.get("CLIPOOD_WEIGHTS_DIR", "")
-    return [Path(p) for p in env.split(os.pathsep) if p] + [REPO_WEIGHTS_DIR]
+    return [Path(p) for p in env.split(os.pathsep) if p] + ([REPO_WEIGHTS_DIR] if REPO_WEIGHTS_DIR.is_dir() else [])
 
 
 def sha256_file(path: PathLike) -> str:
@@ -50,10 +55,11 @@ def sha256_file(path: PathLike) -> str:
     return digest.hexdigest()
 
 
-def verify_sha256(path: PathLike, expected: Optional[str]) -> None:
+def verify_sha256(data: bytes, expected: Optional[str], path: PathLike) -> None:
+    """Check the bytes about to be parsed (not a second read of ``path``, which could differ)."""
     if not expected:
         return
-    actual = sha256_file(path)
+    actual = hashlib.sha256(data).hexdigest()
     if actual != expected.lower():
         raise WeightsIntegrityError(
             f"sha256 mismatch for {path}: expected {expected}, got {actual}. The file is corrupted or not the "
@@ -72,55 +78,121 @@ def _checkpoint_file(checkpoint_path: PathLike) -> Path:
     return path
 
 
-def _local_file(file: str) -> Path:
-    candidates = [Path(file)] if Path(file).is_absolute() else [d / file for d in weights_dirs()]
-    for path in candidates:
-        if path.is_file():
-            return path
-    tried = ", ".join(str(p) for p in candidates)
-    raise WeightsNotFoundError(
-        f"Weights file {file!r} not found (looked in: {tried}). Install clipood-zoo from a source checkout "
-        "(pip install -e .), set CLIPOOD_WEIGHTS_DIR to the folder holding it, or pass checkpoint_path=."
-    )
+def _local_file(cfg: Any) -> Optional[Path]:
+    """The cfg's ``file``: an absolute file, a ``local-dir:`` folder, or a path under :func:`weights_dirs`."""
+    if Path(cfg.file).is_absolute() or getattr(cfg, "source", None) == "local-dir":
+        return _checkpoint_file(cfg.file)
+    return next((d / cfg.file for d in weights_dirs() if (d / cfg.file).is_file()), None)
+
+
+def load_pretrained_file(model: nn.Module, file: PathLike) -> None:
+    """Load ``file`` as ``model``'s registry cfg names it (timm's ``load_pretrained``), with that cfg's sha256."""
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    path = _local_file(SimpleNamespace(file=str(file)))
+    if path is None:
+        tried = ", ".join(str(d / file) for d in weights_dirs()) or "CLIPOOD_WEIGHTS_DIR is unset"
+        raise WeightsNotFoundError(f"Weights {str(file)!r} of {cfg.get('architecture')} not found (looked in: "
+                                   f"{tried}); set CLIPOOD_WEIGHTS_DIR to the folder holding them.")
+    expected = cfg.get("sha256") if str(file) == cfg.get("file") else None
+    load_weights(model, path, expected_sha256=expected)
+    model.update_pretrained_cfg()
 
 
 def _hub_file(repo_id: str, filename: str, cache_dir: Optional[PathLike]) -> Path:
+    """``filename`` of hub repo ``repo_id`` (``ORG/NAME`` or ``ORG/NAME@revision``, as timm spells it)."""
     from huggingface_hub import hf_hub_download
+
+    repo, _, revision = repo_id.partition("@")
+    try:
+        return Path(hf_hub_download(repo, filename, revision=revision or None, cache_dir=cache_dir))
+    except _hub_errors() as e:
+        raise hub_not_found(repo_id, filename, cache_dir, e) from e
+
+
+def _hub_errors() -> Tuple[type, ...]:
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
-    try:
-        return Path(hf_hub_download(repo_id, filename, cache_dir=cache_dir))
-    except (LocalEntryNotFoundError, EntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
-        why = "HF_HUB_OFFLINE is set and the file is not in the cache" if offline else f"{type(e).__name__}: {e}"
-        raise WeightsNotFoundError(
-            f"Could not get {filename!r} from the Hugging Face hub repo {repo_id!r} ({why}). Download it where the "
-            f"hub is reachable (huggingface-cli download {repo_id} {filename}) into the cache "
-            f"({cache_dir or 'the default HF cache'}), or pass the file with checkpoint_path=."
-        ) from e
+    return LocalEntryNotFoundError, EntryNotFoundError, HfHubHTTPError, OSError, ValueError
 
 
-def resolve_weights(cfg: Any, checkpoint_path: Optional[PathLike] = None, cache_dir: Optional[PathLike] = None) -> Path:
-    """The weights file for a model: ``checkpoint_path`` first, then the cfg's ``file``, then its ``hf_hub_id``.
+def hub_not_found(repo_id: str, filename: str, cache_dir: Optional[PathLike], e: BaseException) -> WeightsNotFoundError:
+    """One line naming the repo and file that could not be had, why, and how to get them."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+    why = "HF_HUB_OFFLINE is set and the file is not in the cache" if offline else f"{type(e).__name__}: {e}"
+    why = " ".join(why.split())
+    return WeightsNotFoundError(
+        f"Could not get {filename!r} from the Hugging Face hub repo {repo_id!r} ({why}). Download it where the "
+        f"hub is reachable (huggingface-cli download {repo_id.partition('@')[0]} {filename}) into the cache "
+        f"({cache_dir or 'the default HF cache'}), or pass the file with checkpoint_path=."
+    )
 
-    The cfg's ``sha256`` is checked for the cfg's own file; a user's ``checkpoint_path`` is their own file
-    and is not expected to match the published hash.
+
+def integrate_with_timm() -> None:
+    """Two hooks into ``timm.create_model``'s own steps, installed once on import:
+
+    - an ``hf-hub:`` id's config.json is read by timm before any zoo code runs, and huggingface_hub's offline
+      error names neither repo nor file: that error becomes :func:`hub_not_found`'s line (a
+      ``FileNotFoundError``, as huggingface_hub's is);
+    - ``checkpoint_path=`` is loaded by timm's ``load_checkpoint``, which knows neither save_pretrained folders
+      nor a head of another class count: for zoo models it goes through :func:`load_weights` instead.
+    Other models are untouched.
+    """
+    import timm.models._factory as timm_factory
+
+    if getattr(timm_factory.load_checkpoint, "clipood_zoo", False):
+        return
+    read_config, load_checkpoint = timm_factory.load_model_config_from_hf, timm_factory.load_checkpoint
+
+    @functools.wraps(read_config)
+    def load_model_config_from_hf(model_id: str, cache_dir: Optional[PathLike] = None, **kwargs: Any):
+        try:
+            return read_config(model_id, cache_dir=cache_dir, **kwargs)
+        except _hub_errors() as e:
+            raise hub_not_found(model_id, CONFIG_NAME, cache_dir, e) from e
+
+    @functools.wraps(load_checkpoint)
+    def load_checkpoint_into(model: nn.Module, checkpoint_path: PathLike, *args: Any, **kwargs: Any):
+        from .models.classifier import ClipoodClassifier
+
+        if not isinstance(model, ClipoodClassifier):
+            return load_checkpoint(model, checkpoint_path, *args, **kwargs)
+        load_weights(model, checkpoint_path)
+        model.update_pretrained_cfg()
+
+    load_checkpoint_into.clipood_zoo = True
+    timm_factory.load_model_config_from_hf = load_model_config_from_hf
+    timm_factory.load_checkpoint = load_checkpoint_into
+
+
+def resolve_weights(
+    cfg: Any, checkpoint_path: Optional[PathLike] = None, cache_dir: Optional[PathLike] = None,
+) -> Tuple[Path, Optional[str]]:
+    """(weights file, the sha256 it must have) for a model: ``checkpoint_path``, else the cfg's ``file``, else its
+    ``hf_hub_id``.
+
+    Only the registry's own files carry an expected sha256: a user's ``checkpoint_path`` or hub repo is
+    checked against the sha256 its own config.json records (see :func:`load_weights`), if any.
     """
     if checkpoint_path is not None:
-        return _checkpoint_file(checkpoint_path)
-    if cfg.file:
-        path = _local_file(cfg.file)
-    elif cfg.hf_hub_id:
+        return _checkpoint_file(checkpoint_path), None
+    path = _local_file(cfg) if cfg.file else None
+    if path is None and cfg.hf_hub_id:
         path = _hub_file(cfg.hf_hub_id, cfg.hf_hub_filename or WEIGHTS_NAME, cache_dir)
-    else:
+    if path is None and cfg.file:
+        tried = ", ".join(str(d / cfg.file) for d in weights_dirs()) or "no folder: CLIPOOD_WEIGHTS_DIR is unset"
+        raise WeightsNotFoundError(
+            f"Weights {cfg.file!r} of {cfg.architecture} not found (looked in: {tried}); a wheel install ships no "
+            "weights: set CLIPOOD_WEIGHTS_DIR to a folder holding them (a clipood-zoo checkout's weights/), pass "
+            "checkpoint_path=<file or save_pretrained folder>, or load a hub copy with create_model('hf-hub:ORG/NAME')."
+        )
+    if path is None:
         how = f"\n  {cfg.train_command}" if getattr(cfg, "train_command", None) else ""
         raise WeightsNotFoundError(
             f"{cfg.architecture} has no published weights (its cfg has no file or hf_hub_id). Make them by "
             f"fine-tuning:{how}\nthen load them with create_model('{cfg.architecture}', "
             "checkpoint_path='<output>/model.safetensors'). pretrained=False builds the untrained model."
         )
-    verify_sha256(path, getattr(cfg, "sha256", None))
-    return path
+    return path, getattr(cfg, "sha256", None)
 
 
 _PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip container; a raw pickle (protocol >= 2)
@@ -133,8 +205,9 @@ def load_error_summary(e: BaseException) -> str:
     return f"{type(e).__name__}: {line[:200]}"
 
 
-def load_state_dict(path: PathLike, allow_pickle: bool = False) -> Dict[str, torch.Tensor]:
-    """Tensors from a safetensors file; a pickle only with ``allow_pickle`` (and then ``weights_only=True``)."""
+def state_dict_from_bytes(data: bytes, path: PathLike, allow_pickle: bool = False) -> Dict[str, torch.Tensor]:
+    """Tensors from the bytes of ``path`` (read once by the caller, so that what is hashed is what is loaded):
+    safetensors; a pickle only with ``allow_pickle`` (and then ``torch.load(weights_only=True)``)."""
     path = Path(path)
     if path.suffix in PICKLE_SUFFIXES:
         if not allow_pickle:
@@ -144,7 +217,7 @@ def load_state_dict(path: PathLike, allow_pickle: bool = False) -> Dict[str, tor
                 "or pass allow_pickle=True if you trust the file."
             )
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as e:  # UnpicklingError (code or classes weights_only refuses), EOFError, zip errors ...
             raise UnsafeWeightsError(
                 f"{path} cannot be read with torch.load(weights_only=True) ({load_error_summary(e)}). It is empty, "
@@ -157,7 +230,6 @@ def load_state_dict(path: PathLike, allow_pickle: bool = False) -> Dict[str, tor
             raise WeightsError(f"{path} holds a {type(state).__name__}, not a state dict of tensors; pass a file "
                                "saved from model.state_dict().")
         return state
-    data = path.read_bytes()
     try:
         return safetensors_load(data)
     except (SafetensorError, ValueError) as e:
@@ -171,6 +243,21 @@ def load_state_dict(path: PathLike, allow_pickle: bool = False) -> Dict[str, tor
         raise WeightsError(
             f"{path} is not a readable safetensors file ({e}); it is {what}. Fetch or export it again."
         ) from e
+
+
+def canonical_safetensors(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
+    """safetensors bytes that depend only on the tensors and metadata: the same model always gives the same
+    file and sha256. safetensors itself writes ``__metadata__`` in hash-map order, which changes from process
+    to process; its header is re-written here with the metadata keys sorted (tensor offsets are relative to the
+    end of the header, so they stay valid).
+    """
+    data = safetensors_save(dict(state_dict), metadata=dict(metadata))
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + header_len])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text = text.ljust(-(-len(text) // 8) * 8, b" ")  # safetensors pads the header to 8 bytes with spaces
+    return len(text).to_bytes(8, "little") + text + data[8 + header_len:]
 
 
 def _read_config(weights_file: Path) -> Dict[str, Any]:
@@ -222,26 +309,79 @@ def _check_fits(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: 
         )
 
 
-def load_weights(model: nn.Module, path: PathLike, allow_pickle: bool = False) -> None:
+def _config_clip_arch(config: Mapping[str, Any]) -> Optional[str]:
+    """The open_clip architecture a config.json says its tensors are: its ``clip_arch``, else its registry name's."""
+    from .registry import get_pretrained_cfg, is_model
+
+    arch = config.get("pretrained_cfg", {}).get("clip_arch")
+    name = config.get("architecture")
+    if not arch and isinstance(name, str) and is_model(name):
+        arch = get_pretrained_cfg(name).clip_arch
+    return arch or None
+
+
+def _check_config_matches(model: nn.Module, config: Mapping[str, Any], path: Path) -> None:
+    """A config.json is only trusted where it agrees with the tensors: one class name per head row, and the
+    architecture the tensors (which fit ``model``) were made for."""
+    config_file = path.parent / CONFIG_NAME
+    names = config.get("pretrained_cfg", {}).get("label_names")
+    if names is not None and hasattr(model, "num_classes") and len(names) != model.num_classes:
+        raise WeightsMismatchError(
+            f"{config_file} lists {len(names)} label_names but {path.name}'s head has {model.num_classes} rows; "
+            "the config belongs to other weights. Re-export the folder with save_pretrained() or delete config.json "
+            "to load the weights without class names."
+        )
+    model_arch = (getattr(model, "pretrained_cfg", None) or {}).get("clip_arch")
+    config_arch = _config_clip_arch(config)
+    if model_arch and config_arch and model_arch != config_arch:
+        raise WeightsMismatchError(
+            f"{config_file} says its weights are {config.get('architecture')!r} (open_clip {config_arch}) but "
+            f"{path.name} holds {model_arch} tensors; the config belongs to other weights. Re-export the folder "
+            "with save_pretrained() or delete config.json."
+        )
+
+
+def _fit_position_embedding(model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> None:
+    """Weights of another input size fit a tower built for ``img_size``: open_clip's own resampling, in fp32."""
+    key = "visual.positional_embedding"
+    target = model.state_dict().get(key)
+    if key in state_dict and target is not None and state_dict[key].shape != target.shape:
+        state_dict[key] = state_dict[key].float()
+        resize_pos_embed(state_dict, model)
+
+
+def load_weights(model: nn.Module, path: PathLike, allow_pickle: bool = False,
+                 expected_sha256: Optional[str] = None) -> Dict[str, str]:
     """Load a weights file (or a save_pretrained folder) into a ClipoodClassifier, with the file's classes.
 
-    A fine-tuned model may classify a different class set than its registry entry (its head is just
-    frozen text embeddings), so the head is resized to the file's ``head.weight`` and the class names
-    are read from the ``config.json`` beside it when there is one.
+    Returns the record of what was loaded, ``{'file': absolute path, 'sha256': of the bytes parsed}``, for
+    the run records that say what a model started from.
+
+    The file is read once: the sha256 checked (``expected_sha256``, the registry's, and the one a
+    save_pretrained config.json beside it records) is that of the very bytes parsed. A fine-tuned model may
+    classify a different class set than its registry entry (its head is just frozen text embeddings), so the
+    head is resized to the file's ``head.weight`` and the class names are read from the ``config.json``.
     """
     path = _checkpoint_file(path)
     config = _read_config(path)
-    state_dict = load_state_dict(path, allow_pickle=allow_pickle)
+    data = path.read_bytes()
+    state_dict = state_dict_from_bytes(data, path, allow_pickle=allow_pickle)  # a truncated file says so first
+    verify_sha256(data, expected_sha256, path)
     if path.name == WEIGHTS_NAME and isinstance(config.get("sha256"), str):
-        verify_sha256(path, config["sha256"])  # save_pretrained recorded it: catches flipped bits in the tensors
+        verify_sha256(data, config["sha256"], path)  # save_pretrained recorded it: catches flipped bits
+    loaded = {"file": str(path.resolve()), "sha256": hashlib.sha256(data).hexdigest()}
+    del data
+    _fit_position_embedding(model, state_dict)
     head_weight = state_dict.get("head.weight")
     if head_weight is not None and hasattr(model, "reset_classifier") and head_weight.shape[0] != model.num_classes:
         model.reset_classifier(head_weight.shape[0])
     _check_fits(model, state_dict, path)
+    _check_config_matches(model, config, path)
     model.load_state_dict(state_dict, strict=True)
     label_names = config.get("pretrained_cfg", {}).get("label_names")
     if label_names is not None and hasattr(model, "class_names"):
         model.class_names = list(label_names)
+    return loaded
 
 
 def save_pretrained(
@@ -265,18 +405,31 @@ def save_pretrained(
         for k, v in model.state_dict().items()
     }
     weights_path = save_dir / WEIGHTS_NAME
-    write_bytes_atomic(weights_path, safetensors_save(state_dict, metadata={"format": "pt", "architecture": model_name}))
-    digest = sha256_file(weights_path)
+    data = canonical_safetensors(state_dict, {"format": "pt", "architecture": model_name})
+    write_bytes_atomic(weights_path, data)
+    digest = hashlib.sha256(data).hexdigest()
 
     for key in ("file", "hf_hub_id", "hf_hub_filename", "url", "source", "sha256", "state_dict"):
         cfg.pop(key, None)  # where the *registry's* weights live says nothing about this folder
     cfg.update(architecture=model_name, num_classes=getattr(model, "num_classes", cfg.get("num_classes")))
     if getattr(model, "class_names", None):
         cfg["label_names"] = list(model.class_names)
-    config = {"architecture": model_name, "sha256": digest, "pretrained_cfg": cfg, **dict(extra_config or {})}
+    config = {"architecture": model_name, "sha256": digest, "pretrained_cfg": cfg, **_model_args(model, model_name),
+              **dict(extra_config or {})}
     write_text_atomic(save_dir / CONFIG_NAME, json.dumps(config, indent=2, default=str) + "\n")
     write_text_atomic(save_dir / CARD_NAME, model_card(model_name, cfg, digest, card_sections))
     return weights_path
+
+
+def _model_args(model: nn.Module, model_name: str) -> Dict[str, Any]:
+    """timm's ``model_args`` of a config.json: what rebuilds this model's tower where it differs from its registered
+    name's (an ``img_size``), so that an ``hf-hub:``/``local-dir:`` id builds the tower the weights are for."""
+    from .registry import get_pretrained_cfg, is_model
+
+    size = getattr(model, "image_size", None)
+    if size is None or not is_model(model_name) or get_pretrained_cfg(model_name).input_size[-1] == size:
+        return {}
+    return {"model_args": {"img_size": size}}
 
 
 def model_card(model_name: str, cfg: Mapping[str, Any], digest: str, sections: Optional[Mapping[str, str]]) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import timm
@@ -19,7 +19,7 @@ from timm.models import get_pretrained_cfg as timm_get_pretrained_cfg
 from timm.models import register_model as timm_register_model
 from torch import nn
 
-from .errors import UnknownModelError
+from .errors import ConfigError, UnknownModelError
 
 __all__ = [
     "ZooPretrainedCfg", "register_model", "register_entrypoints", "generate_default_cfgs", "create_model",
@@ -97,19 +97,64 @@ def get_pretrained_cfg(model_name: str) -> ZooPretrainedCfg:
     return timm_get_pretrained_cfg(model_name)
 
 
+# Where a cfg's weights come from. They travel as one unit: a cfg that names its own source (a hub repo's
+# config.json, timm's local-dir:, an overlay's file) must not inherit the registry's file or its sha256, or
+# the registry's weights would be loaded (and "verified") in place of the ones asked for.
+WEIGHTS_SOURCE_FIELDS = ("file", "hf_hub_id", "hf_hub_filename", "url", "state_dict", "sha256", "source")
+_TUPLE_FIELDS = ("input_size", "test_input_size", "min_input_size", "mean", "std", "templates", "label_names")
+
+
+def _apply(cfg: ZooPretrainedCfg, changes: Dict[str, Any]) -> ZooPretrainedCfg:
+    """``cfg`` with ``changes`` (a config.json's pretrained_cfg or an overlay; JSON lists back to tuples)."""
+    known = {f.name for f in fields(ZooPretrainedCfg)}
+    changes = {k: tuple(v) if isinstance(v, list) and k in _TUPLE_FIELDS else v
+               for k, v in changes.items() if k in known}  # a newer save may carry fields this version lacks
+    if any(changes.get(k) for k in ("file", "hf_hub_id", "url", "state_dict")):
+        cfg = replace(cfg, **{k: None for k in WEIGHTS_SOURCE_FIELDS})
+    return replace(cfg, **changes)
+
+
 def resolve_pretrained_cfg(
     model_name: str,
     pretrained_cfg: Optional[Any] = None,
     pretrained_cfg_overlay: Optional[Dict[str, Any]] = None,
 ) -> ZooPretrainedCfg:
-    """The cfg to build with: the registered one, or one passed in (as timm allows), with the overlay applied."""
+    """The cfg to build with: the registered one, or one passed in (as timm does for ``hf-hub:`` ids, from the
+    repo's config.json), with the overlay applied."""
     if isinstance(pretrained_cfg, ZooPretrainedCfg):
         cfg = pretrained_cfg
     elif isinstance(pretrained_cfg, dict):
-        cfg = replace(get_pretrained_cfg(model_name), **pretrained_cfg)
+        cfg = _apply(get_pretrained_cfg(model_name), pretrained_cfg)
     else:  # None, or a timm tag string (our names carry no tags)
         cfg = get_pretrained_cfg(model_name)
-    return replace(cfg, **pretrained_cfg_overlay) if pretrained_cfg_overlay else cfg
+    return _apply(cfg, pretrained_cfg_overlay) if pretrained_cfg_overlay else cfg
+
+
+def _hub_model_cfg(model_name: str, cache_dir: Optional[str]) -> Tuple[str, Dict[str, Any], Dict[str, Any]]:
+    """(zoo name, pretrained cfg, model args) of ``hf-hub:ORG/NAME`` or ``local-dir:PATH``, parsed by timm's own
+    config.json reader; a missing repo or file is one clear error naming it."""
+    from timm.models._factory import parse_model_name
+    from timm.models._hub import _parse_model_cfg, load_cfg_from_json
+
+    from .hub import CONFIG_NAME, _checkpoint_file, _hub_file
+
+    source, model_id = parse_model_name(model_name)
+    if source == "hf-hub":
+        config_file = _hub_file(model_id, CONFIG_NAME, cache_dir)
+        extra = {"hf_hub_id": model_id, "source": "hf-hub"}
+    else:
+        config_file = _checkpoint_file(model_id).parent / CONFIG_NAME
+        extra = {"file": model_id, "source": "local-dir"}
+    try:
+        config = load_cfg_from_json(config_file)
+        cfg, name, model_args = _parse_model_cfg(config, extra)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(f"{config_file} of {model_name} is not a save_pretrained() config.json "
+                          f"({type(e).__name__}: {e}); re-export it with clipood_zoo.save_pretrained().") from None
+    if name not in _ZOO_MODELS:
+        raise UnknownModelError(f"{model_name}'s config.json names architecture {name!r}, which is not a clipood-zoo "
+                                "model; load it with timm.create_model, or fix its 'architecture'.")
+    return name, cfg, model_args
 
 
 def create_model(
@@ -123,18 +168,26 @@ def create_model(
     """Create a zoo model, timm's way.
 
     Args:
-        model_name: a registered name (``list_models()``).
+        model_name: a registered name (``list_models()``), or ``hf-hub:ORG/NAME`` / ``local-dir:PATH`` for a
+            folder written by ``save_pretrained``/``push_to_hub`` (its config.json names the architecture;
+            with ``pretrained`` its model.safetensors is loaded, never the registry's file).
         pretrained: load the weights its cfg points to (``weights/``, a file, or the HF hub).
         pretrained_cfg_overlay: cfg fields to replace, e.g. ``{'file': '/path/model.safetensors'}``.
         checkpoint_path: a safetensors file (or a folder written by ``save_pretrained``) loaded instead.
         cache_dir: huggingface_hub cache for hub weights.
         **kwargs: passed to the builder, e.g. ``clip_pretrained='openai'`` to start from open_clip's
-            CLIP weights with class embeddings from its text tower, ``with_text_tower=True``.
+            CLIP weights with class embeddings from its text tower, ``with_text_tower=True``, or timm's
+            ``num_classes``/``img_size``/``drop_path_rate`` (see ``models.factory.build_zoo_model``).
     """
+    pretrained_cfg = kwargs.pop("pretrained_cfg", None)
+    if model_name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
+        model_name, pretrained_cfg, model_args = _hub_model_cfg(model_name, cache_dir)
+        kwargs = {**model_args, **kwargs}
     _check_name(model_name)
     entrypoint = timm.models.model_entrypoint(model_name)
     return entrypoint(
         pretrained=pretrained,
+        pretrained_cfg=pretrained_cfg,
         pretrained_cfg_overlay=pretrained_cfg_overlay,
         checkpoint_path=checkpoint_path,
         cache_dir=cache_dir,

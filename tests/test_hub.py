@@ -1,8 +1,14 @@
 """Weights: save/load round trips, weights/ and HF-hub resolution offline, and every refusal."""
+import hashlib
 import json
+import shutil
+from pathlib import Path
 
 import pytest
+import timm
 import torch
+from huggingface_hub import scan_cache_dir
+from huggingface_hub.file_download import repo_folder_name
 from safetensors.torch import save_file
 
 import clipood_zoo
@@ -88,18 +94,71 @@ def test_hub_offline_without_cache_is_a_clear_error(tmp_path):
     assert tiny_family.HUB_ID in message and "model.safetensors" in message and "HF_HUB_OFFLINE" in message
 
 
-def test_hub_weights_come_from_the_cache_offline(tmp_path):
-    """The huggingface_hub cache layout, written by hand: what a past online download leaves behind."""
-    model = trained_toy()
-    repo = tmp_path / ("models--" + tiny_family.HUB_ID.replace("/", "--"))
-    commit = "a" * 40
-    (repo / "refs").mkdir(parents=True)
+def fake_hub_cache(cache, repo_id, folder):
+    """What an online download of ``folder``'s files from ``repo_id`` leaves in a huggingface_hub cache: blobs
+    named by their hash, a snapshot of links to them, and refs/main; huggingface_hub's scan must see the repo."""
+    repo = cache / repo_folder_name(repo_id=repo_id, repo_type="model")
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    save_file(model.state_dict(), str(snapshot / "model.safetensors"))
-    loaded = create_model("testzoo_tiny_toy_hub", pretrained=True, cache_dir=str(tmp_path)).eval()
+    for file in sorted(Path(folder).iterdir()):
+        blob = repo / "blobs" / sha256_file(file)
+        shutil.copy(file, blob)
+        (repo / "snapshots" / commit / file.name).symlink_to(Path("..", "..", "blobs", blob.name))
+    (scanned,) = scan_cache_dir(cache).repos
+    assert scanned.repo_id == repo_id and len(scanned.refs["main"].files) == len(list(Path(folder).iterdir()))
+    return cache
+
+
+def test_hub_weights_come_from_the_cache_offline(tmp_path):
+    model = trained_toy()
+    save_file(model.state_dict(), str((tmp_path / "repo").mkdir() or tmp_path / "repo" / "model.safetensors"))
+    cache = fake_hub_cache(tmp_path / "hf", tiny_family.HUB_ID, tmp_path / "repo")
+    loaded = create_model("testzoo_tiny_toy_hub", pretrained=True, cache_dir=str(cache)).eval()
     torch.testing.assert_close(loaded(IMAGES), model(IMAGES))
+
+
+@pytest.mark.parametrize("create", [create_model, timm.create_model], ids=["clipood_zoo", "timm"])
+def test_hf_hub_id_loads_that_repos_weights_never_the_local_file(tmp_path, monkeypatch, create):
+    """push_to_hub's folder, seen through a hub cache, built from its config.json, never from weights/."""
+    local = trained_toy()
+    shipped = tmp_path / "weights"
+    save_file(local.state_dict(), str(shipped.mkdir() or shipped / tiny_family.SHIPPED_FILE))
+    monkeypatch.setenv("CLIPOOD_WEIGHTS_DIR", str(shipped))  # the registry's own weights for that name
+    mine = trained_toy()
+    mine.reset_classifier(3)
+    mine.class_names = ["zebra", "tram", "kite"]
+    save_pretrained(mine, tmp_path / "repo", model_name="testzoo_tiny_toy_shipped")
+    cache = fake_hub_cache(tmp_path / "hf", "me/mod", tmp_path / "repo")
+
+    loaded = create("hf-hub:me/mod", pretrained=True, cache_dir=str(cache)).eval()
+    assert type(loaded).__name__ == "ClipoodClassifier" and loaded.class_names == ["zebra", "tram", "kite"]
+    for key, value in mine.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    assert torch.equal(loaded(IMAGES), mine(IMAGES))
+    assert loaded.pretrained_cfg["hf_hub_id"] == "me/mod" and loaded.pretrained_cfg.get("file") is None
+
+    untrained = create("hf-hub:me/mod", cache_dir=str(cache))  # timm's meaning: the repo's architecture, no weights
+    assert untrained.num_classes == 3 and not torch.equal(untrained.visual.conv1.weight, mine.visual.conv1.weight)
+
+
+@pytest.mark.parametrize("create", [create_model, timm.create_model], ids=["clipood_zoo", "timm"])
+def test_hf_hub_missing_repo_or_file_offline_is_one_line_naming_it(tmp_path, create):
+    with pytest.raises(WeightsNotFoundError) as info:
+        create("hf-hub:nobody/nothing", pretrained=True, cache_dir=str(tmp_path / "empty"))
+    message = str(info.value)
+    assert "\n" not in message and "'config.json'" in message and "'nobody/nothing'" in message
+    assert "HF_HUB_OFFLINE is set" in message
+
+    save_pretrained(trained_toy(), tmp_path / "repo")
+    (tmp_path / "repo" / "model.safetensors").unlink()
+    cache = fake_hub_cache(tmp_path / "hf", "me/no-weights", tmp_path / "repo")
+    with pytest.raises(WeightsNotFoundError) as info:
+        create("hf-hub:me/no-weights", pretrained=True, cache_dir=str(cache))
+    message = str(info.value)
+    assert "\n" not in message and "'model.safetensors'" in message and "'me/no-weights'" in message
 
 
 def test_pickles_are_refused_unless_trusted(tmp_path):
@@ -149,3 +208,114 @@ def test_push_to_hub_uploads_the_saved_folder(tmp_path, monkeypatch):
     url = clipood_zoo.push_to_hub(trained_toy(), "org/repo")
     assert url.endswith("/1")
     assert uploaded == {"repo_id": "org/repo", "files": ["README.md", "config.json", "model.safetensors"]}
+
+
+def test_weights_file_is_read_once_and_the_hashed_bytes_are_the_loaded_ones(tmp_path, monkeypatch):
+    import builtins
+    import io
+
+    path = save_pretrained(trained_toy(), tmp_path)
+    opened = []
+    real_open = io.open
+
+    def counting_open(file, *args, **kwargs):
+        opened.append(Path(file) if isinstance(file, (str, Path)) else file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(io, "open", counting_open)
+    monkeypatch.setattr(builtins, "open", counting_open)
+    create_model("testzoo_tiny_toy_a", checkpoint_path=tmp_path)
+    assert opened.count(path) == 1
+
+
+def test_config_with_a_name_per_row_missing_is_refused(tmp_path):
+    save_pretrained(trained_toy(), tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["pretrained_cfg"]["label_names"] = ["cat", "dog"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(WeightsMismatchError) as info:
+        create_model("testzoo_tiny_toy_a", checkpoint_path=tmp_path)
+    assert str(info.value).startswith(f"{tmp_path / 'config.json'} lists 2 label_names but model.safetensors's "
+                                      "head has 4 rows; the config belongs to other weights.")
+
+
+def test_config_naming_another_architecture_than_its_tensors_is_refused(tmp_path):
+    save_pretrained(trained_toy(), tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["architecture"] = config["pretrained_cfg"]["architecture"] = "clip_vitt_emoji"
+    del config["pretrained_cfg"]["clip_arch"]  # the registry then says what clip_vitt_emoji is
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(WeightsMismatchError) as info:
+        create_model("testzoo_tiny_toy_a", checkpoint_path=tmp_path)
+    assert str(info.value).startswith(f"{tmp_path / 'config.json'} says its weights are 'clip_vitt_emoji' (open_clip "
+                                      "ViT-T-8-40-MiniLM) but model.safetensors holds clipood-test-tiny tensors")
+
+
+SAVE_IN_A_FRESH_PROCESS = """
+import sys, torch
+import tests.conftest  # registers the tiny open_clip architecture and the testzoo_* family
+import clipood_zoo
+torch.manual_seed(0)
+model = clipood_zoo.create_model("testzoo_tiny_toy_a")
+clipood_zoo.save_pretrained(model, sys.argv[1])
+"""
+
+
+def test_same_tensors_give_the_same_file_bytes_in_every_process(tmp_path):
+    """safetensors writes __metadata__ in hash-map order; save_pretrained's bytes (and sha256) must not vary."""
+    import os
+    import subprocess
+    import sys
+
+    model = trained_toy()
+    in_process = {save_pretrained(model, tmp_path / "again").read_bytes() for _ in range(10)}
+    assert len(in_process) == 1  # (raw safetensors.save gives several orders in 10 calls)
+    repo = Path(__file__).resolve().parent.parent
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1"}
+        subprocess.run([sys.executable, "-c", SAVE_IN_A_FRESH_PROCESS, str(tmp_path / seed)], check=True, env=env,
+                       cwd=repo)
+    files = [(tmp_path / seed / "model.safetensors").read_bytes() for seed in ("1", "2")]
+    assert files[0] == files[1]
+    header = json.loads(files[0][8:8 + int.from_bytes(files[0][:8], "little")])
+    assert list(header["__metadata__"]) == ["architecture", "format"]
+
+
+@pytest.mark.parametrize("create", [create_model, timm.create_model], ids=["clipood_zoo", "timm"])
+def test_local_dir_id_loads_that_folder(tmp_path, monkeypatch, create):
+    mine = trained_toy()
+    save_pretrained(mine, tmp_path / "mine", model_name="testzoo_tiny_toy_shipped")
+    monkeypatch.chdir(tmp_path)  # a relative path, as users type it
+    loaded = create("local-dir:mine", pretrained=True).eval()
+    assert torch.equal(loaded(IMAGES), mine(IMAGES))
+
+
+@pytest.mark.parametrize("create", [create_model, timm.create_model], ids=["clipood_zoo", "timm"])
+def test_hub_copy_of_a_shipped_model_with_changed_weights_loads_the_copy(tmp_path, create):
+    """The reported case: a shipped name (a weights/ file and a registry sha256) re-published with changed weights."""
+    shipped = create_model("clip_vitt_emoji", pretrained=True).eval()
+    changed = create_model("clip_vitt_emoji", pretrained=True).eval()
+    with torch.no_grad():
+        changed.visual.proj.mul_(-1.0)
+    save_pretrained(changed, tmp_path / "repo")
+    cache = fake_hub_cache(tmp_path / "hf", "me/mod", tmp_path / "repo")
+    loaded = create("hf-hub:me/mod", pretrained=True, cache_dir=str(cache)).eval()
+    images = torch.randn(2, 3, 40, 40)
+    assert torch.equal(loaded.visual.proj, changed.visual.proj)
+    assert torch.equal(loaded(images), changed(images)) and not torch.equal(loaded(images), shipped(images))
+
+
+@pytest.mark.parametrize("create", [create_model, timm.create_model], ids=["clipood_zoo", "timm"])
+def test_hub_repo_of_another_image_size_rebuilds_that_tower(tmp_path, create):
+    """A model made with img_size=48 (the registry's tower is 32 px) comes back at 48 px with its own embedding."""
+    mine = create_model("testzoo_tiny_toy_a", img_size=48).eval()
+    with torch.no_grad():
+        mine.visual.positional_embedding.normal_()
+    save_pretrained(mine, tmp_path / "repo")
+    assert json.loads((tmp_path / "repo" / "config.json").read_text())["model_args"] == {"img_size": 48}
+    cache = fake_hub_cache(tmp_path / "hf", "me/big", tmp_path / "repo")
+    loaded = create("hf-hub:me/big", pretrained=True, cache_dir=str(cache)).eval()
+    assert loaded.pretrained_cfg["input_size"] == (3, 48, 48)
+    assert torch.equal(loaded.visual.positional_embedding, mine.visual.positional_embedding)
+    images = torch.randn(2, 3, 48, 48)
+    assert torch.equal(loaded(images), mine(images))

@@ -50,6 +50,11 @@ def prettify_class_name(folder: str) -> str:
     return folder.replace("_", " ").replace("-", " ").strip()
 
 
+def class_key(name: str) -> str:
+    """A class name as folders and models both spell it: 'Alarm_Clock' and 'alarm clock' are one class."""
+    return prettify_class_name(name).lower()
+
+
 def _domains(*pairs: Tuple[str, str]) -> Tuple[DomainSpec, ...]:
     return tuple(DomainSpec(slug, folder) for slug, folder in pairs)
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import Optional, Sequence
 
-from ..errors import ClipoodError
+from ..errors import ClipoodError, ConfigError
 from .converters import convert_domainbed, convert_imagefolder
 
 
@@ -44,7 +45,31 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated class names seen in training (CoOp base-to-new)")
     parser.add_argument("--new-classes", type=_names, default=None,
                         help="comma-separated new class names (default: all classes not in --base-classes)")
+    order = parser.add_mutually_exclusive_group()
+    order.add_argument("--classes", default=None, metavar="FILE",
+                       help="number the classes in this file's order (one name per line; folder names match up to "
+                            "'_'/space) instead of sorted, e.g. a model's class order")
+    order.add_argument("--classes-from-model", default=None, metavar="NAME",
+                       help="number the classes in this zoo model's class order (its label_names)")
     return parser
+
+
+def class_order(args: argparse.Namespace) -> Optional[list[str]]:
+    """The label order asked for: a file's lines or a zoo model's class names; None for sorted folder names."""
+    if args.classes:
+        try:
+            lines = Path(args.classes).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--classes {args.classes}: cannot read it ({e}); pass a text file, one class per line")
+        return [line.strip() for line in lines if line.strip()]
+    if args.classes_from_model:
+        from ..registry import get_pretrained_cfg
+
+        names = get_pretrained_cfg(args.classes_from_model).label_names
+        if not names:
+            raise ConfigError(f"{args.classes_from_model} has no class names to take the order from")
+        return list(names)
+    return None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -58,6 +83,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.layout == "imagefolder" and args.allow_missing_classes:
         parser.error("--allow-missing-classes applies to domainbed only")
     try:
+        common["class_order"] = class_order(args)
         if args.layout == "domainbed":
             report = convert_domainbed(args.src, args.out, allow_missing_classes=args.allow_missing_classes,
                                        **common)

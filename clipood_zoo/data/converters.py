@@ -25,6 +25,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 from tqdm import tqdm
 
 from ..errors import ConfigError, DatasetError
+from .catalog import class_key
 from .info import SplitInfo
 from .writer import Sample, write_split
 
@@ -55,18 +56,21 @@ def convert_domainbed(
         allow_missing_classes: bool = False,
         base_classes: Optional[Sequence[str]] = None,
         new_classes: Optional[Sequence[str]] = None,
+        class_order: Optional[Sequence[str]] = None,
 ) -> ConversionReport:
     """Convert ``src/<domain>/<class>/<image>`` into ``train``/``val`` shards in ``out_dir``.
 
     Classes are the sorted union over domains; a class missing from a domain is an error unless
     ``allow_missing_classes`` (DomainBed would silently number the classes differently per domain).
     ``base_classes``/``new_classes`` are class names (``new`` defaults to all the others).
+    ``class_order`` (e.g. a model's class names) numbers the classes in its order instead of sorted, matching
+    folder names up to spelling ('hot_dog' is 'hot dog'); every folder must be in it.
     """
     src = Path(src)
     domain_dirs = {d: src / d for d in _subfolders(src, "domain")}
     return _convert(domain_dirs, out_dir, name=name or src.name, holdout_fraction=holdout_fraction, seed=seed,
                     shard_size=shard_size, allow_missing_classes=allow_missing_classes,
-                    base_classes=base_classes, new_classes=new_classes)
+                    base_classes=base_classes, new_classes=new_classes, class_order=class_order)
 
 
 def convert_imagefolder(
@@ -80,6 +84,7 @@ def convert_imagefolder(
         shard_size: int = 1000,
         base_classes: Optional[Sequence[str]] = None,
         new_classes: Optional[Sequence[str]] = None,
+        class_order: Optional[Sequence[str]] = None,
 ) -> ConversionReport:
     """Convert ``src/<class>/<image>`` (torchvision ImageFolder) as one domain, ``domain_name``.
 
@@ -90,7 +95,7 @@ def convert_imagefolder(
     default = Path(out_dir).resolve().name
     return _convert({domain_name or default: Path(src)}, out_dir, name=name or default,
                     holdout_fraction=holdout_fraction, seed=seed, shard_size=shard_size, allow_missing_classes=False,
-                    base_classes=base_classes, new_classes=new_classes)
+                    base_classes=base_classes, new_classes=new_classes, class_order=class_order)
 
 
 def seed_hash(*args: object) -> int:
@@ -108,11 +113,13 @@ def holdout_split(n: int, holdout_fraction: float, seed: int, domain_index: int)
 
 def _convert(domain_dirs: dict[str, Path], out_dir: str | os.PathLike, *, name: str, holdout_fraction: float,
              seed: int, shard_size: int, allow_missing_classes: bool, base_classes: Optional[Sequence[str]],
-             new_classes: Optional[Sequence[str]]) -> ConversionReport:
+             new_classes: Optional[Sequence[str]], class_order: Optional[Sequence[str]] = None) -> ConversionReport:
     if not 0.0 <= holdout_fraction <= 1.0:
         raise ConfigError(f"holdout_fraction must be in [0, 1], got {holdout_fraction}.")
     domains = sorted(domain_dirs)
     classes = _classes(domain_dirs, allow_missing_classes)
+    if class_order is not None:
+        classes = order_classes(classes, class_order)
     class_to_idx = {c: i for i, c in enumerate(classes)}
     base, new = _base_new(classes, base_classes, new_classes)
     try:
@@ -157,6 +164,18 @@ def _classes(domain_dirs: dict[str, Path], allow_missing: bool) -> list[str]:
             f"classes missing from some domains: { {d: m[:5] for d, m in missing.items()} }; every domain must "
             f"hold every class folder, or pass allow_missing_classes=True (--allow-missing-classes).")
     return classes
+
+
+def order_classes(folders: Sequence[str], order: Sequence[str]) -> list[str]:
+    """Class folders sorted by their name's position in ``order``, matched up to spelling ('hot_dog' == 'hot dog')."""
+    position = {}
+    for i, name in enumerate(order):
+        position.setdefault(class_key(name), i)
+    unknown = [f for f in folders if class_key(f) not in position]
+    if unknown:
+        raise ConfigError(f"class folders {unknown[:5]} (+{max(len(unknown) - 5, 0)} more) are not in the class order "
+                          f"given ({len(order)} names: {', '.join(order[:3])}, ...); fix the folder names or the list.")
+    return sorted(folders, key=lambda f: position[class_key(f)])
 
 
 def _base_new(classes: list[str], base: Optional[Sequence[str]],

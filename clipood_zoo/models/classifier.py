@@ -181,6 +181,33 @@ class ClipoodClassifier(nn.Module):
         self.head.weight = F.normalize(torch.randn(num_classes, weight.shape[1], device=weight.device), dim=-1)
         self.class_names = []
 
+    def update_pretrained_cfg(self) -> None:
+        """Make ``pretrained_cfg`` say what the model is (classes, logit scale, input size), not what its registry
+        entry assumed before weights, ``num_classes`` or ``img_size`` changed it."""
+        size = getattr(self.visual, "image_size", self.image_size)
+        self.image_size = size if isinstance(size, int) else size[0]
+        self.pretrained_cfg.update(num_classes=self.num_classes, logit_scale=float(self.head.logit_scale.exp()),
+                                   input_size=(3, self.image_size, self.image_size))
+        if self.class_names:
+            self.pretrained_cfg["label_names"] = tuple(self.class_names)
+        else:
+            self.pretrained_cfg.pop("label_names", None)
+
+    def load_pretrained(self, file: str) -> None:
+        """timm's hook for ``custom_load`` cfgs: ``timm.models.load_pretrained(model)`` loads the cfg's ``file``
+        (relative to ``$CLIPOOD_WEIGHTS_DIR`` / ``weights/``) the zoo's way: sha256-checked, head resized."""
+        from ..hub import load_pretrained_file
+
+        load_pretrained_file(self, file)
+
+    def keep_classes(self, rows: Sequence[int]) -> None:
+        """Keep these head rows, in this order (a dataset's classes among the model's); the embeddings are unchanged."""
+        self.head.weight = self.head.weight[list(rows)].clone()
+        if self.class_names:
+            self.class_names = [self.class_names[i] for i in rows]
+        if self.pretrained_cfg:
+            self.update_pretrained_cfg()
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.visual.set_grad_checkpointing(enable)
 

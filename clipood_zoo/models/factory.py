@@ -45,13 +45,17 @@ def build_classifier(
     with_text_tower: bool = False,
     logit_scale: float = 100.0,
     cache_dir: Optional[str] = None,
+    vision_cfg: Optional[dict] = None,
 ) -> ClipoodClassifier:
     """A classifier over ``class_names`` (or ``num_classes`` unnamed classes) on an open_clip architecture.
 
     Without CLIP weights the head is random unit vectors, as a timm model's head is random before
     training; with ``clip_pretrained`` it is the zero-shot classifier of the text encoder.
+    ``vision_cfg`` replaces the architecture's image tower config (see :func:`timm_vision_cfg`).
     """
     model_cfg = clip_model_config(clip_arch)
+    if vision_cfg is not None:
+        model_cfg = {**model_cfg, "vision_cfg": vision_cfg}
     if class_names is None and num_classes is None:
         raise ConfigError("build_classifier needs class_names or num_classes")
     num_classes = len(class_names) if class_names is not None else num_classes
@@ -60,7 +64,7 @@ def build_classifier(
     text_tower = None
     if clip_pretrained or with_text_tower:
         clip, tokenizer = create_clip(clip_arch, pretrained=clip_pretrained, force_quick_gelu=quick_gelu,
-                                      cache_dir=cache_dir)
+                                      cache_dir=cache_dir, **({"vision_cfg": vision_cfg} if vision_cfg else {}))
         visual = clip.visual
         if clip_pretrained:
             logit_scale = float(clip.logit_scale.exp())
@@ -83,8 +87,62 @@ def default_cfg(clip_arch: str, **kwargs: Any) -> ZooPretrainedCfg:
     size = clip_model_config(clip_arch)["vision_cfg"]["image_size"]
     return ZooPretrainedCfg(
         clip_arch=clip_arch, input_size=(3, size, size), interpolation="bicubic", crop_pct=1.0,
-        mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD, first_conv="visual.conv1", classifier="head", **kwargs,
+        mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD, first_conv="visual.conv1", classifier="head",
+        custom_load=True, **kwargs,  # timm's load_pretrained(model) then calls ClipoodClassifier.load_pretrained
     )
+
+
+TIMM_KWARGS = ("num_classes", "in_chans", "img_size", "global_pool", "drop_rate", "drop_path_rate", "drop_block_rate",
+               "features_only", "bn_momentum", "bn_eps")
+_POOLS = {"token": "tok", "avg": "avg"}  # timm's global_pool -> open_clip's ViT pool_type
+
+
+def timm_vision_cfg(clip_arch: str, model_name: str, in_chans: Optional[int] = None, img_size: Optional[Any] = None,
+                    global_pool: Optional[str] = None, drop_rate: Optional[float] = None,
+                    drop_path_rate: Optional[float] = None, drop_block_rate: Optional[float] = None,
+                    features_only: Optional[bool] = None, bn_momentum: Optional[float] = None,
+                    bn_eps: Optional[float] = None) -> Optional[dict]:
+    """The arch's open_clip ``vision_cfg`` with timm's model kwargs applied in their timm meaning (None: unchanged).
+
+    What open_clip's image tower cannot do is refused by name rather than silently ignored: other than 3
+    input channels, dropout / drop path on open_clip's own ViT (it has neither; timm backbones do), drop
+    block and batch-norm settings (a ViT has neither), a feature pyramid.
+    """
+    vision = dict(clip_model_config(clip_arch)["vision_cfg"])
+    timm_backbone = bool(vision.get("timm_model_name"))
+
+    def refuse(kwarg: str, why: str) -> None:
+        raise ConfigError(f"{model_name} cannot take {kwarg}: {why}. Zoo models take timm's num_classes, "
+                          "in_chans=3, img_size, global_pool ('token' or 'avg'), and drop_rate / drop_path_rate where "
+                          "the image tower has them (timm backbones); and clip_pretrained, with_text_tower, "
+                          "checkpoint_path, cache_dir, pretrained_cfg_overlay, allow_pickle.")
+
+    if in_chans not in (None, 3):
+        refuse(f"in_chans={in_chans}", "CLIP image towers take 3-channel RGB images")
+    if features_only:
+        refuse("features_only=True", "the open_clip image tower has no multi-scale feature maps; use "
+               "model.forward_features(x) for the image embedding")
+    for kwarg, value in (("drop_block_rate", drop_block_rate), ("bn_momentum", bn_momentum), ("bn_eps", bn_eps)):
+        if value is not None and (kwarg != "drop_block_rate" or value):
+            refuse(f"{kwarg}={value}", "a ViT has no convolutional feature maps or batch norm")
+    changed = False
+    for kwarg, value, key in (("drop_rate", drop_rate, "timm_drop"),
+                              ("drop_path_rate", drop_path_rate, "timm_drop_path")):
+        if value:
+            if not timm_backbone:
+                what = kwarg.rsplit("_", 1)[0]
+                refuse(f"{kwarg}={value}", f"open_clip's ViT image tower ({clip_arch}) has no {what}")
+            vision[key], changed = value, True
+    if global_pool is not None:
+        if global_pool not in _POOLS or timm_backbone:
+            refuse(f"global_pool={global_pool!r}", "the image tower pools with 'token' or 'avg'")
+        vision["pool_type"], changed = _POOLS[global_pool], True
+    if img_size is not None:
+        size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        if len(size) != 2 or size[0] != size[1]:
+            refuse(f"img_size={img_size}", "open_clip's ViT takes square images")
+        vision["image_size"], changed = size[0], True
+    return vision if changed else None
 
 
 def build_zoo_model(
@@ -97,24 +155,39 @@ def build_zoo_model(
     clip_pretrained: Optional[str] = None,
     with_text_tower: bool = False,
     allow_pickle: bool = False,
+    num_classes: Optional[int] = None,
+    pretrained_model_args: Optional[dict] = None,
     **kwargs: Any,
 ) -> ClipoodClassifier:
-    """The entrypoint body every registered name shares (``registry.register_entrypoints``)."""
-    if kwargs:
+    """The entrypoint body every registered name shares (``registry.register_entrypoints``).
+
+    timm's model kwargs keep their timm meaning: ``num_classes`` gives a new head after the weights are
+    loaded (as ``reset_classifier``), ``img_size`` resamples the position embedding of loaded weights (open_clip's
+    ``resize_pos_embed``); see :func:`timm_vision_cfg` for the rest. ``pretrained_model_args`` is timm's record
+    of a hub config's ``model_args``, already merged into the kwargs by timm.
+    """
+    unknown = sorted(set(kwargs) - set(TIMM_KWARGS))
+    if unknown:
         raise ConfigError(
-            f"{model_name} does not take {', '.join(sorted(kwargs))}; clipood models take clip_pretrained, "
-            "with_text_tower, checkpoint_path, cache_dir, pretrained_cfg_overlay and allow_pickle"
+            f"{model_name} does not take {', '.join(unknown)}; clipood models take timm's {', '.join(TIMM_KWARGS)} "
+            "(see clipood_zoo.models.factory.timm_vision_cfg) and clip_pretrained, with_text_tower, "
+            "checkpoint_path, cache_dir, pretrained_cfg_overlay, allow_pickle"
         )
     cfg = resolve_pretrained_cfg(model_name, pretrained_cfg, pretrained_cfg_overlay)
+    vision_cfg = timm_vision_cfg(cfg.clip_arch, model_name, **kwargs)
     model = build_classifier(
         cfg.clip_arch, class_names=cfg.label_names, num_classes=cfg.num_classes, templates=cfg.templates,
         quick_gelu=cfg.quick_gelu, clip_pretrained=clip_pretrained, with_text_tower=with_text_tower,
-        logit_scale=cfg.logit_scale, cache_dir=cache_dir,
+        logit_scale=cfg.logit_scale, cache_dir=cache_dir, vision_cfg=vision_cfg,
     )
-    if checkpoint_path is not None or pretrained:
-        path = resolve_weights(cfg, checkpoint_path=checkpoint_path, cache_dir=cache_dir)
-        _logger.info("Loading %s weights from %s", model_name, path)
-        load_weights(model, path, allow_pickle=allow_pickle)
     model.pretrained_cfg = cfg.to_dict()
     model.pretrained_cfg["architecture"] = model_name
+    if checkpoint_path is not None or pretrained:
+        path, sha256 = resolve_weights(cfg, checkpoint_path=checkpoint_path, cache_dir=cache_dir)
+        _logger.info("Loading %s weights from %s", model_name, path)
+        model.pretrained_cfg["loaded_weights"] = load_weights(model, path, allow_pickle=allow_pickle,
+                                                              expected_sha256=sha256)
+    if num_classes is not None and num_classes != model.num_classes:
+        model.reset_classifier(num_classes)
+    model.update_pretrained_cfg()
     return model

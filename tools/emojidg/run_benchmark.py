@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Dict, List
 
 import torch
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -81,11 +82,13 @@ def train(variant: str, domain: str, seed: int, data_dir: Path, runs: Path) -> P
 
 
 def record_shipped(names: List[str]) -> None:
-    """Write each ``weights/<name>/model.safetensors``'s sha256 into the manifest the registry reads."""
+    """Write each ``weights/<name>/model.safetensors``'s sha256 and logit scale into the manifest the registry
+    reads (so that the registered cfg says the scale the weights hold)."""
     manifest = json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {}
     for name in names:
         path = REPO / "weights" / name / "model.safetensors"
-        manifest[name] = {"file": f"{name}/model.safetensors", "sha256": sha256_file(path)}
+        scale = round(float(load_file(path)["head.logit_scale"].float().exp()), 4)
+        manifest[name] = {"file": f"{name}/model.safetensors", "sha256": sha256_file(path), "logit_scale": scale}
     MANIFEST.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
