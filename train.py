@@ -64,8 +64,10 @@ from clipood_zoo.cli_utils import AMP_DTYPES, default_device, model_for_dataset
 from clipood_zoo.errors import TrainingError
 from clipood_zoo.evaluate import autocast, evaluate
 from clipood_zoo.methods import METHODS, TrainStep, create_method
+from clipood_zoo.weight_space import wise_ft
 
 _logger = logging.getLogger("train")
+LAST_DIR = "last"  # sub-folder of a run with a weight average that holds the run's last weights
 MAX_NONFINITE_RUN = 10  # consecutive skipped steps after which a run is taken to have diverged
 
 
@@ -99,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-bma", action="store_true", help="evaluate and export the last weights")
     g.add_argument("--model-ema", action="store_true", help="timm's ModelEmaV3 instead of BMA (the paper's ablation)")
     g.add_argument("--model-ema-decay", type=float, default=0.999)
+    g.add_argument("--wise-ft-alphas", type=float, nargs="+", default=None,
+                   help="WiSE-FT: after training, interpolate with the zero-shot weights at each alpha, keep the best "
+                        "on the source domains' val split (default for --method wise_ft: 0 0.25 0.5 0.75 1)")
+    g.add_argument("--lp-steps", type=int, default=0, help="lp_ft: optimizer steps that train only the head")
+    g.add_argument("--carft-lambda", type=float, default=1.0, help="car_ft: weight of the context KL")
+    g.add_argument("--croft-lambda", type=float, default=1.0, help="croft: weight of the energy gradient penalty")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=None, help="passes over the training split (default 1 unless --steps)")
     g.add_argument("--steps", type=int, default=None, help="total optimizer steps (overrides --epochs)")
@@ -151,6 +159,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"unknown --method {args.method!r}; available: {', '.join(sorted(METHODS))}")
     if args.workers < 0:
         raise ConfigError(f"--workers must be >= 0, got {args.workers}")
+    for alpha in args.wise_ft_alphas or ():
+        if not 0.0 <= alpha <= 1.0:  # also refuses nan
+            raise ConfigError(f"--wise-ft-alphas must lie in [0, 1] (0: zero-shot, 1: fine-tuned), got {alpha}")
 
 
 def reseed(seed: int, epoch: int, rank: int) -> None:
@@ -202,7 +213,15 @@ class Run:
         if args.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.method = create_method(args.method, temperature=args.temperature, margin_lambda=args.margin_lambda,
-                                    adaptive_margin=not args.fixed_margin)
+                                    adaptive_margin=not args.fixed_margin, lp_steps=args.lp_steps,
+                                    carft_lambda=args.carft_lambda, croft_lambda=args.croft_lambda)
+        self.method.prepare(self.model)
+        self.wise_ft_alphas = args.wise_ft_alphas or self.method.default_wise_ft_alphas
+        if self.wise_ft_alphas and args.val_split not in self.info.splits:
+            raise ConfigError(f"WiSE-FT chooses alpha on the source domains' {args.val_split!r} split, which "
+                              f"{self.info.path} does not have; pass --val-split or drop --wise-ft-alphas")
+        self.zeroshot_state = ({k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+                               if self.wise_ft_alphas else None)
         tau = self.method.resolve_temperature(self.model)
         max_logit = (1.0 + getattr(self.method, "margin_lambda", 0.0)) / tau
         if args.amp and args.amp_dtype == "float16" and max_logit > torch.finfo(torch.float16).max:
@@ -237,7 +256,8 @@ class Run:
         step_module: torch.nn.Module = TrainStep(self.model, self.method)
         if self.distributed:
             step_module = torch.nn.parallel.DistributedDataParallel(
-                step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.method.has_unused_parameters)
         self.train_step = torch.compile(step_module, backend=args.torchcompile) if args.torchcompile else step_module
 
         name = args.experiment or "-".join(str(x) for x in (args.model, args.method, args.holdout or "all") if x)
@@ -328,6 +348,7 @@ class Run:
             target = target.to(self.device, non_blocking=True)
             if args.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
+            self.method.step = self.step
             with autocast(self.device, self.amp_dtype):
                 loss = self.train_step(images, target) / args.grad_accum_steps
             need_update = (batch_idx + 1) % args.grad_accum_steps == 0
@@ -374,23 +395,29 @@ class Run:
                              is_training=False, domains=domains, classes=classes, num_workers=self.args.workers,
                              strict=self.args.strict_data))
 
-    def evaluate(self) -> Dict[str, float]:
+    def evaluate(self, model: Optional[torch.nn.Module] = None) -> Dict[str, float]:
         """Source-domain validation (model selection) and the held-out domain (reported, never selected on)."""
+        model = self.eval_model if model is None else model
         common = dict(device=self.device, domain_names=self.info.domains, amp_dtype=self.amp_dtype,
                       channels_last=self.args.channels_last)
         metrics: Dict[str, float] = {}
         if self.args.val_split in self.info.splits:
-            source = evaluate(self.eval_model, self.loader(self.args.val_split, self.sources, self.train_classes),
-                              **common)
-            metrics["source_top1"] = source["top1"]
+            metrics["source_top1"] = self.evaluate_source(model)
         if self.args.holdout is not None:
-            target = evaluate(self.eval_model, self.loader(self.args.eval_split, [self.args.holdout], None),
+            target = evaluate(model, self.loader(self.args.eval_split, [self.args.holdout], None),
                               base_classes=self.info.base_classes, new_classes=self.info.new_classes, **common)
             per_domain = {f"top1_{d}" for d in self.info.domains}
             metrics.update({f"target_{k}": v for k, v in target.items() if k not in per_domain})
         return metrics
 
-    def export(self, metrics: Dict[str, float]) -> None:
+    def export(self, metrics: Dict[str, float], model: Optional[torch.nn.Module] = None,
+               out_dir: Optional[Path] = None, weights: Optional[str] = None,
+               wise_ft: Optional[Dict[str, Any]] = None) -> None:
+        """``save_pretrained`` of ``model`` (default: the evaluated one) into ``out_dir`` (default: the run folder).
+
+        ``weights`` names what is exported when it is not the run's evaluated model ('last'); ``wise_ft``
+        records the chosen alpha and the validation score of each alpha.
+        """
         args = self.args
         method = self.method.describe()
         recipe = {**method, "lr": args.lr, "steps": self.total_steps, "batch_size": args.batch_size * self.world_size,
@@ -398,16 +425,22 @@ class Run:
                   "warmup_steps": args.warmup_steps, "weight_average": type(self.average).__name__ if self.average is not None else "last",
                   "bma_beta": args.bma_beta if isinstance(self.average, ModelBma) else None,
                   "seed": args.seed}
-        model = self.eval_model
+        if weights is not None:
+            recipe.update(weight_average=weights, bma_beta=None)
+        if wise_ft is not None:
+            recipe["wise_ft"] = wise_ft
+        model = self.eval_model if model is None else model
         model.pretrained_cfg = {**self.model.pretrained_cfg, "recipe": recipe, "heldout_domain": args.holdout,
                                 "dataset": self.info.name}
         sections = {
             "Training": f"```\n{args.command_line}\n```\nData: `{args.data_dir}` ({self.info.name}); source domains "
                         f"{', '.join(self.sources)}; held-out {args.holdout}; classes {args.train_classes}.\n"
-                        f"Selected at step {self.step} by source-domain validation accuracy.",
+                        f"Selected at step {self.step} by source-domain validation accuracy."
+                        + (f" WiSE-FT alpha {wise_ft['alpha']} (of {wise_ft['scores']}, source val top-1)."
+                           if wise_ft else "") + (f" Exported weights: {weights}." if weights else ""),
             "Results": "\n".join(f"- {k}: {v}" for k, v in metrics.items()),
         }
-        clipood_zoo.save_pretrained(model, self.out_dir, model_name=args.export_name or args.model,
+        clipood_zoo.save_pretrained(model, out_dir or self.out_dir, model_name=args.export_name or args.model,
                                     card_sections=sections, extra_config={"train_results": metrics, "step": self.step})
 
     def run(self) -> Dict[str, Any]:
@@ -431,6 +464,10 @@ class Run:
                     self.best = score
                     if self.is_main:
                         self.export(metrics)
+                if last and self.average is not None:  # the study compares last and averaged weights of one run
+                    last_metrics = self.evaluate(self.model)
+                    if self.is_main:
+                        self.export(last_metrics, model=self.model, out_dir=self.out_dir / LAST_DIR, weights="last")
                 if self.is_main:
                     update_summary(epoch, train_metrics, metrics, self.out_dir / "summary.csv",
                                    lr=self.optimizer.param_groups[0]["lr"], write_header=epoch == 0)
@@ -438,6 +475,8 @@ class Run:
             self.save()
             if last:
                 break
+        if self.wise_ft_alphas:
+            metrics = self.apply_wise_ft()
         skipped = self.train_loader.skipped
         if skipped.total:
             _logger.warning("Skipped %d bad training samples: %s", skipped.total, skipped.as_dict())
@@ -452,6 +491,30 @@ class Run:
         return {"step": self.step, "best_source_top1": self.best, "output": str(self.out_dir),
                 "skipped_train": skipped.total, "skipped_eval": eval_skipped, "nonfinite_steps": self.nonfinite_steps,
                 **metrics}
+
+
+    def apply_wise_ft(self) -> Dict[str, float]:
+        """Interpolate the final (averaged) weights with the zero-shot ones at each alpha, evaluate each on the source
+        domains' val split only, and export the best (ties: the larger alpha) in place of the run's model."""
+        finetuned = self.eval_model
+        scores: Dict[float, float] = {}
+        best: Optional[torch.nn.Module] = None
+        for alpha in sorted(set(self.wise_ft_alphas)):
+            candidate = wise_ft(finetuned, self.zeroshot_state, alpha)
+            scores[alpha] = self.evaluate_source(candidate)
+            _logger.info("WiSE-FT alpha %.3g: source val top-1 %.3f", alpha, scores[alpha])
+            if best is None or scores[alpha] >= max(scores.values()):
+                best, best_alpha = candidate, alpha
+        metrics = {**self.evaluate(best), "wise_ft_alpha": best_alpha}
+        if self.is_main:
+            self.export(metrics, model=best, wise_ft={"alpha": best_alpha, "scores": scores})
+        return metrics
+
+    def evaluate_source(self, model: torch.nn.Module) -> float:
+        """Top-1 of ``model`` on the source domains' val split (what WiSE-FT's alpha is chosen on)."""
+        return evaluate(model, self.loader(self.args.val_split, self.sources, self.train_classes), device=self.device,
+                        domain_names=self.info.domains, amp_dtype=self.amp_dtype,
+                        channels_last=self.args.channels_last)["top1"]
 
 
 class _CountingLoader:
