@@ -68,6 +68,7 @@ from clipood_zoo.weight_space import wise_ft
 
 _logger = logging.getLogger("train")
 LAST_DIR = "last"  # sub-folder of a run with a weight average that holds the run's last weights
+EMA_DIR = "ema"  # sub-folder holding the --export-ema weights
 MAX_NONFINITE_RUN = 10  # consecutive skipped steps after which a run is taken to have diverged
 
 
@@ -101,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-bma", action="store_true", help="evaluate and export the last weights")
     g.add_argument("--model-ema", action="store_true", help="timm's ModelEmaV3 instead of BMA (the paper's ablation)")
     g.add_argument("--model-ema-decay", type=float, default=0.999)
+    g.add_argument("--export-ema", type=float, default=None, metavar="DECAY",
+                   help="also keep timm's EMA with this decay beside the run's own average and export it to <run>/ema/ "
+                        "(one run then gives last, EMA and BMA weights)")
     g.add_argument("--wise-ft-alphas", type=float, nargs="+", default=None,
                    help="WiSE-FT: after training, interpolate with the zero-shot weights at each alpha, keep the best "
                         "on the source domains' val split (default for --method wise_ft: 0 0.25 0.5 0.75 1)")
@@ -159,6 +163,11 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"unknown --method {args.method!r}; available: {', '.join(sorted(METHODS))}")
     if args.workers < 0:
         raise ConfigError(f"--workers must be >= 0, got {args.workers}")
+    if args.export_ema is not None and not 0.0 <= args.export_ema < 1.0:
+        raise ConfigError(f"--export-ema is an EMA decay in [0, 1), got {args.export_ema}")
+    if args.export_ema is not None and args.model_ema:
+        raise ConfigError("--export-ema keeps an EMA beside the run's average, but --model-ema already makes the EMA "
+                          "the run's average; drop one of them")
     for alpha in args.wise_ft_alphas or ():
         if not 0.0 <= alpha <= 1.0:  # also refuses nan
             raise ConfigError(f"--wise-ft-alphas must lie in [0, 1] (0: zero-shot, 1: fine-tuned), got {alpha}")
@@ -250,6 +259,7 @@ class Run:
             self.optimizer, sched=args.sched, num_epochs=self.total_steps, updates_per_epoch=1, step_on_epochs=False,
             warmup_epochs=args.warmup_steps, warmup_lr=args.warmup_lr, min_lr=args.min_lr)
         self.average = self.weight_average()
+        self.extra_ema = ModelEmaV3(self.model, decay=args.export_ema) if args.export_ema is not None else None
         self.amp_dtype = AMP_DTYPES[args.amp_dtype] if args.amp else None
         self.scaler = NativeScaler(device=self.device.type) if self.amp_dtype == torch.float16 else None
 
@@ -289,6 +299,10 @@ class Run:
                               "average; resume with the same --no-bma/--model-ema flags as the run")
         if self.average is not None:
             self.average.module.load_state_dict(state["average"])
+        if self.extra_ema is not None:
+            if state.get("ema") is None:
+                raise ConfigError(f"{path} was written without --export-ema; resume with the run's own flags")
+            self.extra_ema.module.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state["scaler"] is not None:
@@ -304,7 +318,8 @@ class Run:
         if self.is_main:
             save_checkpoint(self.out_dir / CHECKPOINT_NAME, model=self.model, average=self.average, optimizer=self.optimizer,
                             scheduler=self.scheduler, scaler=self.scaler, step=self.step, epoch=self.next_epoch,
-                            extra={"best": self.best, "nonfinite_steps": self.nonfinite_steps})
+                            extra={"best": self.best, "nonfinite_steps": self.nonfinite_steps,
+                                   "ema": self.extra_ema.module.state_dict() if self.extra_ema is not None else None})
 
     def _finite_step(self, finite: torch.Tensor) -> bool:
         """Whether the step's loss (and gradients) were finite, the same answer on every rank (one host sync)."""
@@ -380,6 +395,8 @@ class Run:
             self.scheduler.step_update(num_updates=self.step)
             if self.average is not None:
                 self.average.update(self.model, step=self.step)
+            if self.extra_ema is not None:
+                self.extra_ema.update(self.model, step=self.step)
             if self.step % args.log_interval == 0 or self.step == self.total_steps:
                 elapsed = time.time() - last_log
                 _logger.info("Train: %d [%d/%d (%.0f%%)]  Loss: %.4f  LR: %.3e  %.1f img/s", epoch, self.step,
@@ -464,10 +481,8 @@ class Run:
                     self.best = score
                     if self.is_main:
                         self.export(metrics)
-                if last and self.average is not None:  # the study compares last and averaged weights of one run
-                    last_metrics = self.evaluate(self.model)
-                    if self.is_main:
-                        self.export(last_metrics, model=self.model, out_dir=self.out_dir / LAST_DIR, weights="last")
+                if last:
+                    self.export_extra_weights()
                 if self.is_main:
                     update_summary(epoch, train_metrics, metrics, self.out_dir / "summary.csv",
                                    lr=self.optimizer.param_groups[0]["lr"], write_header=epoch == 0)
@@ -492,6 +507,18 @@ class Run:
                 "skipped_train": skipped.total, "skipped_eval": eval_skipped, "nonfinite_steps": self.nonfinite_steps,
                 **metrics}
 
+
+    def export_extra_weights(self) -> None:
+        """Last weights (when the run exports an average) and the --export-ema EMA, each evaluated and exported into
+        its own sub-folder: the study compares last, EMA and averaged weights of one run."""
+        extra = [(LAST_DIR, self.model)] if self.average is not None else []
+        if self.extra_ema is not None:
+            extra.append((EMA_DIR, self.extra_ema.module))
+        for label, model in extra:
+            metrics = self.evaluate(model)
+            if self.is_main:
+                self.export(metrics, model=model, out_dir=self.out_dir / label,
+                            weights=label if label == LAST_DIR else f"ModelEmaV3 (decay {self.args.export_ema})")
 
     def apply_wise_ft(self) -> Dict[str, float]:
         """Interpolate the final (averaged) weights with the zero-shot ones at each alpha, evaluate each on the source

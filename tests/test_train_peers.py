@@ -80,6 +80,8 @@ def test_lp_ft_exports_a_trained_head_that_loads_back(shards, tmp_path):
     (["--wise-ft-alphas", "0.5", "1.5"], "--wise-ft-alphas must lie in [0, 1]"),
     (["--method", "car_ft"], "car_ft embeds context prompts with the text tower"),
     (["--method", "lp_ft", "--lp-steps", "-1"], "lp_steps must be >= 0"),
+    (["--export-ema", "1.0"], "--export-ema is an EMA decay in [0, 1)"),
+    (["--export-ema", "0.9", "--model-ema"], "--export-ema keeps an EMA beside the run's average"),
     (["--method", "wise_ft", "--val-split", "nosuch"], "WiSE-FT chooses alpha on the source domains' 'nosuch' split"),
 ])
 def test_bad_peer_arguments_exit_2_with_the_reason(shards, tmp_path, capsys, extra, message):
@@ -89,3 +91,23 @@ def test_bad_peer_arguments_exit_2_with_the_reason(shards, tmp_path, capsys, ext
     err = capsys.readouterr().err
     assert err.startswith("train.py: error: ") and message in err
     assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_export_ema_keeps_timms_ema_beside_bma_and_last(shards, tmp_path, monkeypatch):
+    saved = []
+    real_save = train.save_checkpoint
+    monkeypatch.setattr(train, "save_checkpoint", lambda path, **kw: (saved.append(
+        (kw["step"], {k: v.clone() for k, v in kw["model"].state_dict().items()}, kw["extra"]["ema"])),
+        real_save(path, **kw)))
+    train.main(train_args(shards, tmp_path, "--steps", "2", "--method", "clipood", "--export-ema", "0.5",
+                          "--checkpoint-interval", "1"))
+    run = tmp_path / "run"
+    assert {"ema", "last"} <= {p.name for p in run.iterdir()}
+    theta = {step: weights for step, weights, _ in saved}
+    ema = load_file(run / "ema" / "model.safetensors")
+    for key in ema:  # timm's EMA with step passed starts at theta_1: ema = 0.5 theta_1 + 0.5 theta_2
+        if ema[key].is_floating_point():
+            torch.testing.assert_close(ema[key], 0.5 * theta[1][key] + 0.5 * theta[2][key])
+    recipe = json.loads((run / "ema" / "config.json").read_text())["pretrained_cfg"]["recipe"]
+    assert recipe["weight_average"] == "ModelEmaV3 (decay 0.5)"
+    assert saved[-1][2] is not None  # the EMA is checkpointed, so a resumed run continues it
