@@ -142,14 +142,19 @@ def croft_energy_gradient_penalty(
     the normalised CLIP features, ``z @ (theta + Delta)``, and the penalty is the gradient with respect to
     Delta (their PACS/VLCS path: mean over pairs, sum of squares; the logit scale is not applied). Here the
     whole tower is fine-tuned and its output plays ``z @ theta``, so Delta perturbs an identity map
-    appended to it. The text side is frozen, so the text adapter's share of Delta is dropped. The
-    gradient is built with ``create_graph`` so the penalty itself is differentiated into the tower.
+    appended to it. The text side is frozen, so the text adapter's share of Delta is dropped.
+
+    The authors take that gradient with ``autograd.grad(create_graph=True)``; it is written out here
+    (chain rule through exp, the normalisation and the linear map) so that training needs no double
+    backward, which torch.compile cannot trace: with ``u_b = z_b (I + Delta)``, ``g_b = u_b / |u_b|``,
+    ``e_b = sum_c exp(g_b . t_c) t_c / (B C)`` (dE/dg_b), the gradient is
+    ``sum_b z_b^T (e_b - (e_b . g_b) g_b) / |u_b|``.
     """
     z = F.normalize(_at_least_float32(image_features), dim=-1)
     t = F.normalize(_at_least_float32(text_features), dim=-1)
-    perturbation = torch.full((z.shape[1], z.shape[1]), float(delta), device=z.device, dtype=z.dtype,
-                              requires_grad=True)
-    g = F.normalize(z + z @ perturbation, dim=-1)
-    energy = torch.exp(g @ t.T).mean()
-    (grad,) = torch.autograd.grad(energy, perturbation, create_graph=True)
-    return grad.pow(2).sum()
+    u = z + delta * z.sum(dim=-1, keepdim=True)  # z @ (I + delta * ones)
+    norm = u.norm(dim=-1, keepdim=True)
+    g = u / norm
+    d_energy_d_g = torch.exp(g @ t.T) @ t / (z.shape[0] * t.shape[0])
+    d_energy_d_u = (d_energy_d_g - (d_energy_d_g * g).sum(dim=-1, keepdim=True) * g) / norm
+    return (z.T @ d_energy_d_u).pow(2).sum()
