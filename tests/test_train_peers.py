@@ -1,5 +1,10 @@
 """train.py with the peer methods: WiSE-FT's exported interpolation, last weights beside the average, errors."""
 import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -111,3 +116,20 @@ def test_export_ema_keeps_timms_ema_beside_bma_and_last(shards, tmp_path, monkey
     recipe = json.loads((run / "ema" / "config.json").read_text())["pretrained_cfg"]["recipe"]
     assert recipe["weight_average"] == "ModelEmaV3 (decay 0.5)"
     assert saved[-1][2] is not None  # the EMA is checkpointed, so a resumed run continues it
+
+
+def test_two_process_ddp_lp_ft_with_wise_ft_and_ema(shards, tmp_path):
+    """The LP phase leaves the tower without gradients (DDP must look for unused parameters); WiSE-FT and the
+    extra EMA evaluate on every rank."""
+    repo = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
+           str(repo / "train.py"), *train_args(shards, tmp_path, "--steps", "3", "--method", "lp_ft", "--lp-steps", "2",
+                                               "--wise-ft-alphas", "0.5", "1", "--export-ema", "0.5")]
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    digests = dict(re.findall(r"rank (\d) final weights digest (\w+)", proc.stderr))
+    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
+    run = tmp_path / "run"
+    assert (run / "ema" / "model.safetensors").exists()
+    assert json.loads((run / "config.json").read_text())["pretrained_cfg"]["recipe"]["wise_ft"]["alpha"] in (0.5, 1.0)
