@@ -36,6 +36,7 @@ Faults, and what the run does about them:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -508,6 +509,15 @@ class Run:
                 **metrics}
 
 
+    @contextlib.contextmanager
+    def samples_already_counted(self):
+        """Evaluations of further weights read the same evaluation samples again: their bad ones are counted once."""
+        counted = dict(self.eval_skipped)
+        try:
+            yield
+        finally:
+            self.eval_skipped = counted
+
     def export_extra_weights(self) -> None:
         """Last weights (when the run exports an average) and the --export-ema EMA, each evaluated and exported into
         its own sub-folder: the study compares last, EMA and averaged weights of one run."""
@@ -515,7 +525,8 @@ class Run:
         if self.extra_ema is not None:
             extra.append((EMA_DIR, self.extra_ema.module))
         for label, model in extra:
-            metrics = self.evaluate(model)
+            with self.samples_already_counted():
+                metrics = self.evaluate(model)
             if self.is_main:
                 self.export(metrics, model=model, out_dir=self.out_dir / label,
                             weights=label if label == LAST_DIR else f"ModelEmaV3 (decay {self.args.export_ema})")
@@ -528,11 +539,13 @@ class Run:
         best: Optional[torch.nn.Module] = None
         for alpha in sorted(set(self.wise_ft_alphas)):
             candidate = wise_ft(finetuned, self.zeroshot_state, alpha)
-            scores[alpha] = self.evaluate_source(candidate)
+            with self.samples_already_counted():
+                scores[alpha] = self.evaluate_source(candidate)
             _logger.info("WiSE-FT alpha %.3g: source val top-1 %.3f", alpha, scores[alpha])
             if best is None or scores[alpha] >= max(scores.values()):
                 best, best_alpha = candidate, alpha
-        metrics = {**self.evaluate(best), "wise_ft_alpha": best_alpha}
+        with self.samples_already_counted():
+            metrics = {**self.evaluate(best), "wise_ft_alpha": best_alpha}
         if self.is_main:
             self.export(metrics, model=best, wise_ft={"alpha": best_alpha, "scores": scores})
         return metrics

@@ -30,7 +30,7 @@ from timm.data import create_transform, resolve_data_config
 import clipood_zoo
 from clipood_zoo import ClipoodError, ConfigError
 from clipood_zoo.cli_utils import AMP_DTYPES, default_device, format_results, model_for_dataset
-from clipood_zoo.data import create_loader, read_dataset_info
+from clipood_zoo.data import DatasetInfo, create_loader, read_dataset_info
 from clipood_zoo.data.protocols.imagenet import eval_classes
 from clipood_zoo.evaluate import evaluate
 from clipood_zoo.fileio import write_text_atomic
@@ -150,7 +150,7 @@ def validate_one(name: str, args: argparse.Namespace, device: torch.device,
     return row
 
 
-def open_set_row(model: torch.nn.Module, args: argparse.Namespace, info: Any, data_config: Dict[str, Any],
+def open_set_row(model: torch.nn.Module, args: argparse.Namespace, info: DatasetInfo, data_config: Dict[str, Any],
                  subset: Optional[Sequence[int]], in_scores: List[torch.Tensor], device: torch.device,
                  name: str) -> Dict[str, Any]:
     """Score the open set (--ood-data's samples, or the new classes' with --ood-classes new) with the classifier
