@@ -100,13 +100,13 @@ class WiseFt(Erm):
 
 
 class LpFt(Method):
-    """LP-FT (Kumar et al., ICLR 2022): "first train the linear head with the backbone frozen (LP), then fine-tune
-    all parameters (FT) starting from the LP head". The head starts as the frozen class text embeddings and
+    """LP-FT (Kumar et al., ICLR 2022): first linear-probe (train the head on the frozen backbone), then fine-tune all
+    parameters starting from the probed head. The head starts as the frozen class text embeddings and
     becomes a trained parameter (``make_trainable``); the first ``lp_steps`` optimizer steps update only it.
 
     The text tower itself stays frozen and outside the model: after LP the head is a learned matrix, no
     longer the text tower's output, so ``set_classes`` (re-embedding class names) would discard it. Loss:
-    cross-entropy on the model's own logits ``scale * normalize(f) @ W.T`` (W not renormalised, a linear head).
+    cross-entropy on ``normalize(f) @ W.T / tau`` (W not renormalised: a linear head on normalised features).
     """
 
     name = "lp_ft"
@@ -127,7 +127,8 @@ class LpFt(Method):
                 features = model.forward_features(images)
         else:
             features = model.forward_features(images)
-        return F.cross_entropy(model.forward_head(features).float(), target)
+        logits = model.forward_head(features, pre_logits=True) @ model.head.weight.T / self.resolve_temperature(model)
+        return F.cross_entropy(logits.float(), target)
 
     def describe(self) -> Dict[str, object]:
         return {**super().describe(), "lp_steps": self.lp_steps}
@@ -147,9 +148,10 @@ class Flyp(Method):
 
 
 class CarFt(Method):
-    """CAR-FT (Mao et al., IJCV 2023): "minimize the KL divergence between the context distributions induced by the
-    original and the fine-tuned CLIP", ``CE + lambda KL(p_zs(ctx|x) || p_ft(ctx|x))``, p a softmax over context
-    prompt weights (each template's text embedding averaged over the class names).
+    """CAR-FT (Mao et al., IJCV 2023): "minimizing the Kullback-Leibler Divergence (KLD) between context distributions
+    induced by original/fine-tuned CLIP models": ``CE + lambda KL(p_zs(ctx|x) || p_ft(ctx|x))``, p a softmax over
+    context prompt weights (our reading of the paper's zero-shot prompt weights: each template's text
+    embedding averaged over the class names).
 
     ``prepare`` keeps a frozen copy of the zero-shot image tower as the teacher: one more image tower of
     weights in memory (no optimizer state, no stored activations: its forward runs without grad), and one
