@@ -133,3 +133,26 @@ def test_two_process_ddp_lp_ft_with_wise_ft_and_ema(shards, tmp_path):
     run = tmp_path / "run"
     assert (run / "ema" / "model.safetensors").exists()
     assert json.loads((run / "config.json").read_text())["pretrained_cfg"]["recipe"]["wise_ft"]["alpha"] in (0.5, 1.0)
+
+
+def test_resumed_run_continues_the_ema_and_interpolates_with_the_initial_weights(shards, tmp_path, monkeypatch):
+    flags = ("--steps", "4", "--method", "clipood", "--export-ema", "0.5", "--wise-ft-alphas", "0.5",
+             "--checkpoint-interval", "2")
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    train.main(train_args(shards, straight, *flags))
+    real_save = train.Run.save
+
+    def save_then_die(self):
+        real_save(self)
+        if self.step == 2:
+            raise KeyboardInterrupt  # dies after the step-2 checkpoint
+
+    monkeypatch.setattr(train.Run, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(train_args(shards, killed, *flags))
+    monkeypatch.setattr(train.Run, "save", real_save)
+    train.main(train_args(shards, killed, *flags, "--resume", str(killed / "run")))
+    for name in ("model.safetensors", "ema/model.safetensors", "last/model.safetensors"):
+        a, b = load_file(straight / "run" / name), load_file(killed / "run" / name)
+        for key, value in a.items():
+            assert torch.equal(value, b[key]), (name, key)
