@@ -97,8 +97,9 @@ def flyp_contrastive_loss(
     """FLYP's loss with a locked text tower: CLIP's symmetric InfoNCE between the B images and the B class
     prompts of their labels, ``(CE(S, arange B) + CE(S.T, arange B)) / 2`` with ``S[i, j] = cos(I_i, T_{y_j}) / tau``.
 
-    As in the authors' code (open_clip's ClipLoss, labels = arange), a prompt of the same class at another
-    position is a negative. With the text side fixed this is *not* cross-entropy: the image-to-text term is
+    As in the authors' code (``flyp_loss.py`` calls their ClipLoss without ``ground_labels``, so the labels
+    are ``arange``), a prompt of the same class at another position is a negative. There each image draws
+    a random template, so same-class prompts differ a little; here they are one embedding, exact ties. With the text side fixed this is *not* cross-entropy: the image-to-text term is
     a softmax over the batch's labels only, each class counted once per occurrence, i.e. CE over the classes
     present with logit ``S(I, T_c)/tau + log n_c`` (so even a perfect model pays ``log n_y``; absent classes
     are no negatives), and the text-to-image term pushes, for every prompt, the batch's other images away
