@@ -102,7 +102,9 @@ class WiseFt(Erm):
 class LpFt(Method):
     """LP-FT (Kumar et al., ICLR 2022): first linear-probe (train the head on the frozen backbone), then fine-tune all
     parameters starting from the probed head. The head starts as the frozen class text embeddings and
-    becomes a trained parameter (``make_trainable``); the first ``lp_steps`` optimizer steps update only it.
+    becomes a trained parameter (``make_trainable``); the first ``lp_steps`` optimizer steps update only it
+    (the authors fit the probe by logistic regression on cached features; here it shares the run's
+    optimizer, schedule and weight decay, and the head's optimizer state carries into FT).
 
     The text tower itself stays frozen and outside the model: after LP the head is a learned matrix, no
     longer the text tower's output, so ``set_classes`` (re-embedding class names) would discard it. Loss:
