@@ -65,6 +65,7 @@ import os
 import random
 import re
 import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -91,8 +92,11 @@ from clipood_zoo.errors import CheckpointError, RunInterrupted, TrainingError
 from clipood_zoo.fileio import FolderLock, check_writable_dir, inside, link_or_copy, write_text_atomic
 from clipood_zoo.evaluate import autocast, evaluate
 from clipood_zoo.methods import METHODS, TrainStep, create_method
+from clipood_zoo.weight_space import wise_ft
 
 _logger = logging.getLogger("train")
+LAST_DIR = "last"  # sub-folder of a run with a weight average that holds the run's last weights
+EMA_DIR = "ema"  # sub-folder holding the --export-ema weights
 MAX_NONFINITE_RUN = 10  # consecutive skipped steps after which a run is taken to have diverged
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL (sysexits.h): stopped by a signal after a checkpoint, "try again" with --resume
 RESULT_NAME = "result.json"  # written last: a run folder holding it holds a finished run
@@ -137,6 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-bma", action="store_true", help="evaluate and export the last weights")
     g.add_argument("--model-ema", action="store_true", help="timm's ModelEmaV3 instead of BMA (the paper's ablation)")
     g.add_argument("--model-ema-decay", type=float, default=0.999)
+    g.add_argument("--export-ema", type=float, default=None, metavar="DECAY",
+                   help="also keep timm's EMA with this decay beside the run's own average and export it to <run>/ema/ "
+                        "(one run then gives last, EMA and BMA weights)")
+    g.add_argument("--wise-ft-alphas", type=float, nargs="+", default=None,
+                   help="WiSE-FT: after training, interpolate with the zero-shot weights at each alpha, keep the best "
+                        "on the source domains' val split (default for --method wise_ft: 0 0.25 0.5 0.75 1)")
+    g.add_argument("--lp-steps", type=int, default=0, help="lp_ft: optimizer steps that train only the head")
+    g.add_argument("--carft-lambda", type=float, default=1.0, help="car_ft: weight of the context KL")
+    g.add_argument("--croft-lambda", type=float, default=1.0, help="croft: weight of the energy gradient penalty")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=None, help="passes over the training split (default 1 unless --steps)")
     g.add_argument("--steps", type=int, default=None, help="total optimizer steps (overrides --epochs)")
@@ -202,6 +215,14 @@ def check_args(args: argparse.Namespace) -> None:
     if args.experiment is not None and (args.experiment in ("", ".", "..") or Path(args.experiment).name != args.experiment):
         raise ConfigError(f"--experiment must be a folder name (the run folder inside --output), got {args.experiment!r}")
 
+    if args.export_ema is not None and not 0.0 <= args.export_ema < 1.0:
+        raise ConfigError(f"--export-ema is an EMA decay in [0, 1), got {args.export_ema}")
+    if args.export_ema is not None and args.model_ema:
+        raise ConfigError("--export-ema keeps an EMA beside the run's average, but --model-ema already makes the EMA "
+                          "the run's average; drop one of them")
+    for alpha in args.wise_ft_alphas or ():
+        if not 0.0 <= alpha <= 1.0:  # also refuses nan
+            raise ConfigError(f"--wise-ft-alphas must lie in [0, 1] (0: zero-shot, 1: fine-tuned), got {alpha}")
 
 def run_folder_name(args: argparse.Namespace) -> str:
     """--experiment, or a name made of everything that tells runs apart, so that seeds never share a folder."""
@@ -254,6 +275,16 @@ def clear_previous_run(out_dir: Path, args: argparse.Namespace) -> None:
                           "choose another --seed or --experiment")
     for path in [*(out_dir / name for name in RUN_FILES), *out_dir.glob("checkpoint-*.pt")]:
         path.unlink(missing_ok=True)  # unlink removes a symlink, never what it points to
+    for name in (LAST_DIR, EMA_DIR):
+        remove_subfolder(out_dir / name)
+
+
+def remove_subfolder(path: Path) -> None:
+    """Remove a run's sub-folder export; a symlink in its place is unlinked, never followed."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
 
 
 def _written_here(path: Path) -> bool:
@@ -347,7 +378,15 @@ class Run:
         if args.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.method = create_method(args.method, temperature=args.temperature, margin_lambda=args.margin_lambda,
-                                    adaptive_margin=not args.fixed_margin)
+                                    adaptive_margin=not args.fixed_margin, lp_steps=args.lp_steps,
+                                    carft_lambda=args.carft_lambda, croft_lambda=args.croft_lambda)
+        self.method.prepare(self.model)
+        self.wise_ft_alphas = args.wise_ft_alphas or self.method.default_wise_ft_alphas
+        if self.wise_ft_alphas and args.val_split not in self.info.splits:
+            raise ConfigError(f"WiSE-FT chooses alpha on the source domains' {args.val_split!r} split, which "
+                              f"{self.info.path} does not have; pass --val-split or drop --wise-ft-alphas")
+        self.zeroshot_state = ({k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+                               if self.wise_ft_alphas else None)
         tau = self.method.resolve_temperature(self.model)
         max_logit = (1.0 + getattr(self.method, "margin_lambda", 0.0)) / tau
         if args.amp and args.amp_dtype == "float16" and max_logit > torch.finfo(torch.float16).max:
@@ -385,13 +424,15 @@ class Run:
             self.optimizer, sched=args.sched, num_epochs=self.total_steps, updates_per_epoch=1, step_on_epochs=False,
             warmup_epochs=args.warmup_steps, warmup_lr=args.warmup_lr, min_lr=args.min_lr)
         self.average = self.weight_average()
+        self.extra_ema = ModelEmaV3(self.model, decay=args.export_ema) if args.export_ema is not None else None
         self.amp_dtype = AMP_DTYPES[args.amp_dtype] if args.amp else None
         self.scaler = NativeScaler(device=self.device.type) if self.amp_dtype == torch.float16 else None
 
         step_module: torch.nn.Module = TrainStep(self.model, self.method)
         if self.distributed:
             step_module = torch.nn.parallel.DistributedDataParallel(
-                step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.method.has_unused_parameters)
         self.train_step = torch.compile(step_module, backend=args.torchcompile) if args.torchcompile else step_module
 
         self.step, self.start_epoch, self.best = 0, 0, None
@@ -429,7 +470,9 @@ class Run:
                 "--min-lr": a.min_lr, "--bma-beta": a.bma_beta, "--no-bma": a.no_bma, "--model-ema": a.model_ema,
                 "--model-ema-decay": a.model_ema_decay, "--temperature": a.temperature,
                 "--margin-lambda": a.margin_lambda, "--fixed-margin": a.fixed_margin, "--seed": a.seed,
-                "--scale": list(a.scale), "--hflip": a.hflip, "--color-jitter": a.color_jitter}
+                "--scale": list(a.scale), "--hflip": a.hflip, "--color-jitter": a.color_jitter,
+                "--lp-steps": a.lp_steps, "--carft-lambda": a.carft_lambda, "--croft-lambda": a.croft_lambda,
+                "--export-ema": a.export_ema}
 
     def check_resumable(self, path: str, stored: Optional[Dict[str, Any]]) -> None:
         if stored is None:
@@ -452,6 +495,10 @@ class Run:
                               "average; resume with the same --no-bma/--model-ema flags as the run")
         if self.average is not None:
             self.average.module.load_state_dict(state["average"])
+        if self.extra_ema is not None:
+            if state.get("ema") is None:
+                raise ConfigError(f"{path} was written without --export-ema; resume with the run's own flags")
+            self.extra_ema.module.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state["scaler"] is not None:
@@ -472,7 +519,8 @@ class Run:
             save_checkpoint(self.out_dir / CHECKPOINT_NAME, model=self.model, average=self.average, optimizer=self.optimizer,
                             scheduler=self.scheduler, scaler=self.scaler, step=self.step, epoch=self.next_epoch,
                             extra={"best": self.best, "nonfinite_steps": self.nonfinite_steps,
-                                   "run_args": self.defining_args(), "checkpoint_hist": self.history})
+                                   "run_args": self.defining_args(), "checkpoint_hist": self.history,
+                                   "ema": self.extra_ema.module.state_dict() if self.extra_ema is not None else None})
         self._saved_state = state
 
     def write(self, what: str, write: Callable[[], None]) -> None:
@@ -567,6 +615,7 @@ class Run:
             target = target.to(self.device, non_blocking=True)
             if args.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
+            self.method.step = self.step
             with autocast(self.device, self.amp_dtype):
                 loss = self.train_step(images, target) / args.grad_accum_steps
             need_update = (batch_idx + 1) % args.grad_accum_steps == 0
@@ -598,6 +647,8 @@ class Run:
             self.scheduler.step_update(num_updates=self.step)
             if self.average is not None:
                 self.average.update(self.model, step=self.step)
+            if self.extra_ema is not None:
+                self.extra_ema.update(self.model, step=self.step)
             if self.step % args.log_interval == 0 or self.step == self.total_steps:
                 # img/s over the whole run in this process (evaluations and saves included), not since the last line
                 elapsed = time.monotonic() - self.train_started
@@ -617,23 +668,29 @@ class Run:
                              strict=self.args.strict_data, max_member_bytes=self.args.max_member_bytes,
                              max_image_pixels=self.args.max_image_pixels))
 
-    def evaluate(self) -> Dict[str, float]:
+    def evaluate(self, model: Optional[torch.nn.Module] = None) -> Dict[str, float]:
         """Source-domain validation (model selection) and the held-out domain (reported, never selected on)."""
+        model = self.eval_model if model is None else model
         common = dict(device=self.device, domain_names=self.info.domains, amp_dtype=self.amp_dtype,
                       channels_last=self.args.channels_last)
         metrics: Dict[str, float] = {}
         if self.args.val_split in self.info.splits:
-            source = evaluate(self.eval_model, self.loader(self.args.val_split, self.sources, self.train_classes),
-                              **common)
-            metrics["source_top1"] = source["top1"]
+            metrics["source_top1"] = self.evaluate_source(model)
         if self.args.holdout is not None:
-            target = evaluate(self.eval_model, self.loader(self.args.eval_split, [self.args.holdout], None),
+            target = evaluate(model, self.loader(self.args.eval_split, [self.args.holdout], None),
                               base_classes=self.info.base_classes, new_classes=self.info.new_classes, **common)
             per_domain = {f"top1_{d}" for d in self.info.domains}
             metrics.update({f"target_{k}": v for k, v in target.items() if k not in per_domain})
         return metrics
 
-    def export(self, metrics: Dict[str, float]) -> None:
+    def export(self, metrics: Dict[str, float], model: Optional[torch.nn.Module] = None,
+               out_dir: Optional[Path] = None, weights: Optional[str] = None,
+               wise_ft: Optional[Dict[str, Any]] = None) -> None:
+        """``save_pretrained`` of ``model`` (default: the evaluated one) into ``out_dir`` (default: the run folder).
+
+        ``weights`` names what is exported when it is not the run's evaluated model ('last'); ``wise_ft``
+        records the chosen alpha and the validation score of each alpha.
+        """
         args = self.args
         method = self.method.describe()
         recipe = {**method, "lr": args.lr, "steps": self.total_steps, "batch_size": args.batch_size * self.world_size,
@@ -641,18 +698,24 @@ class Run:
                   "warmup_steps": args.warmup_steps, "weight_average": type(self.average).__name__ if self.average is not None else "last",
                   "bma_beta": args.bma_beta if isinstance(self.average, ModelBma) else None,
                   "seed": args.seed}
-        model = self.eval_model
+        if weights is not None:
+            recipe.update(weight_average=weights, bma_beta=None)
+        if wise_ft is not None:
+            recipe["wise_ft"] = wise_ft
+        model = self.eval_model if model is None else model
         model.pretrained_cfg = {**self.model.pretrained_cfg, "recipe": recipe, "heldout_domain": args.holdout,
                                 "dataset": self.info.name}
         sections = {
             "Training": f"```\n{args.command_line}\n```\nData: `{args.data_dir}` ({self.info.name}); source domains "
                         f"{', '.join(self.sources)}; held-out {args.holdout}; classes {args.train_classes}.\n"
                         + (f"Selected at step {self.step} by source-domain validation accuracy." if "source_top1" in metrics
-                           else f"The weights at step {self.step} (no validation split to select on)."),
+                           else f"The weights at step {self.step} (no validation split to select on).")
+                        + (f" WiSE-FT alpha {wise_ft['alpha']} (of {wise_ft['scores']}, source val top-1)."
+                           if wise_ft else "") + (f" Exported weights: {weights}." if weights else ""),
             "Results": "\n".join(f"- {k}: {v}" for k, v in metrics.items()),
         }
         self.write("the exported model", lambda: clipood_zoo.save_pretrained(
-            model, self.out_dir, model_name=args.export_name or args.model, card_sections=sections,
+            model, out_dir or self.out_dir, model_name=args.export_name or args.model, card_sections=sections,
             extra_config={"train_results": metrics, "step": self.step}))
 
     def write_summary(self, epoch: int, train_metrics: Dict[str, float], metrics: Dict[str, float]) -> None:
@@ -708,6 +771,8 @@ class Run:
                     self.best = score
                     if self.is_main:
                         self.export(metrics)
+                if last:
+                    self.export_extra_weights()
                 if self.is_main:
                     self.write_summary(epoch, train_metrics, metrics)
                     if args.checkpoint_hist:
@@ -719,6 +784,8 @@ class Run:
             if last:
                 break
         self.check_planned_steps(self.epochs - 1)
+        if self.wise_ft_alphas:
+            metrics = self.apply_wise_ft()
         skipped = self.train_loader.skipped
         if skipped.total:
             _logger.warning("Skipped %d bad training samples: %s", skipped.total, skipped.as_dict())
@@ -738,6 +805,56 @@ class Run:
         if self.is_main and not args.keep_checkpoint:  # finished: the export is the run's product
             (self.out_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
         return result
+
+
+    @contextlib.contextmanager
+    def samples_already_counted(self):
+        """Evaluations of further weights read the same evaluation samples again: their bad ones are counted once."""
+        counted = dict(self.eval_skipped)
+        try:
+            yield
+        finally:
+            self.eval_skipped = counted
+
+    def export_extra_weights(self) -> None:
+        """Last weights (when the run exports an average) and the --export-ema EMA, each evaluated and exported into
+        its own sub-folder: the study compares last, EMA and averaged weights of one run."""
+        extra = [(LAST_DIR, self.model)] if self.average is not None else []
+        if self.extra_ema is not None:
+            extra.append((EMA_DIR, self.extra_ema.module))
+        for label, model in extra:
+            with self.samples_already_counted():
+                metrics = self.evaluate(model)
+            if self.is_main:
+                if (self.out_dir / label).is_symlink():  # a planted link is replaced, never written through
+                    remove_subfolder(self.out_dir / label)
+                self.export(metrics, model=model, out_dir=self.out_dir / label,
+                            weights=label if label == LAST_DIR else f"ModelEmaV3 (decay {self.args.export_ema})")
+
+    def apply_wise_ft(self) -> Dict[str, float]:
+        """Interpolate the final (averaged) weights with the zero-shot ones at each alpha, evaluate each on the source
+        domains' val split only, and export the best (ties: the larger alpha) in place of the run's model."""
+        finetuned = self.eval_model
+        scores: Dict[float, float] = {}
+        best: Optional[torch.nn.Module] = None
+        for alpha in sorted(set(self.wise_ft_alphas)):
+            candidate = wise_ft(finetuned, self.zeroshot_state, alpha)
+            with self.samples_already_counted():
+                scores[alpha] = self.evaluate_source(candidate)
+            _logger.info("WiSE-FT alpha %.3g: source val top-1 %.3f", alpha, scores[alpha])
+            if best is None or scores[alpha] >= max(scores.values()):
+                best, best_alpha = candidate, alpha
+        with self.samples_already_counted():
+            metrics = {**self.evaluate(best), "wise_ft_alpha": best_alpha}
+        if self.is_main:
+            self.export(metrics, model=best, wise_ft={"alpha": best_alpha, "scores": scores})
+        return metrics
+
+    def evaluate_source(self, model: torch.nn.Module) -> float:
+        """Top-1 of ``model`` on the source domains' val split (what WiSE-FT's alpha is chosen on)."""
+        return evaluate(model, self.loader(self.args.val_split, self.sources, self.train_classes), device=self.device,
+                        domain_names=self.info.domains, amp_dtype=self.amp_dtype,
+                        channels_last=self.args.channels_last)["top1"]
 
 
 class _CountingLoader:

@@ -9,6 +9,10 @@ defines base/new classes, ``base_top1``/``new_top1``/``hm`` (each subset scored 
 restricted to its own classes, as CoCoOp reports base-to-new). A dataset whose ``_info.json`` declares
 ``eval_classes`` (ImageNet-A and -R: 200 of the 1000 classes) is scored over those classes only. Class embeddings are part of the
 weights, so the evaluation loop is image tower + one matrix product per batch.
+
+Open-set detection: ``--ood-data SHARDS_DIR`` (another dataset's samples are the open set) or
+``--ood-classes new`` (a base-class model; the new classes' samples are the open set) adds
+``ood_auroc_{mcm,energy}`` and ``ood_fpr95_{mcm,energy}`` (percent) to the row.
 """
 from __future__ import annotations
 
@@ -26,10 +30,11 @@ from timm.data import create_transform, resolve_data_config
 import clipood_zoo
 from clipood_zoo import ClipoodError, ConfigError
 from clipood_zoo.cli_utils import AMP_DTYPES, default_device, format_results, model_for_dataset
-from clipood_zoo.data import create_loader, read_dataset_info
+from clipood_zoo.data import DatasetInfo, create_loader, read_dataset_info
 from clipood_zoo.data.protocols.imagenet import eval_classes
 from clipood_zoo.evaluate import evaluate
 from clipood_zoo.fileio import check_writable_file, write_text_atomic
+from clipood_zoo.metrics import ood_metrics
 
 _logger = logging.getLogger("validate")
 TIMM_FIELDS = ("model", "top1", "top1_err", "top5", "top5_err", "param_count", "img_size", "crop_pct", "interpolation")
@@ -58,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict-data", action="store_true")
     p.add_argument("--results-file", default=None)
     p.add_argument("--results-format", choices=("csv", "json"), default=None, help="default: from the file suffix")
+    ood = p.add_mutually_exclusive_group()
+    ood.add_argument("--ood-data", default=None, metavar="SHARDS_DIR",
+                     help="open-set detection: this dataset's --split samples are out-of-distribution; reports AUROC "
+                          "and FPR@95TPR of the MCM and energy scores (in-distribution: --data-dir's samples)")
+    ood.add_argument("--ood-classes", choices=("new",), default=None,
+                     help="open-set detection on a base-to-new split: in = base classes' samples, out = new classes' "
+                          "samples, both scored over the base classes")
     p.add_argument("--predictions-file", default=None,
                    help="also write each sample's target, domain and top-1 prediction per model (JSON), for paired "
                         "comparisons (tools/emojidg/report.py)")
@@ -93,20 +105,29 @@ def validate_one(name: str, args: argparse.Namespace, device: torch.device,
     data_config = resolve_data_config({}, model=model)
     # a class subset to score over: --classes base/new, or the one the dataset declares (ImageNet-A/-R's 200)
     declared = eval_classes(args.data_dir)
-    subset = info.class_subset(args.classes) if args.classes != "all" else declared
+    classes = args.classes
+    if args.ood_classes == "new":
+        if classes == "new":
+            raise ConfigError("--ood-classes new treats the new classes as the open set of a base-class model; "
+                              "drop --classes new (the in-distribution samples are the base classes')")
+        classes = "base"
+    subset = info.class_subset(classes) if classes != "all" else declared
     loader = create_loader(args.data_dir, args.split, transform=create_transform(**data_config),
                            batch_size=args.batch_size, is_training=False, domains=args.domains, classes=subset,
                            relabel_classes=subset is not None, num_workers=args.workers, strict=args.strict_data,
                            pin_memory=device.type == "cuda")
     eval_model = torch.compile(model, backend=args.torchcompile) if args.torchcompile else model
+    in_scores: Optional[List[torch.Tensor]] = [] if args.ood_data or args.ood_classes else None
     start = time.time()
     metrics = evaluate(eval_model, loader, device, info.domains,
                        base_classes=info.base_classes if subset is None else None,
                        new_classes=info.new_classes if subset is None else None,
                        amp_dtype=AMP_DTYPES[args.amp_dtype] if args.amp else None,
                        channels_last=args.channels_last, logit_columns=subset, progress=True, desc=name,
-                       predictions=predictions)
+                       predictions=predictions, scores=in_scores)
     elapsed = time.time() - start
+    open_set = open_set_row(eval_model, args, info, data_config, subset, in_scores, device, name) \
+        if in_scores is not None else {}
     if loader.skipped.total:
         _logger.warning("%s: skipped %d bad samples: %s", name, loader.skipped.total, loader.skipped.as_dict())
     if metrics["nonfinite_logits"]:
@@ -124,7 +145,8 @@ def validate_one(name: str, args: argparse.Namespace, device: torch.device,
         "num_samples": metrics["num_samples"],
         "nonfinite_logits": metrics["nonfinite_logits"],
         "split": args.split,
-        "classes": args.classes,
+        "classes": classes,
+        **open_set,
         **({"eval_classes": len(declared)} if declared is not None and args.classes == "all" else {}),
     }
     _logger.info("%s: top1 %.2f top5 %.2f on %d samples (%.1f img/s)", name, row["top1"], row["top5"],
@@ -132,8 +154,34 @@ def validate_one(name: str, args: argparse.Namespace, device: torch.device,
     return row
 
 
+def open_set_row(model: torch.nn.Module, args: argparse.Namespace, info: DatasetInfo, data_config: Dict[str, Any],
+                 subset: Optional[Sequence[int]], in_scores: List[torch.Tensor], device: torch.device,
+                 name: str) -> Dict[str, Any]:
+    """Score the open set (--ood-data's samples, or the new classes' with --ood-classes new) with the classifier
+    restricted as for the in-distribution samples, and compare the two score sets (AUROC, FPR@95TPR)."""
+    if args.ood_classes == "new":
+        out_dir, domains, classes, domain_names = args.data_dir, args.domains, info.class_subset("new"), info.domains
+    else:
+        out_dir, domains, classes, domain_names = args.ood_data, None, None, read_dataset_info(args.ood_data).domains
+    loader = create_loader(out_dir, args.split, transform=create_transform(**data_config), batch_size=args.batch_size,
+                           is_training=False, domains=domains, classes=classes, relabel_classes=classes is not None,
+                           num_workers=args.workers, strict=args.strict_data, pin_memory=device.type == "cuda")
+    out_scores: List[torch.Tensor] = []
+    evaluate(model, loader, device, domain_names, amp_dtype=AMP_DTYPES[args.amp_dtype] if args.amp else None,
+             channels_last=args.channels_last, logit_columns=subset, progress=True, desc=f"{name} open set",
+             scores=out_scores)
+    if not in_scores or not out_scores:
+        raise ConfigError(f"open-set detection needs samples on both sides; the {args.split!r} split gave "
+                          f"{sum(len(s) for s in in_scores)} in-distribution and "
+                          f"{sum(len(s) for s in out_scores)} out-of-distribution samples")
+    return {**ood_metrics(torch.cat(in_scores), torch.cat(out_scores)),
+            "ood_samples": sum(len(s) for s in out_scores),
+            "ood": "new classes" if args.ood_classes == "new" else str(args.ood_data)}
+
+
 def print_table(rows: List[Dict[str, Any]]) -> None:
-    columns = [c for c in ("model", "top1", "top5", "base_top1", "new_top1", "hm") if any(c in r for r in rows)]
+    columns = [c for c in ("model", "top1", "top5", "base_top1", "new_top1", "hm", "ood_auroc_mcm", "ood_fpr95_mcm",
+                           "ood_auroc_energy", "ood_fpr95_energy") if any(c in r for r in rows)]
     columns += sorted({k for r in rows for k in r if k.startswith("top1_") and k != "top1_err"})
     widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
     print("  ".join(c.ljust(widths[c]) for c in columns))

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from .data.catalog import class_key, prettify_class_name
 from .data.info import DatasetInfo
 from .errors import ConfigError, DatasetError
-from .metrics import AccuracyMeter
+from .metrics import AccuracyMeter, ood_scores
 
 _logger = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ def evaluate(
     progress: bool = False,
     desc: str = "eval",
     predictions: Optional[List[torch.Tensor]] = None,
+    scores: Optional[List[torch.Tensor]] = None,
 ) -> Dict[str, float]:
     """top1/top5, per-domain top1 and (with a base/new split) base/new/hm of ``model`` over ``loader``.
 
@@ -94,7 +95,8 @@ def evaluate(
     on the device until the end (no host sync per batch) and are summed over ranks.
     ``predictions``, when given, receives a [B, 3] CPU tensor per batch of this rank's samples: target,
     domain and top-1 prediction (class indices of the dataset), for paired comparisons of two models
-    on the same images (:mod:`clipood_zoo.stats`).
+    on the same images (:mod:`clipood_zoo.stats`). ``scores``, when given, receives a [B, 2] CPU tensor per
+    batch: the open-set scores of :func:`clipood_zoo.metrics.ood_scores` over the (restricted) logits.
     """
     was_training = model.training
     model.eval()
@@ -114,6 +116,8 @@ def evaluate(
             pair = torch.stack([target.to(device), logits.float().topk(1, dim=1).indices[:, 0]])  # topk as the meter
             pair = columns[pair] if columns is not None else pair
             predictions.append(torch.stack([pair[0].cpu(), domain.cpu(), pair[1].cpu()], 1))
+        if scores is not None:
+            scores.append(ood_scores(logits).cpu())
     meter.all_reduce()
     model.train(was_training)
     if int(meter.counts[0]) == 0:  # the loader had samples to give (it checks), so every one was skipped

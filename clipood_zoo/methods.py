@@ -8,25 +8,42 @@ the whole loss computation, and ``torch.compile`` can fuse the loss with the mod
 from __future__ import annotations
 
 import inspect
-from typing import ClassVar, Dict, Optional, Type
+from copy import deepcopy
+from typing import ClassVar, Dict, Optional, Sequence, Tuple, Type
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
-from .losses import mms_loss
+from .losses import carft_context_kl, croft_energy_gradient_penalty, flyp_contrastive_loss, mms_loss
+from .models.classifier import TEMPLATE_SETS
 
 
 class Method:
-    """Base class: ``loss(model, images, target)``; ``default_bma`` says whether the method averages weights."""
+    """Base class: ``loss(model, images, target)``; ``default_bma`` says whether the method averages weights.
+
+    ``prepare(model)`` runs once, after the model is on its device and before the optimizer is built
+    (a method that trains more than the image tower, or keeps a frozen teacher, sets that up there).
+    ``step`` is the number of optimizer steps done so far; the training loop keeps it current, for
+    methods with phases. ``default_wise_ft_alphas``: the WiSE-FT grid applied after training when the
+    user gives none (empty: no interpolation). ``has_unused_parameters``: some steps leave parameters
+    without gradients (DDP must then be told to look for them).
+    """
 
     name: ClassVar[str]
     default_bma: ClassVar[bool] = False
+    default_wise_ft_alphas: ClassVar[Tuple[float, ...]] = ()
+    has_unused_parameters: ClassVar[bool] = False
 
     def __init__(self, temperature: Optional[float] = None):
         if temperature is not None and temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
+        self.step = 0
+
+    def prepare(self, model: nn.Module) -> None:
+        """Set up what the method needs besides the model's own weights (nothing by default)."""
 
     def resolve_temperature(self, model: nn.Module) -> float:
         """The method's tau, or the model's own (1 / its logit scale: 0.01 for OpenAI CLIP) when unset."""
@@ -73,7 +90,138 @@ class Clipood(Method):
         return {**super().describe(), "margin_lambda": self.margin_lambda, "adaptive_margin": self.adaptive_margin}
 
 
-METHODS: Dict[str, Type[Method]] = {m.name: m for m in (Clipood, Erm)}
+class WiseFt(Erm):
+    """WiSE-FT (Wortsman et al., CVPR 2022): fine-tune end to end (ERM), then ship
+    ``theta = (1 - alpha) theta_zeroshot + alpha theta_finetuned`` over every weight, alpha chosen on held-in
+    validation data (here the source domains' val split, from ``default_wise_ft_alphas`` or --wise-ft-alphas)."""
+
+    name = "wise_ft"
+    default_wise_ft_alphas = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+class LpFt(Method):
+    """LP-FT (Kumar et al., ICLR 2022): first linear-probe (train the head on the frozen backbone), then fine-tune all
+    parameters starting from the probed head. The head starts as the frozen class text embeddings and
+    becomes a trained parameter (``make_trainable``); the first ``lp_steps`` optimizer steps update only it
+    (the authors fit the probe by logistic regression on cached features; here it shares the run's
+    optimizer, schedule and weight decay, and the head's optimizer state carries into FT).
+
+    The text tower itself stays frozen and outside the model: after LP the head is a learned matrix, no
+    longer the text tower's output, so ``set_classes`` (re-embedding class names) would discard it. Loss:
+    cross-entropy on ``normalize(f) @ W.T / tau`` (W not renormalised: a linear head on normalised features).
+    """
+
+    name = "lp_ft"
+    has_unused_parameters = True  # the image tower gets no gradient during the LP phase
+
+    def __init__(self, temperature: Optional[float] = None, lp_steps: int = 0):
+        super().__init__(temperature)
+        if lp_steps < 0:
+            raise ConfigError(f"lp_steps must be >= 0 (optimizer steps that train only the head), got {lp_steps}")
+        self.lp_steps = lp_steps
+
+    def prepare(self, model: nn.Module) -> None:
+        model.head.make_trainable()
+
+    def loss(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.step < self.lp_steps:
+            with torch.no_grad():  # the backbone is frozen: no activations kept, no gradients
+                features = model.forward_features(images)
+        else:
+            features = model.forward_features(images)
+        logits = model.forward_head(features, pre_logits=True) @ model.head.weight.T / self.resolve_temperature(model)
+        return F.cross_entropy(logits.float(), target)
+
+    def describe(self) -> Dict[str, object]:
+        return {**super().describe(), "lp_steps": self.lp_steps}
+
+
+class Flyp(Method):
+    """FLYP (Goyal et al., CVPR 2023): "finetune like you pretrain", CLIP's contrastive loss between the batch's
+    images and the prompts of their class names, ground truth on the diagonal (duplicates are negatives, as in
+    the authors' code, which uses open_clip's ClipLoss). The text tower is locked here: see
+    losses.flyp_contrastive_loss for what that reduces to and how it differs from CE."""
+
+    name = "flyp"
+
+    def loss(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return flyp_contrastive_loss(model.forward_features(images), model.head.weight, target,
+                                     temperature=self.resolve_temperature(model))
+
+
+class CarFt(Method):
+    """CAR-FT (Mao et al., IJCV 2023): "minimizing the Kullback-Leibler Divergence (KLD) between context distributions
+    induced by original/fine-tuned CLIP models": ``CE + lambda KL(p_zs(ctx|x) || p_ft(ctx|x))``, p a softmax over
+    context prompt weights (our reading of the paper's zero-shot prompt weights: each template's text
+    embedding averaged over the class names).
+
+    ``prepare`` keeps a frozen copy of the zero-shot image tower as the teacher: one more image tower of
+    weights in memory (no optimizer state, no stored activations: its forward runs without grad), and one
+    more forward pass per step. Needs the text tower (--clip-pretrained) to embed the context prompts.
+    """
+
+    name = "car_ft"
+
+    def __init__(self, temperature: Optional[float] = None, carft_lambda: float = 1.0,
+                 context_templates: Optional[Sequence[str]] = None):
+        super().__init__(temperature)
+        if not carft_lambda >= 0:
+            raise ConfigError(f"carft_lambda must be >= 0, got {carft_lambda}")
+        self.carft_lambda = carft_lambda
+        self.context_templates = context_templates
+        self.teacher: Optional[nn.Module] = None
+        self.context: Optional[torch.Tensor] = None
+
+    def prepare(self, model: nn.Module) -> None:
+        if model.text_tower is None:
+            raise ConfigError("car_ft embeds context prompts with the text tower, and this model has none: start from "
+                              "CLIP weights (--clip-pretrained <tag>) or a model created with a text tower")
+        templates = self.context_templates or TEMPLATE_SETS["openai_imagenet"]
+        device = model.head.weight.device
+        per_template = [model.text_tower.class_embeddings(model.class_names, [t], device).mean(0) for t in templates]
+        self.context = F.normalize(torch.stack(per_template), dim=-1)
+        self.teacher = deepcopy(model.visual).requires_grad_(False).eval()
+
+    def loss(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.teacher is None:
+            raise ConfigError("car_ft: call prepare(model) before training (train.py does)")
+        tau = self.resolve_temperature(model)
+        features = model.forward_features(images)
+        with torch.no_grad():
+            teacher_features = self.teacher(images)
+        ce = mms_loss(features, model.head.weight, target, temperature=tau, margin_lambda=0.0)
+        return ce + self.carft_lambda * carft_context_kl(teacher_features, features, self.context, temperature=tau)
+
+    def describe(self) -> Dict[str, object]:
+        return {**super().describe(), "carft_lambda": self.carft_lambda,
+                "context_prompts": len(self.context) if self.context is not None else None}
+
+
+class Croft(Method):
+    """CRoFT (Zhu et al., ICML 2024): CE plus lambda times the squared gradient of the energy
+    ``mean_{b,c} exp(cos(f_b, t_c))`` with respect to a perturbation of the fine-tuned linear map, at
+    ``delta = 1e-4`` (the authors' PACS/VLCS code path; they sweep lambda in {0, 1, 10, 100, 1000}).
+    See losses.croft_energy_gradient_penalty for how the adapter's map is placed on a fully fine-tuned tower."""
+
+    name = "croft"
+
+    def __init__(self, temperature: Optional[float] = None, croft_lambda: float = 1.0):
+        super().__init__(temperature)
+        if not croft_lambda >= 0:
+            raise ConfigError(f"croft_lambda must be >= 0, got {croft_lambda}")
+        self.croft_lambda = croft_lambda
+
+    def loss(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        features = model.forward_features(images)
+        ce = mms_loss(features, model.head.weight, target, temperature=self.resolve_temperature(model),
+                      margin_lambda=0.0)
+        return ce + self.croft_lambda * croft_energy_gradient_penalty(features, model.head.weight)
+
+    def describe(self) -> Dict[str, object]:
+        return {**super().describe(), "croft_lambda": self.croft_lambda}
+
+
+METHODS: Dict[str, Type[Method]] = {m.name: m for m in (Clipood, Erm, WiseFt, LpFt, Flyp, CarFt, Croft)}
 
 
 def create_method(name: str, **kwargs: object) -> Method:

@@ -6,9 +6,11 @@ subset scored with the classifier restricted to that subset's classes, as CoCoOp
 
 A sample whose logits hold a NaN/inf is never counted correct (``topk`` ranks NaN first, so a batch of
 NaN logits would otherwise score top-5 = 100%) and is counted in ``nonfinite_logits``.
+Open-set detection (MCM and energy scores, AUROC, FPR@95TPR) is pure functions of logits and scores.
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional, Sequence
 
 import torch
@@ -84,3 +86,67 @@ class AccuracyMeter:
             if c[3] and c[5]:
                 out["hm"] = round(harmonic_mean(out["base_top1"], out["new_top1"]), 3)
         return out
+
+
+# --- open-set detection: does a sample belong to the classes the model was made for? -----------------
+OOD_SCORES = ("mcm", "energy")  # the columns of :func:`ood_scores`, higher = more in-distribution
+
+
+def mcm_score(logits: torch.Tensor) -> torch.Tensor:
+    """Maximum concept matching (Ming et al., NeurIPS 2022): ``max_c softmax(cos(x, t_c) / tau)``.
+
+    ``logits`` are the classifier's, ``exp(logit_scale) * cos`` = cos / tau with the model's tau.
+    """
+    return torch.softmax(logits.float(), dim=-1).max(dim=-1).values
+
+
+def energy_score(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """The negative free energy ``T * logsumexp(logits / T)`` (Liu et al., NeurIPS 2020): higher = in-distribution."""
+    return temperature * torch.logsumexp(logits.float() / temperature, dim=-1)
+
+
+def ood_scores(logits: torch.Tensor) -> torch.Tensor:
+    """[B, len(OOD_SCORES)]: every open-set score of each sample."""
+    return torch.stack([mcm_score(logits), energy_score(logits)], dim=1)
+
+
+def auroc(in_scores: torch.Tensor, out_scores: torch.Tensor) -> float:
+    """Area under the ROC curve of telling in- (positive) from out-of-distribution samples by score.
+
+    The Mann-Whitney form: the probability that a random in-sample scores above a random out-sample, ties
+    counting one half, computed from the average ranks of the pooled scores (O(n log n), no n x m matrix).
+    """
+    n_in, n_out = in_scores.numel(), out_scores.numel()
+    if n_in == 0 or n_out == 0:
+        return float("nan")
+    pooled = torch.cat([in_scores.flatten(), out_scores.flatten()]).double()
+    values, order = pooled.sort()
+    _, counts = torch.unique_consecutive(values, return_counts=True)
+    ends = counts.cumsum(0).double()  # 1-based rank of the last member of each tie group
+    ranks = torch.empty_like(pooled)
+    ranks[order] = (ends - (counts.double() - 1) / 2).repeat_interleave(counts)
+    u = ranks[:n_in].sum().item() - n_in * (n_in + 1) / 2
+    return u / (n_in * n_out)
+
+
+def fpr_at_tpr(in_scores: torch.Tensor, out_scores: torch.Tensor, tpr: float = 0.95) -> float:
+    """The fraction of out-samples accepted at the highest threshold that accepts at least ``tpr`` of in-samples.
+
+    A sample is accepted as in-distribution when its score is >= the threshold (ties accepted together,
+    as sklearn's ``roc_curve`` counts them); FPR@95TPR is the usual open-set number.
+    """
+    n_in = in_scores.numel()
+    if n_in == 0 or out_scores.numel() == 0:
+        return float("nan")
+    needed = math.ceil(round(tpr * n_in, 9))  # round: 0.95 * 20 is 19.000000000000004 in floating point
+    threshold = in_scores.flatten().double().sort(descending=True).values[max(needed, 1) - 1]
+    return (out_scores.flatten().double() >= threshold).double().mean().item()
+
+
+def ood_metrics(in_scores: torch.Tensor, out_scores: torch.Tensor) -> Dict[str, float]:
+    """Percent AUROC and FPR@95TPR for each score in :data:`OOD_SCORES`, from [N, k] and [M, k] score tensors."""
+    out: Dict[str, float] = {}
+    for i, name in enumerate(OOD_SCORES):
+        out[f"ood_auroc_{name}"] = round(100.0 * auroc(in_scores[:, i], out_scores[:, i]), 3)
+        out[f"ood_fpr95_{name}"] = round(100.0 * fpr_at_tpr(in_scores[:, i], out_scores[:, i]), 3)
+    return out

@@ -128,9 +128,12 @@ def test_seeds_get_their_own_folders_and_a_finished_run_needs_overwrite(shards, 
     err = exits_with(train.main, args(1), capsys)
     assert f"already holds an unfinished run (continue it with --resume {run})" in err
     (run / "checkpoint-0.pt").write_bytes(b"the replaced run's")
+    (run / train.EMA_DIR).mkdir()  # a sub-folder export of the replaced run (--export-ema), which this run lacks
+    (run / train.EMA_DIR / "model.safetensors").write_bytes(b"the replaced run's")
     again = train.main(args(1, "--overwrite"))
     assert again["output"] == first["output"] and (run / train.RESULT_NAME).exists()
     assert not (run / "checkpoint-0.pt").exists()  # nothing of the replaced run is left to be mistaken for this one
+    assert not (run / train.EMA_DIR).exists()
 
 
 @pytest.mark.parametrize("experiment", ["../../x", "..", "a/b", ""])
@@ -159,10 +162,15 @@ def test_planted_symlinks_in_the_run_folder_are_replaced_not_followed(shards, tm
         victims[name] = tmp_path / f"victim-{name}"
         victims[name].write_text("keep me\n")
         (run / name).symlink_to(victims[name])
+    victim_dir = tmp_path / "victim-dir"  # a planted link in place of the last-weights sub-folder
+    victim_dir.mkdir()
+    (run / train.LAST_DIR).symlink_to(victim_dir, target_is_directory=True)
     train.main(train_args(shards, tmp_path, "--steps", "2"))
     for name, victim in victims.items():
         assert victim.read_text() == "keep me\n", name
         assert not (run / name).is_symlink() and (run / name).is_file(), name
+    assert list(victim_dir.iterdir()) == []
+    assert not (run / train.LAST_DIR).is_symlink() and (run / train.LAST_DIR / "model.safetensors").is_file()
     assert json.loads((run / "args.json").read_text())["steps"] == 2
 
 
@@ -421,7 +429,10 @@ def test_a_finished_run_keeps_its_export_and_drops_the_resume_checkpoint(shards,
     argv = [a for a in train_args(shards, tmp_path, "--steps", "2") if a != "--keep-checkpoint"]
     train.main(argv)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
-        ".lock", "README.md", "args.json", "config.json", "model.safetensors", train.RESULT_NAME, "summary.csv"]
+        ".lock", "README.md", "args.json", "config.json", "last", "model.safetensors", train.RESULT_NAME,
+        "summary.csv"]
+    assert sorted(p.name for p in (tmp_path / "run" / "last").iterdir()) == ["README.md", "config.json",
+                                                                          "model.safetensors"]
 
 
 @pytest.mark.parametrize("validation", [True, False])

@@ -39,6 +39,17 @@ class CosineClassifierHead(nn.Module):
     def num_classes(self) -> int:
         return self.weight.shape[0]
 
+    def make_trainable(self) -> None:
+        """Turn ``weight`` from a frozen buffer into a trained parameter (LP-FT's linear probe).
+
+        The state-dict key stays ``head.weight``, so the trained head saves and loads like a frozen one.
+        Rows are no longer renormalised: the probe is a linear head on normalised image features.
+        """
+        if isinstance(self.weight, nn.Parameter):
+            return
+        weight = self._buffers.pop("weight")
+        self.weight = nn.Parameter(weight.detach().clone())
+
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = F.normalize(x, dim=-1)
         if pre_logits or self.num_classes == 0:

@@ -1,0 +1,158 @@
+"""train.py with the peer methods: WiSE-FT's exported interpolation, last weights beside the average, errors."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train
+from clipood_zoo.cli_utils import model_for_dataset
+from clipood_zoo.data import read_dataset_info
+from clipood_zoo.data.synthetic import write_synthetic_dataset
+from tests.conftest import TINY_ARCH, train_args
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("syn")
+    write_synthetic_dataset(root, per_class=4, shard_size=8)
+    return root
+
+
+def zeroshot_weights(shards):
+    """The weights a run starts from: train.py seeds, then builds the model (seed 3 in train_args)."""
+    train.reseed(3, 0, rank=0)
+    return model_for_dataset(TINY_ARCH, read_dataset_info(shards)).state_dict()
+
+
+def test_wise_ft_exports_the_interpolation_at_the_alpha_best_on_source_val(shards, tmp_path):
+    result = train.main(train_args(shards, tmp_path, "--steps", "2", "--method", "wise_ft"))
+    run = tmp_path / "run"
+    config = json.loads((run / "config.json").read_text())
+    wise = config["pretrained_cfg"]["recipe"]["wise_ft"]
+    scores = {float(a): s for a, s in wise["scores"].items()}
+    assert sorted(scores) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    alpha = wise["alpha"]
+    assert scores[alpha] == max(scores.values()) and alpha == max(a for a, s in scores.items() if s == scores[alpha])
+    assert result["wise_ft_alpha"] == alpha and config["train_results"]["wise_ft_alpha"] == alpha
+    last = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
+    zeroshot, exported = zeroshot_weights(shards), load_file(run / "model.safetensors")
+    assert not torch.equal(zeroshot["visual.conv1.weight"], last["visual.conv1.weight"])
+    for key, value in exported.items():
+        torch.testing.assert_close(value, (1 - alpha) * zeroshot[key] + alpha * last[key])
+    assert f"WiSE-FT alpha {alpha}" in (run / "README.md").read_text()
+
+
+def test_one_fixed_alpha_on_top_of_clipood_interpolates_the_bma_weights(shards, tmp_path):
+    train.main(train_args(shards, tmp_path, "--steps", "2", "--method", "clipood", "--wise-ft-alphas", "0.5"))
+    run = tmp_path / "run"
+    average = torch.load(run / "checkpoint.pt", weights_only=True)["average"]
+    zeroshot, exported = zeroshot_weights(shards), load_file(run / "model.safetensors")
+    for key, value in exported.items():
+        torch.testing.assert_close(value, 0.5 * zeroshot[key] + 0.5 * average[key])
+
+
+def test_a_run_with_a_weight_average_also_exports_its_last_weights(shards, tmp_path):
+    train.main(train_args(shards, tmp_path, "--steps", "3", "--method", "clipood"))
+    run = tmp_path / "run"
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    averaged, last = load_file(run / "model.safetensors"), load_file(run / "last" / "model.safetensors")
+    for key in checkpoint["model"]:
+        torch.testing.assert_close(last[key], checkpoint["model"][key])
+        torch.testing.assert_close(averaged[key], checkpoint["average"][key])
+    assert not torch.equal(last["visual.conv1.weight"], averaged["visual.conv1.weight"])
+    recipes = [json.loads((d / "config.json").read_text())["pretrained_cfg"]["recipe"] for d in (run, run / "last")]
+    assert [r["weight_average"] for r in recipes] == ["ModelBma", "last"]
+    assert "source_top1" in json.loads((run / "last" / "config.json").read_text())["train_results"]
+
+
+def test_lp_ft_exports_a_trained_head_that_loads_back(shards, tmp_path):
+    train.main(train_args(shards, tmp_path, "--steps", "2", "--method", "lp_ft", "--lp-steps", "1"))
+    exported = load_file(tmp_path / "run" / "model.safetensors")
+    zeroshot = zeroshot_weights(shards)
+    assert not torch.equal(exported["head.weight"], zeroshot["head.weight"])
+    model = model_for_dataset(TINY_ARCH, read_dataset_info(shards), checkpoint=str(tmp_path / "run"))
+    torch.testing.assert_close(model.head.weight, exported["head.weight"])
+    assert not isinstance(model.head.weight, torch.nn.Parameter)  # a plain frozen head again once exported
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--wise-ft-alphas", "0.5", "1.5"], "--wise-ft-alphas must lie in [0, 1]"),
+    (["--method", "car_ft"], "car_ft embeds context prompts with the text tower"),
+    (["--method", "lp_ft", "--lp-steps", "-1"], "lp_steps must be >= 0"),
+    (["--export-ema", "1.0"], "--export-ema is an EMA decay in [0, 1)"),
+    (["--export-ema", "0.9", "--model-ema"], "--export-ema keeps an EMA beside the run's average"),
+    (["--method", "wise_ft", "--val-split", "nosuch"], "WiSE-FT chooses alpha on the source domains' 'nosuch' split"),
+])
+def test_bad_peer_arguments_exit_2_with_the_reason(shards, tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as exc:
+        train.main(train_args(shards, tmp_path, "--steps", "2", *extra))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("train.py: error: ") and message in err
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_export_ema_keeps_timms_ema_beside_bma_and_last(shards, tmp_path, monkeypatch):
+    saved = []
+    real_save = train.save_checkpoint
+    monkeypatch.setattr(train, "save_checkpoint", lambda path, **kw: (saved.append(
+        (kw["step"], {k: v.clone() for k, v in kw["model"].state_dict().items()}, kw["extra"]["ema"])),
+        real_save(path, **kw)))
+    train.main(train_args(shards, tmp_path, "--steps", "2", "--method", "clipood", "--export-ema", "0.5",
+                          "--checkpoint-interval", "1"))
+    run = tmp_path / "run"
+    assert {"ema", "last"} <= {p.name for p in run.iterdir()}
+    theta = {step: weights for step, weights, _ in saved}
+    ema = load_file(run / "ema" / "model.safetensors")
+    for key in ema:  # timm's EMA with step passed starts at theta_1: ema = 0.5 theta_1 + 0.5 theta_2
+        if ema[key].is_floating_point():
+            torch.testing.assert_close(ema[key], 0.5 * theta[1][key] + 0.5 * theta[2][key])
+    recipe = json.loads((run / "ema" / "config.json").read_text())["pretrained_cfg"]["recipe"]
+    assert recipe["weight_average"] == "ModelEmaV3 (decay 0.5)"
+    assert saved[-1][2] is not None  # the EMA is checkpointed, so a resumed run continues it
+
+
+def test_two_process_ddp_lp_ft_with_wise_ft_and_ema(shards, tmp_path):
+    """The LP phase leaves the tower without gradients (DDP must look for unused parameters); WiSE-FT and the
+    extra EMA evaluate on every rank."""
+    repo = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
+           str(repo / "train.py"), *train_args(shards, tmp_path, "--steps", "3", "--method", "lp_ft", "--lp-steps", "2",
+                                               "--wise-ft-alphas", "0.5", "1", "--export-ema", "0.5")]
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    digests = dict(re.findall(r"rank (\d) final weights digest (\w+)", proc.stderr))
+    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
+    run = tmp_path / "run"
+    assert (run / "ema" / "model.safetensors").exists()
+    assert json.loads((run / "config.json").read_text())["pretrained_cfg"]["recipe"]["wise_ft"]["alpha"] in (0.5, 1.0)
+
+
+def test_resumed_run_continues_the_ema_and_interpolates_with_the_initial_weights(shards, tmp_path, monkeypatch):
+    flags = ("--steps", "4", "--method", "clipood", "--export-ema", "0.5", "--wise-ft-alphas", "0.5",
+             "--checkpoint-interval", "2")
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    train.main(train_args(shards, straight, *flags))
+    real_save = train.Run.save
+
+    def save_then_die(self):
+        real_save(self)
+        if self.step == 2:
+            raise KeyboardInterrupt  # dies after the step-2 checkpoint
+
+    monkeypatch.setattr(train.Run, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(train_args(shards, killed, *flags))
+    monkeypatch.setattr(train.Run, "save", real_save)
+    train.main(train_args(shards, killed, *flags, "--resume", str(killed / "run")))
+    for name in ("model.safetensors", "ema/model.safetensors", "last/model.safetensors"):
+        a, b = load_file(straight / "run" / name), load_file(killed / "run" / name)
+        for key, value in a.items():
+            assert torch.equal(value, b[key]), (name, key)
