@@ -60,6 +60,11 @@ def load_manifest(path: Path = MANIFEST) -> list[Package]:
                     extra={k: v for k, v in p.items() if k not in keys}) for p in data["packages"]]
 
 
+def in_version(pkg: Package, version: str) -> bool:
+    """Whether the package belongs to benchmark ``version`` (an entry without ``versions`` is in all)."""
+    return version in pkg.extra.get("versions", [version])
+
+
 def save_manifest(packages: list[Package], path: Path = MANIFEST) -> None:
     """Rewrite the manifest, keeping its comment; used once to pin new hashes (--pin)."""
     data = json.loads(path.read_text())
