@@ -375,3 +375,19 @@ def test_font_asset_renders_one_image_per_weight_in_turn(tmp_path: Path, monkeyp
     monkeypatch.setattr(render, "compose", lambda rgba, size, rng: rgba)
     assert render.render_variants(asset, 24, 3, seed=1) == [
         "fake-font-emoji-300-normal.woff", "fake-font-emoji-700-normal.woff", "fake-font-emoji-300-normal.woff"]
+
+
+def test_attribution_credits_iconify_authors_and_font_copyright(tmp_path: Path) -> None:
+    iconify, font, bare = tmp_path / "i", tmp_path / "f", tmp_path / "b"
+    for d in (iconify, font, bare):
+        d.mkdir()
+    (iconify / "info.json").write_text(json.dumps({"author": {"name": "Emoji One"}, "license": {"url": "https://cc/by"}}))
+    (font / "metadata.json").write_text(json.dumps({"license": {"type": "OFL-1.1", "url": "https://ofl",
+                                                                "attribution": "Copyright 2013 Google LLC"}}))
+    pkgs = [sources.Package(name=n, version="1", role="pretrain", styles={s: "pretrain"}, license=lic, homepage="h")
+            for n, s, lic in [("i", "mono_a", "CC-BY-4.0"), ("f", "mono_b", "OFL-1.1"), ("b", "c", "MIT")]]
+    sources.write_attribution(pkgs, {"i": iconify, "f": font, "b": bare}, tmp_path / "out")
+    lines = (tmp_path / "out" / "ATTRIBUTION.md").read_text().splitlines()
+    assert lines[2:5] == ["- mono_a: i@1 by Emoji One, licence CC-BY-4.0 (https://cc/by), h",
+                          "- mono_b: f@1 by Copyright 2013 Google LLC, licence OFL-1.1 (https://ofl), h",
+                          "- c: b@1, licence MIT, h"]
