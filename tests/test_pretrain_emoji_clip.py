@@ -453,3 +453,19 @@ def test_recipe_sets_defaults_and_explicit_flags_win():
     assert (args.captions, args.aug_shares, args.raw) == ("names", P.AUG_SHARES, str(P.RAW))  # no recipe: as before
     for recipe in P.RECIPES.values():
         P.check_aug_shares(recipe["aug_shares"], recipe["aug"])
+
+
+def test_caption_embeddings_are_cached_for_the_same_captions_only(tmp_path):
+    calls = []
+
+    def encode(texts):
+        calls.append(list(texts))
+        return torch.arange(len(texts) * 2, dtype=torch.float32).view(len(texts), 2) + len(calls)
+
+    path = tmp_path / P.CAPTION_CACHE_NAME
+    first = P.cached_caption_embeddings(path, ["a cat.", "a dog."], lambda: encode(["a cat.", "a dog."]))
+    again = P.cached_caption_embeddings(path, ["a cat.", "a dog."], lambda: encode(["a cat.", "a dog."]))
+    assert torch.equal(first, again) and len(calls) == 1  # the second slice reads them back
+    other = P.cached_caption_embeddings(path, ["a dog.", "a cat."], lambda: encode(["a dog.", "a cat."]))
+    assert len(calls) == 2 and not torch.equal(other, first)  # other captions (or order): encoded again
+    assert torch.equal(torch.load(path, weights_only=True)["embeddings"], other)

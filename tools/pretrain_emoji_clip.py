@@ -209,6 +209,24 @@ def encode_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 256) 
     return torch.cat(out)
 
 
+CAPTION_CACHE_NAME = "caption_embeddings.pt"
+
+
+def cached_caption_embeddings(path: Path, captions: Sequence[str], encode: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The locked text tower's embeddings of ``captions``, from ``path`` when it holds these very captions
+    (in order), else ``encode()``'s, then saved there atomically. Encoding v2's ~16k captions takes
+    minutes on a CPU, and every ``--resume`` slice would otherwise pay it again."""
+    if path.is_file():
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        if cached.get("captions") == list(captions):
+            return cached["embeddings"]
+    emb = encode()
+    buffer = io.BytesIO()
+    torch.save({"captions": list(captions), "embeddings": emb}, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+    return emb
+
+
 def class_embeddings(model, tokenizer, names: Sequence[str], templates: Sequence[str] = NAME_TEMPLATES) -> torch.Tensor:
     """[C, D] normalised, template-averaged class embeddings (open_clip's zero-shot recipe)."""
     emb = encode_texts(model, tokenizer, [t.format(n) for n in names for t in templates])
@@ -585,7 +603,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     caption_group = ytr if args.captions == "names" else ytr * len(meta["pretrain_styles"]) + style_tr
     t1 = time.time()
     if locked:
-        cap_repr = encode_texts(model, tokenizer, flat)  # [Ncap, 384], computed once: the text tower is locked
+        # [Ncap, 384], computed once per run: the text tower is locked, so a resumed slice reads them back
+        cap_repr = cached_caption_embeddings(out / CAPTION_CACHE_NAME, flat, lambda: encode_texts(model, tokenizer, flat))
         cls_emb = class_embeddings(model, tokenizer, names)
         nn_cos = (cls_emb @ cls_emb.T).fill_diagonal_(-1).amax(1).mean().item()
         _logger.info("encoded %d captions in %.1fs; mean nearest-class cosine %.3f", len(flat), time.time() - t1, nn_cos)
