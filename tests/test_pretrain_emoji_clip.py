@@ -375,13 +375,20 @@ def test_train_command_with_style_captions_on_a_v2_tree(tmp_path, monkeypatch, c
     with pytest.raises(SystemExit) as e:
         P.main(["train", "--raw", str(tmp_path / "nothing"), "--out", str(tmp_path / "refused")])
     assert e.value.code == 2 and f"{tmp_path / 'nothing'}/metadata.json not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        P.main([*argv, "--styles", "pa,pz", "--out", str(tmp_path / "refused")])
+    assert e.value.code == 2 and "--styles: ['pz'] not among the tree's pretraining styles ['pa', 'pb']" in (
+        capsys.readouterr().err)
     monkeypatch.setitem(P.STYLE_TEMPLATES, "pa", P.MONO_TEMPLATES)
     monkeypatch.setitem(P.STYLE_TEMPLATES, "pb", P.COLOUR_TEMPLATES)
     P.main([*argv, "--out", str(tmp_path / "run")])
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert (res["benchmark_version"], res["args"]["captions"], res["args"]["aug_shares"]) == ("v2", "style",
                                                                                             [0.3, 0.3, 0.1, 0, 0, 0])
-    assert res["zero_shot"]["mono"]["n"] == 8
+    assert res["zero_shot"]["mono"]["n"] == 8 and res["train_images"] == 16  # 2 styles x 4 classes x (3 - 1 held out)
+    P.main([*argv, "--styles", "pb", "--out", str(tmp_path / "one_style")])  # a lever run on a subset of the styles
+    res = json.loads((tmp_path / "one_style" / "results.json").read_text())
+    assert (res["pretrain_styles"], res["train_images"], res["val_images"]) == (["pb"], 8, 4)
 
 
 # --- v2 levers: style captions, augmentation shares, recipes ----------------------------------

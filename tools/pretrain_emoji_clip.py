@@ -254,6 +254,17 @@ def load_images(root: Path, dirnames: Sequence[str]) -> Tuple[torch.Tensor, torc
     return x, torch.tensor(labels), torch.tensor(renders)
 
 
+def select_styles(meta: dict, styles: Optional[Sequence[str]]) -> dict:
+    """``meta`` with its pretraining styles narrowed to ``styles`` (None: all), for lever runs on one tree;
+    ConfigError naming a style the tree does not have."""
+    if styles is None:
+        return meta
+    unknown = [s for s in styles if s not in meta["pretrain_styles"]]
+    if unknown:
+        raise ConfigError(f"--styles: {unknown} not among the tree's pretraining styles {meta['pretrain_styles']}")
+    return {**meta, "pretrain_styles": [s for s in meta["pretrain_styles"] if s in styles]}
+
+
 def load_pretrain(meta: dict, raw: Path, seed: int = 0, val_renders: int = 1):
     """Pretraining styles of the tree ``raw`` split into train / val: ``val_renders`` random renders per
     (class, style) held out. Returns (images, class, style index) for each."""
@@ -449,9 +460,10 @@ def evaluate_downstream(model, meta: dict, cls_emb: torch.Tensor, raw: Path) -> 
 
 
 # What defines a run: a --resume with other values would not continue the same schedule.
-RUN_DEFINING_ARGS = ("text", "steps", "batch_size", "lr", "wd", "warmup", "aug", "seed", "captions", "aug_shares")
+RUN_DEFINING_ARGS = ("text", "steps", "batch_size", "lr", "wd", "warmup", "aug", "seed", "captions", "aug_shares",
+                     "styles")
 # What a state saved before a run-defining flag existed was trained with.
-RUN_ARG_BEFORE_FLAG = {"captions": "names", "aug_shares": list(AUG_SHARES)}
+RUN_ARG_BEFORE_FLAG = {"captions": "names", "aug_shares": list(AUG_SHARES), "styles": None}
 STATE_NAME = "train_state.pt"
 
 
@@ -588,7 +600,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = json.loads((raw / "metadata.json").read_text())
+    meta = select_styles(json.loads((raw / "metadata.json").read_text()), args.styles)
     classes = sorted(meta["classes"], key=lambda c: c["index"])
     names = [c["name"] for c in classes]
 
@@ -789,6 +801,8 @@ def build_parser() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                    help="defaults of a benchmark version's recipe (raw tree, captions, augmentation shares, steps, "
                         "batch size, warmup, --aug); flags given explicitly win")
     t.add_argument("--raw", default=str(RAW), help="raw EmojiDG tree (tools/emojidg/build.py --out)")
+    t.add_argument("--styles", type=lambda v: tuple(v.split(",")), default=None,
+                   help="comma-separated subset of the tree's pretraining styles to train on (default: all)")
     t.add_argument("--captions", choices=["names", "style"], default="names",
                    help="names: class-name and keyword templates; style: also style words of each image's source style")
     t.add_argument("--aug-shares", type=lambda v: tuple(float(x) for x in v.split(",")), default=AUG_SHARES,
