@@ -295,6 +295,9 @@ def test_v2_sources_styles_and_unchanged_class_selection() -> None:
     assert build.pretrain_styles(pkgs, "v2") == v1_styles[1:] + ["emojione_mono", "noto_mono"]
     # ... but selects its classes with v1's styles, so both versions have the same 444 labels
     assert build.selection_styles([p for p in pkgs if sources.in_version(p, "v2")]) == v1_styles
+    openmoji = next(p for p in pkgs if p.name == "openmoji")
+    assert build.version_styles(openmoji, "v1") == {"openmoji": "pretrain", "line": "downstream"}
+    assert build.version_styles(openmoji, "v2") == {"line": "downstream"}  # metadata/attribution say what is used
     new = {p.name: p for p in pkgs}
     assert new["@fontsource/noto-emoji"].license == "OFL-1.1" and new["@fontsource/noto-emoji"].sha256 == (
         "1fe49bb2cf7c2d78f93c0a69b6a431dcfd0d585b7831eba87fae6888ccf8d373")

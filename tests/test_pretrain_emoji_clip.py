@@ -193,7 +193,7 @@ def _tiny(init_seed: int = 0):
 def _args(**kw) -> argparse.Namespace:
     base = dict(text="lit", steps=7, batch_size=4, lr=1e-3, wd=0.1, warmup=2, aug=1.0, seed=0, log_every=100,
                 val_every=100, checkpoint_every=3, resume=False, max_minutes=None, captions="names",
-                aug_shares=P.AUG_SHARES)
+                aug_shares=P.AUG_SHARES, styles=None)
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -264,10 +264,12 @@ def test_a_state_saved_before_the_caption_and_share_flags_resumes_as_names_and_d
     model, data = _tiny()
     P.train_loop(model, True, data, _args(steps=2), tmp_path)
     state = load_checkpoint(tmp_path / P.STATE_NAME)
-    for key in ("captions", "aug_shares"):
+    for key in ("captions", "aug_shares", "styles"):
         del state["run_args"][key]
     torch.save(state, tmp_path / P.STATE_NAME)
     assert P.train_loop(model, True, data, _args(steps=2, resume=True), tmp_path)["done"]  # nothing refused
+    with pytest.raises(ConfigError, match=r"'styles': \(None, \['pa'\]\)"):
+        P.train_loop(model, True, data, _args(steps=2, styles=("pa",), resume=True), tmp_path)
     with pytest.raises(ConfigError, match=r"'captions': \('names', 'style'\)"):
         P.train_loop(model, True, data, _args(steps=2, captions="style", resume=True), tmp_path)
 

@@ -16,6 +16,7 @@ Output (DomainBed-style):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing as mp
 import shutil
@@ -49,6 +50,12 @@ def _progress(it, total: int):
         return tqdm(it, total=total, desc="render", mininterval=2.0)
     except ImportError:
         return it
+
+
+def version_styles(pkg: sources.Package, version: str) -> dict[str, str]:
+    """The styles a package provides in benchmark ``version`` (style -> role): the manifest's, less the
+    pretraining styles the version drops (v2: OpenMoji colour), for the metadata and the attribution."""
+    return {s: r for s, r in pkg.styles.items() if s not in VERSIONS[version].dropped_pretrain_styles}
 
 
 def pretrain_styles(packages: list[sources.Package], version: str) -> list[str]:
@@ -124,7 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     for pkg in packages:
         sources.copy_attribution(dirs[pkg.name], args.out / "licenses" / pkg.safe_name)
-    sources.write_attribution(packages, dirs, args.out / "licenses")
+    shipped = [dataclasses.replace(p, styles=version_styles(p, version.name)) for p in packages]  # what is rendered
+    sources.write_attribution(shipped, dirs, args.out / "licenses")
 
     render_classes = list(zip(classes, dirnames))[: args.limit_classes]
     jobs = []
@@ -164,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
         "counts": {s: dict(sorted(counts[s].items())) for s in downstream + pretrain},
         "sources": [{"name": p.name, "version": p.version, "sha256": p.sha256, "license": p.license,
                      "homepage": p.homepage, "role": p.role, "styles": p.styles,
-                     "tarball_bytes": p.extra.get("tarball_bytes")} for p in packages],
+                     "tarball_bytes": p.extra.get("tarball_bytes")} for p in shipped],
     }
     (args.out / "metadata.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
 

@@ -41,7 +41,7 @@ VERSIONS: dict[str, BenchmarkVersion] = {
         why="10 renders per downstream class (9 train, 1 val) and a `test` split with all 4,440 renders of each "
             "domain, on which the held-out domain is scored; OpenMoji colour is no longer a pretraining style "
             "(same design family as the downstream `line`); monochrome emoji (EmojiOne monotone) and the "
-            "Noto Emoji outline font (5 weights) are added."),
+            "Noto Emoji monochrome font (5 weights) are added."),
 }
 DEFAULT_VERSION = "v1"
 
