@@ -374,6 +374,7 @@ def test_train_command_with_style_captions_on_a_v2_tree(tmp_path, monkeypatch, c
     with pytest.raises(SystemExit) as e:
         P.main([*argv, "--out", str(tmp_path / "refused")])
     assert e.value.code == 2 and "pretraining style 'pa' has no style words" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()  # refused before anything is written
     with pytest.raises(SystemExit) as e:
         P.main(["train", "--raw", str(tmp_path / "nothing"), "--out", str(tmp_path / "refused")])
     assert e.value.code == 2 and f"{tmp_path / 'nothing'}/metadata.json not found" in capsys.readouterr().err

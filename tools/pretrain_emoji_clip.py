@@ -142,11 +142,17 @@ def class_metadata(raw_meta: dict) -> dict:
     }
 
 
+def check_style_words(styles: Sequence[str]) -> None:
+    """ConfigError naming the first pretraining style without style words (checked before any work)."""
+    for style in styles:
+        if style not in STYLE_TEMPLATES:
+            raise ConfigError(f"pretraining style {style!r} has no style words; add it to STYLE_TEMPLATES in "
+                              "tools/pretrain_emoji_clip.py or train with --captions names")
+
+
 def style_captions(name: str, style: str) -> List[str]:
     """The style-word captions of one class in one pretraining style; ConfigError for a style without words."""
-    if style not in STYLE_TEMPLATES:
-        raise ConfigError(f"pretraining style {style!r} has no style words; add it to STYLE_TEMPLATES in "
-                          "tools/pretrain_emoji_clip.py or train with --captions names")
+    check_style_words([style])
     return [t.format(name) for t in STYLE_TEMPLATES[style]]
 
 
@@ -596,11 +602,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     if not (raw / "metadata.json").is_file():
         raise ConfigError(f"{raw}/metadata.json not found: build the raw tree first (tools/emojidg/build.py; "
                           "docs/emojidg/v2_plan.md says how for v2) or pass its folder with --raw")
+    meta = select_styles(json.loads((raw / "metadata.json").read_text()), args.styles)
+    if args.captions == "style":
+        check_style_words(meta["pretrain_styles"])
     torch.manual_seed(args.seed), random.seed(args.seed), np.random.seed(args.seed)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = select_styles(json.loads((raw / "metadata.json").read_text()), args.styles)
     classes = sorted(meta["classes"], key=lambda c: c["index"])
     names = [c["name"] for c in classes]
 
