@@ -301,6 +301,15 @@ def test_benchmark_commands_hold_no_machine_paths():
                                          results / "clipood-mono-s0.json")
     assert cmd[cmd.index("--predictions-file") + 1] == "output/results/clipood-mono-s0.predictions.json"
     assert cmd[-2:] == ["--checkpoint", "output/runs/r"] and not any(a.startswith("/") for a in cmd)
+    # v2 data: the held-out style is scored on its `test` split (every render), by validate.py and train.py
+    from emojidg.versions import held_out_split
+
+    split = held_out_split({"benchmark_version": "v2", "splits": {}})
+    test_cmd = run_benchmark.validate_command("x", None, P.REPO / "data", "mono", results / "a.json", split)
+    assert test_cmd[test_cmd.index("--split") + 1] == "test" and cmd[cmd.index("--split") + 1] == "val"
+    train_v2 = run_benchmark.train_command("erm", "mono", 0, P.REPO / "data", P.REPO / "output", split)
+    assert train_v2[-2:] == ["--eval-split", "test"]
+    assert "--eval-split" not in run_benchmark.train_command("erm", "mono", 0, P.REPO / "data", P.REPO / "output")
     # report.py finds the predictions beside the row under the name it pairs by
     assert report.RESULT_NAME.fullmatch(Path(cmd[-3]).name.removesuffix(report.PREDICTIONS_SUFFIX))["variant"] == "clipood"
 

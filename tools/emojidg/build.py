@@ -60,9 +60,8 @@ def version_styles(pkg: sources.Package, version: str) -> dict[str, str]:
 
 def pretrain_styles(packages: list[sources.Package], version: str) -> list[str]:
     """The styles benchmark ``version`` pretrains on, in manifest order."""
-    v = VERSIONS[version]
-    return [s for p in packages if sources.in_version(p, v.name)
-            for s, role in p.styles.items() if role == "pretrain" and s not in v.dropped_pretrain_styles]
+    return [s for p in packages if sources.in_version(p, version)
+            for s, role in version_styles(p, version).items() if role == "pretrain"]
 
 
 def selection_styles(packages: list[sources.Package]) -> list[str]:
