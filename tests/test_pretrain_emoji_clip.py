@@ -488,3 +488,12 @@ def test_caption_embeddings_are_cached_for_the_same_captions_only(tmp_path):
     other = P.cached_caption_embeddings(path, ["a dog.", "a cat."], lambda: encode(["a dog.", "a cat."]))
     assert len(calls) == 2 and not torch.equal(other, first)  # other captions (or order): encoded again
     assert torch.equal(torch.load(path, weights_only=True)["embeddings"], other)
+
+
+def test_device_flag_refuses_cuda_without_it_and_unknown_devices(monkeypatch):
+    assert P.resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="--device cuda:1: CUDA is not available on this machine; use --device cpu"):
+        P.resolve_device("cuda:1")
+    with pytest.raises(ConfigError, match="--device meta: use cpu, cuda or cuda:N"):
+        P.resolve_device("meta")

@@ -203,6 +203,21 @@ def create_clip(text: str = "lit", arch: str = ARCH) -> Tuple[torch.nn.Module, o
     return model, tokenizer
 
 
+def device_of(model: torch.nn.Module) -> torch.device:
+    """Where the model's weights are (``--device``): inputs are moved there, results come back to the CPU."""
+    return model.logit_scale.device
+
+
+def resolve_device(name: str) -> torch.device:
+    """``--device``: 'cpu', 'cuda' or 'cuda:N'; ConfigError when CUDA is asked for and absent."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {name}: use cpu, cuda or cuda:N")
+    return device
+
+
 @torch.no_grad()
 def encode_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
     """Normalised text embeddings [N, D]."""
@@ -210,7 +225,7 @@ def encode_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 256) 
     model.eval()
     out = []
     for i in range(0, len(texts), batch_size):
-        out.append(model.encode_text(tokenizer(list(texts[i:i + batch_size])), normalize=True))
+        out.append(model.encode_text(tokenizer(list(texts[i:i + batch_size])).to(device_of(model)), normalize=True))
     model.train(was_training)
     return torch.cat(out)
 
@@ -445,8 +460,8 @@ def zero_shot(model, x: torch.Tensor, y: torch.Tensor, cls_emb: torch.Tensor, ba
     model.eval()
     correct = []
     for i in range(0, len(x), batch_size):
-        f = model.encode_image(normalize(x[i:i + batch_size]), normalize=True)
-        correct.append((f @ cls_emb.T).argmax(-1) == y[i:i + batch_size])
+        f = model.encode_image(normalize(x[i:i + batch_size]).to(device_of(model)), normalize=True)
+        correct.append((f @ cls_emb.to(f.device).T).argmax(-1).cpu() == y[i:i + batch_size])
     model.train()
     return torch.cat(correct)
 
@@ -556,8 +571,8 @@ def train_loop(model: torch.nn.Module, locked: bool, data: PretrainData, args: a
         idx, cls = class_batch(data.labels_by_class, args.batch_size, g)
         groups = [data.captions_by_group[k] for k in data.caption_group[idx].tolist()]
         cap = torch.stack([grp[torch.randint(len(grp), (1,), generator=g)][0] for grp in groups])
-        images = augment(data.images[idx], g, strength=args.aug, shares=args.aug_shares)
-        loss = train_step(model, images, data.captions[cap], loss_fn, opt, locked)
+        images = augment(data.images[idx], g, strength=args.aug, shares=args.aug_shares).to(device_of(model))
+        loss = train_step(model, images, data.captions[cap].to(device_of(model)), loss_fn, opt, locked)
         progress["images_seen"] += len(idx)
         progress["minutes"] = minutes_before + (time.time() - t_start) / 60
         done = step == args.steps
@@ -602,6 +617,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if not (raw / "metadata.json").is_file():
         raise ConfigError(f"{raw}/metadata.json not found: build the raw tree first (tools/emojidg/build.py; "
                           "docs/emojidg/v2_plan.md says how for v2) or pass its folder with --raw")
+    device = resolve_device(args.device)
     meta = select_styles(json.loads((raw / "metadata.json").read_text()), args.styles)
     if args.captions == "style":
         check_style_words(meta["pretrain_styles"])
@@ -618,13 +634,15 @@ def cmd_train(args: argparse.Namespace) -> None:
                  len(ytr), len(yva), len(meta["pretrain_styles"]), time.time() - t0)
 
     model, tokenizer = create_clip(args.text)
+    model.to(device)
     locked = args.text == "lit"
     flat, captions_by_group = caption_table(classes, meta["pretrain_styles"], args.captions)
     caption_group = ytr if args.captions == "names" else ytr * len(meta["pretrain_styles"]) + style_tr
     t1 = time.time()
     if locked:
         # [Ncap, 384], computed once per run: the text tower is locked, so a resumed slice reads them back
-        cap_repr = cached_caption_embeddings(out / CAPTION_CACHE_NAME, flat, lambda: encode_texts(model, tokenizer, flat))
+        cap_repr = cached_caption_embeddings(out / CAPTION_CACHE_NAME, flat,
+                                             lambda: encode_texts(model, tokenizer, flat).cpu())
         cls_emb = class_embeddings(model, tokenizer, names)
         nn_cos = (cls_emb @ cls_emb.T).fill_diagonal_(-1).amax(1).mean().item()
         _logger.info("encoded %d captions in %.1fs; mean nearest-class cosine %.3f", len(flat), time.time() - t1, nn_cos)
@@ -829,6 +847,8 @@ def build_parser() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     t.add_argument("--checkpoint-every", type=int, default=250, help=f"steps between saves of --out/{STATE_NAME}")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--device", default="cpu",
+                   help="cpu, cuda or cuda:N: where the model trains (data and augmentation stay on the CPU)")
     t.add_argument("--log-every", type=int, default=50)
     t.add_argument("--val-every", type=int, default=500)
     t.add_argument("--out", default="output/pretrain_emoji_clip/lit")
