@@ -3,9 +3,10 @@
 
 LiT recipe: the text tower is a *locked*, pretrained all-MiniLM-L6-v2 (open_clip HF text tower, mean
 pooler, no projection, 384-d), so the caption embeddings are computed once and only the image tower
-and the logit scale train, with open_clip's own ``ClipLoss``. Pretraining uses the eight pretraining
-styles only (one render per (class, style) held out for validation); the downstream domains
-(3d, flat, mono, line) are read only for the final zero-shot report.
+and the logit scale train, with open_clip's own ``ClipLoss``. Pretraining uses the raw tree's
+pretraining styles only (eight in benchmark v1, nine in v2; one render per (class, style) held out for
+validation); the downstream domains (3d, flat, mono, line) are read only for the final zero-shot
+report, on all their renders.
 
 Subcommands::
 
