@@ -1,7 +1,7 @@
 """Offline unit tests of the EmojiDG raw-data builder's pure parts (no npm, no network).
 
-The SVG rasterisation test needs resvg-py (or cairosvg) and is skipped without it; the rest needs
-only numpy and Pillow.
+The SVG rasterisation test needs resvg-py (or cairosvg) and is skipped without it; the font tests need
+Pillow's FreeType support (they use the font Pillow embeds); the rest needs only numpy and Pillow.
 """
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFont, features
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
-from emojidg import assets, catalog, render, sources  # noqa: E402
+from emojidg import assets, catalog, render, sources, versions  # noqa: E402
 from emojidg.catalog import Entry  # noqa: E402
 
 HAS_RASTERISER = any(importlib.util.find_spec(m) for m in ("resvg_py", "cairosvg"))
@@ -211,17 +211,19 @@ def test_manifest_is_pinned() -> None:
 
 
 # --- shards: builders never write over existing data unless asked ------------------------------
-def _raw_tree(raw: Path) -> None:
-    """A two-class, one-domain raw tree as tools/emojidg/build.py lays it out (two renders per class)."""
+def _raw_tree(raw: Path, renders: int = 2, version: str | None = None) -> None:
+    """A two-class, one-domain raw tree as tools/emojidg/build.py lays it out (``renders`` per class);
+    ``version`` None is a tree written before versions existed (v1)."""
     classes = [{"index": i, "name": n, "dirname": n, "emoji": "", "category": "c"} for i, n in enumerate(["cat", "dog"])]
     (raw / "licenses").mkdir(parents=True)
     (raw / "licenses" / "ATTRIBUTION.md").write_text("test")
     for c in classes:
         (raw / "mono" / c["dirname"]).mkdir(parents=True)
-        for r in range(2):
+        for r in range(renders):
             Image.new("RGB", (4, 4), (40 * c["index"], r, 0)).save(raw / "mono" / c["dirname"] / f"{r}.png")
     (raw / "metadata.json").write_text(json.dumps({"classes": classes, "domains": ["mono"], "base_classes": [0],
-                                                   "new_classes": [1]}))
+                                                   "new_classes": [1],
+                                                   **({versions.VERSION_KEY: version} if version else {})}))
 
 
 def _snapshot(folder: Path) -> dict:
@@ -267,3 +269,128 @@ def test_build_refuses_an_out_that_holds_data_before_fetching_anything(tmp_path:
     assert err.startswith("build.py: error: ") and "already holds data" in err and "--overwrite" in err
     assert (tmp_path / "raw" / "mono" / "0.png").read_bytes() == b"an earlier build"
     assert not (tmp_path / "cache").exists()  # refused before fetching
+
+
+# --- benchmark versions ------------------------------------------------------------------------
+def test_versions_and_what_an_unversioned_file_is() -> None:
+    assert versions.get_version("v2").renders == 10 and versions.get_version("v1").renders == 4
+    with pytest.raises(ValueError, match=r"unknown EmojiDG benchmark version 'v3'; known: \['v1', 'v2'\]"):
+        versions.get_version("v3")
+    assert versions.version_of({}) == "v1" and versions.held_out_split({}) == "val"  # written before versions
+    assert versions.held_out_split({versions.VERSION_KEY: "v2"}) == "test"
+    (title, body), = versions.card_section("v2").items()
+    assert title == "Benchmark version" and body.startswith("EmojiDG v2. ") and "4,440" in body
+
+
+def test_v2_sources_styles_and_unchanged_class_selection() -> None:
+    from emojidg import build
+
+    pkgs = sources.load_manifest()
+    v1 = [p.name for p in pkgs if sources.in_version(p, "v1")]
+    v2 = [p.name for p in pkgs if sources.in_version(p, "v2")]
+    assert len(v1) == 11 and v2 == v1 + ["@iconify-json/emojione-monotone", "@fontsource/noto-emoji"]
+    v1_styles = ["openmoji", "noto", "twemoji", "blob", "fxemoji", "emojione", "emojione_v1", "streamline"]
+    assert build.pretrain_styles(pkgs, "v1") == v1_styles
+    # v2 drops OpenMoji colour (the downstream `line` family) and adds the monochrome sets ...
+    assert build.pretrain_styles(pkgs, "v2") == v1_styles[1:] + ["emojione_mono", "noto_mono"]
+    # ... but selects its classes with v1's styles, so both versions have the same 444 labels
+    assert build.selection_styles([p for p in pkgs if sources.in_version(p, "v2")]) == v1_styles
+    openmoji = next(p for p in pkgs if p.name == "openmoji")
+    assert build.version_styles(openmoji, "v1") == {"openmoji": "pretrain", "line": "downstream"}
+    assert build.version_styles(openmoji, "v2") == {"line": "downstream"}  # metadata/attribution say what is used
+    new = {p.name: p for p in pkgs}
+    assert new["@fontsource/noto-emoji"].license == "OFL-1.1" and new["@fontsource/noto-emoji"].sha256 == (
+        "1fe49bb2cf7c2d78f93c0a69b6a431dcfd0d585b7831eba87fae6888ccf8d373")
+
+
+@pytest.mark.parametrize("version,renders", [("v1", 4), ("v2", 10)])
+def test_build_defaults_follow_the_version(tmp_path: Path, version: str, renders: int) -> None:
+    from emojidg import build
+
+    args = build.parse_args(["--version", version, "--out", str(tmp_path / "raw")])
+    assert (args.renders, args.pretrain_renders) == (renders, renders)
+    args = build.parse_args(["--version", version, "--renders", "3", "--out", str(tmp_path / "raw")])
+    assert args.renders == 3
+
+
+@pytest.mark.parametrize("version,splits", [(None, {"train": 6, "val": 2}), ("v2", {"train": 6, "val": 2, "test": 8})])
+def test_make_shards_writes_the_versions_splits_and_records_the_version(tmp_path: Path, version, splits) -> None:
+    """v2's `test` split holds every render of every class (train and val renders); v1 has none."""
+    import tarfile as tf
+
+    from emojidg import make_shards
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    _raw_tree(raw, renders=4, version=version)
+    assert make_shards.main(["--raw", str(raw), "--out", str(out), "--shard-size", "100"]) == 0
+    info = json.loads((out / "_info.json").read_text())
+    assert info[versions.VERSION_KEY] == (version or "v1")
+    assert {k: v["num_samples"] for k, v in info["splits"].items()} == splits
+    if version == "v2":
+        with tf.open(out / "test-000000.tar") as t:
+            keys = sorted({m.name.split(".")[0] for m in t.getmembers()})
+        assert keys == sorted(f"mono-{c}-{r}" for c in ("cat", "dog") for r in range(4))
+
+
+# --- fonts (Fontsource packages: one WOFF per weight) ------------------------------------------
+HAS_FREETYPE = features.check("freetype2")
+
+
+def _fontsource_package(root: Path, weights=(300, 700)) -> Path:
+    """A Fontsource-shaped package whose 'emoji' subset is Pillow's embedded font (TrueType bytes;
+    FreeType reads TTF and WOFF alike): it draws Latin letters and no emoji."""
+    font_bytes = ImageFont.load_default(size=20).font_bytes
+    (root / "files").mkdir(parents=True)
+    (root / "metadata.json").write_text(json.dumps({"id": "fake-font"}))
+    (root / "unicode.json").write_text("{}")
+    for w in weights:
+        (root / "files" / f"fake-font-emoji-{w}-normal.woff").write_bytes(font_bytes)
+    (root / "files" / "fake-font-0-400-normal.woff").write_bytes(font_bytes)  # another subset: not used
+    return root
+
+
+@pytest.mark.skipif(not HAS_FREETYPE, reason="Pillow without FreeType")
+def test_font_loader_covers_the_glyphs_the_font_draws(tmp_path: Path) -> None:
+    pkg = _fontsource_package(tmp_path)
+    cat = [entry("a", "0041", order=0), entry("apple", "1F34E", order=1), entry("ab", "0041-0042", order=2)]
+    got = assets.load_style("noto_mono", pkg, cat)
+    assert set(got) == {"0041"}  # a missing emoji draws .notdef; two glyphs that do not ligate are not one emoji
+    kind, payload = got["0041"]
+    spec = json.loads(payload)
+    assert kind == "font" and spec["text"] == "A"
+    assert [Path(f).name for f in spec["files"]] == ["fake-font-emoji-300-normal.woff", "fake-font-emoji-700-normal.woff"]
+
+
+@pytest.mark.skipif(not HAS_FREETYPE, reason="Pillow without FreeType")
+def test_font_asset_renders_one_image_per_weight_in_turn(tmp_path: Path, monkeypatch) -> None:
+    pkg = _fontsource_package(tmp_path)
+    asset = assets.load_style("noto_mono", pkg, [entry("a", "0041")])["0041"]
+    rgbas = render.load_rgbas(asset, 32)
+    assert len(rgbas) == 2 and all(im.size == (32, 32) and im.mode == "RGBA" for im in rgbas)
+    alpha = np.asarray(rgbas[0])[..., 3]
+    assert alpha.max() == 255 and alpha[0, 0] == 0  # ink in the middle, transparent corners
+    assert np.asarray(rgbas[0])[alpha == 255][:, :3].max() == 0  # drawn black
+    a = render.render_variants(asset, 24, 3, seed=1)
+    assert len(a) == 3 and all(im.size == (24, 24) and im.mode == "RGB" for im in a)
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, render.render_variants(asset, 24, 3, seed=1)))
+    # render i uses weight i mod the number of weights
+    monkeypatch.setattr(render, "font_to_rgba", lambda file, text, size: Path(file).name)
+    monkeypatch.setattr(render, "compose", lambda rgba, size, rng: rgba)
+    assert render.render_variants(asset, 24, 3, seed=1) == [
+        "fake-font-emoji-300-normal.woff", "fake-font-emoji-700-normal.woff", "fake-font-emoji-300-normal.woff"]
+
+
+def test_attribution_credits_iconify_authors_and_font_copyright(tmp_path: Path) -> None:
+    iconify, font, bare = tmp_path / "i", tmp_path / "f", tmp_path / "b"
+    for d in (iconify, font, bare):
+        d.mkdir()
+    (iconify / "info.json").write_text(json.dumps({"author": {"name": "Emoji One"}, "license": {"url": "https://cc/by"}}))
+    (font / "metadata.json").write_text(json.dumps({"license": {"type": "OFL-1.1", "url": "https://ofl",
+                                                                "attribution": "Copyright 2013 Google LLC"}}))
+    pkgs = [sources.Package(name=n, version="1", role="pretrain", styles={s: "pretrain"}, license=lic, homepage="h")
+            for n, s, lic in [("i", "mono_a", "CC-BY-4.0"), ("f", "mono_b", "OFL-1.1"), ("b", "c", "MIT")]]
+    sources.write_attribution(pkgs, {"i": iconify, "f": font, "b": bare}, tmp_path / "out")
+    lines = (tmp_path / "out" / "ATTRIBUTION.md").read_text().splitlines()
+    assert lines[2:5] == ["- mono_a: i@1 by Emoji One, licence CC-BY-4.0 (https://cc/by), h",
+                          "- mono_b: f@1 by Copyright 2013 Google LLC, licence OFL-1.1 (https://ofl), h",
+                          "- c: b@1, licence MIT, h"]

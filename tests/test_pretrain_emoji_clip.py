@@ -186,13 +186,14 @@ def _tiny(init_seed: int = 0):
     images = torch.randint(0, 256, (24, 3, size, size), dtype=torch.uint8)
     labels = torch.arange(24) % len(NAMES)
     data = P.PretrainData(images, [(labels == c).nonzero().flatten() for c in range(len(NAMES))], cap_emb,
-                          [(owner == c).nonzero().flatten() for c in range(len(NAMES))])
+                          [(owner == c).nonzero().flatten() for c in range(len(NAMES))], labels)
     return model, data
 
 
 def _args(**kw) -> argparse.Namespace:
     base = dict(text="lit", steps=7, batch_size=4, lr=1e-3, wd=0.1, warmup=2, aug=1.0, seed=0, log_every=100,
-                val_every=100, checkpoint_every=3, resume=False, max_minutes=None)
+                val_every=100, checkpoint_every=3, resume=False, max_minutes=None, captions="names",
+                aug_shares=P.AUG_SHARES, styles=None)
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -249,9 +250,28 @@ def test_resume_refuses_other_settings_and_a_new_run_never_overwrites_one(tmp_pa
     saved = (tmp_path / P.STATE_NAME).read_bytes()
     with pytest.raises(ConfigError, match=r"other settings .*'lr': \(0.001, 0.01\)"):
         P.train_loop(model, True, data, _args(steps=2, lr=1e-2, resume=True), tmp_path)
+    with pytest.raises(ConfigError, match=r"other settings .*'captions': \('names', 'style'\)"):
+        P.train_loop(model, True, data, _args(steps=2, captions="style", resume=True), tmp_path)
+    with pytest.raises(ConfigError, match=r"'aug_shares': \(\[0.15, 0.15, 0.08, 0.06, 0.04, 0.07\], \[0.3,"):
+        P.train_loop(model, True, data, _args(steps=2, aug_shares=(0.3, 0.15, 0.08, 0.06, 0.04, 0.07), resume=True),
+                     tmp_path)
     with pytest.raises(ConfigError, match="already holds a run .*--resume"):
         P.train_loop(model, True, data, _args(steps=2), tmp_path)
     assert (tmp_path / P.STATE_NAME).read_bytes() == saved
+
+
+def test_a_state_saved_before_the_caption_and_share_flags_resumes_as_names_and_default_shares(tmp_path):
+    model, data = _tiny()
+    P.train_loop(model, True, data, _args(steps=2), tmp_path)
+    state = load_checkpoint(tmp_path / P.STATE_NAME)
+    for key in ("captions", "aug_shares", "styles"):
+        del state["run_args"][key]
+    torch.save(state, tmp_path / P.STATE_NAME)
+    assert P.train_loop(model, True, data, _args(steps=2, resume=True), tmp_path)["done"]  # nothing refused
+    with pytest.raises(ConfigError, match=r"'styles': \(None, \['pa'\]\)"):
+        P.train_loop(model, True, data, _args(steps=2, styles=("pa",), resume=True), tmp_path)
+    with pytest.raises(ConfigError, match=r"'captions': \('names', 'style'\)"):
+        P.train_loop(model, True, data, _args(steps=2, captions="style", resume=True), tmp_path)
 
 
 def test_learning_rate_is_warmup_then_cosine_of_the_step_alone():
@@ -281,6 +301,15 @@ def test_benchmark_commands_hold_no_machine_paths():
                                          results / "clipood-mono-s0.json")
     assert cmd[cmd.index("--predictions-file") + 1] == "output/results/clipood-mono-s0.predictions.json"
     assert cmd[-2:] == ["--checkpoint", "output/runs/r"] and not any(a.startswith("/") for a in cmd)
+    # v2 data: the held-out style is scored on its `test` split (every render), by validate.py and train.py
+    from emojidg.versions import held_out_split
+
+    split = held_out_split({"benchmark_version": "v2", "splits": {}})
+    test_cmd = run_benchmark.validate_command("x", None, P.REPO / "data", "mono", results / "a.json", split)
+    assert test_cmd[test_cmd.index("--split") + 1] == "test" and cmd[cmd.index("--split") + 1] == "val"
+    train_v2 = run_benchmark.train_command("erm", "mono", 0, P.REPO / "data", P.REPO / "output", split)
+    assert train_v2[-2:] == ["--eval-split", "test"]
+    assert "--eval-split" not in run_benchmark.train_command("erm", "mono", 0, P.REPO / "data", P.REPO / "output")
     # report.py finds the predictions beside the row under the name it pairs by
     assert report.RESULT_NAME.fullmatch(Path(cmd[-3]).name.removesuffix(report.PREDICTIONS_SUFFIX))["variant"] == "clipood"
 
@@ -299,12 +328,11 @@ def test_committed_model_cards_hold_commands_that_run_from_a_clone(card):
     assert not [s for s in re.findall(r"(?<!`)`([^`\n]+)`(?!`)", text) if s.startswith(("/", "~"))]
 
 
-def test_train_command_runs_in_slices_from_a_raw_tree(tmp_path, monkeypatch, capsys):
-    """The CLI end to end on a 4-class raw tree (scratch text tower: offline): a slice that spends its
-    --max-minutes at once, a refused new run into the same --out, then --resume to the end."""
+def _raw_tree(raw: Path, version: str | None = None) -> None:
+    """A 4-class raw tree: two pretraining styles (pa, pb; 3 renders) and one downstream domain (2 renders)."""
     from PIL import Image
 
-    raw, rng = tmp_path / "raw", np.random.default_rng(0)
+    rng = np.random.default_rng(0)
     classes = [{"index": i, "name": n, "dirname": n, "keywords": []} for i, n in enumerate(NAMES[:4])]
     for folder, renders in [(f"pretrain/{s}", 3) for s in ("pa", "pb")] + [("mono", 2)]:
         for c in classes:
@@ -312,10 +340,22 @@ def test_train_command_runs_in_slices_from_a_raw_tree(tmp_path, monkeypatch, cap
             for r in range(renders):
                 Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(raw / folder / c["dirname"] / f"{r}.png")
     (raw / "metadata.json").write_text(json.dumps({"classes": classes, "pretrain_styles": ["pa", "pb"],
-                                                   "domains": ["mono"], "base_classes": [0, 1], "new_classes": [2, 3]}))
-    monkeypatch.setattr(P, "RAW", raw)
+                                                   "domains": ["mono"], "base_classes": [0, 1], "new_classes": [2, 3],
+                                                   **({"benchmark_version": version} if version else {})}))
+
+
+@pytest.fixture
+def small_scratch(monkeypatch):
     monkeypatch.setattr(P, "SCRATCH_TEXT_CFG", {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
                                                 "layers": 1})  # small and fast; the tool's own is 18.7M parameters
+
+
+def test_train_command_runs_in_slices_from_a_raw_tree(tmp_path, monkeypatch, capsys, small_scratch):
+    """The CLI end to end on a 4-class raw tree (scratch text tower: offline): a slice that spends its
+    --max-minutes at once, a refused new run into the same --out, then --resume to the end."""
+    raw = tmp_path / "raw"
+    _raw_tree(raw)
+    monkeypatch.setattr(P, "RAW", raw)
     out = tmp_path / "run"
     argv = ["train", "--text", "scratch", "--steps", "3", "--batch-size", "4", "--warmup", "1", "--out", str(out)]
     monkeypatch.setattr(sys, "argv", ["tools/pretrain_emoji_clip.py", *argv, "--max-minutes", "1e-9"])
@@ -330,3 +370,130 @@ def test_train_command_runs_in_slices_from_a_raw_tree(tmp_path, monkeypatch, cap
     assert (res["steps"], res["images_seen"]) == (3, 12) and res["zero_shot"]["mono"]["n"] == 8
     assert res["command"] == shlex.join(["python", "tools/pretrain_emoji_clip.py", *argv])  # no slice flags
     assert set(torch.load(out / "checkpoint.pt", weights_only=True)) >= {"visual", "class_embeddings", "text"}
+    assert (res["benchmark_version"], res["args"]["captions"], res["pretrain_styles"]) == ("v1", "names", ["pa", "pb"])
+
+
+def test_train_command_with_style_captions_on_a_v2_tree(tmp_path, monkeypatch, capsys, small_scratch):
+    """--captions style needs words for every pretraining style (exit 2 naming the style otherwise),
+    then trains and records the tree's benchmark version; a missing --raw tree is a clear error too."""
+    raw = tmp_path / "raw_v2"
+    _raw_tree(raw, version="v2")
+    argv = ["train", "--text", "scratch", "--steps", "2", "--batch-size", "4", "--warmup", "1", "--raw", str(raw),
+            "--captions", "style", "--aug-shares", "0.3,0.3,0.1,0,0,0"]
+    with pytest.raises(SystemExit) as e:
+        P.main([*argv, "--out", str(tmp_path / "refused")])
+    assert e.value.code == 2 and "pretraining style 'pa' has no style words" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()  # refused before anything is written
+    with pytest.raises(SystemExit) as e:
+        P.main(["train", "--raw", str(tmp_path / "nothing"), "--out", str(tmp_path / "refused")])
+    assert e.value.code == 2 and f"{tmp_path / 'nothing'}/metadata.json not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        P.main([*argv, "--styles", "pa,pz", "--out", str(tmp_path / "refused")])
+    assert e.value.code == 2 and "--styles: ['pz'] not among the tree's pretraining styles ['pa', 'pb']" in (
+        capsys.readouterr().err)
+    monkeypatch.setitem(P.STYLE_TEMPLATES, "pa", P.MONO_TEMPLATES)
+    monkeypatch.setitem(P.STYLE_TEMPLATES, "pb", P.COLOUR_TEMPLATES)
+    P.main([*argv, "--out", str(tmp_path / "run")])
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert (res["benchmark_version"], res["args"]["captions"], res["args"]["aug_shares"]) == ("v2", "style",
+                                                                                            [0.3, 0.3, 0.1, 0, 0, 0])
+    assert res["zero_shot"]["mono"]["n"] == 8 and res["train_images"] == 16  # 2 styles x 4 classes x (3 - 1 held out)
+    P.main([*argv, "--styles", "pb", "--out", str(tmp_path / "one_style")])  # a lever run on a subset of the styles
+    res = json.loads((tmp_path / "one_style" / "results.json").read_text())
+    assert (res["pretrain_styles"], res["train_images"], res["val_images"]) == (["pb"], 8, 4)
+
+
+# --- v2 levers: style captions, augmentation shares, recipes ----------------------------------
+def test_caption_table_names_mode_is_the_class_captions():
+    classes = [{"name": "red apple", "keywords": ["fruit"]}, {"name": "cat", "keywords": []}]
+    captions, groups = P.caption_table(classes, ["noto", "noto_mono"], "names")
+    assert len(groups) == 2
+    assert [captions[i] for i in groups[0].tolist()] == P.class_captions("red apple", ["fruit"])
+    assert [captions[i] for i in groups[1].tolist()] == P.class_captions("cat")
+
+
+def test_caption_table_style_mode_names_the_source_style_about_half_the_time():
+    classes = [{"name": "red apple", "keywords": ["fruit"]}, {"name": "cat", "keywords": []}]
+    styles = ["noto", "noto_mono", "emojione_mono"]
+    captions, groups = P.caption_table(classes, styles, "style")
+    assert len(captions) == len(set(captions))  # each caption encoded once
+    assert len(groups) == 2 * 3
+    cat_mono = [captions[i] for i in groups[1 * 3 + 2].tolist()]  # class 1 (cat), style 2 (emojione_mono)
+    names = P.class_captions("cat")
+    assert cat_mono[: len(names)] == names
+    words = cat_mono[len(names):]
+    assert set(words) == {t.format("cat") for t in P.MONO_TEMPLATES} and "a monochrome icon of a cat." in words
+    assert len(words) == len(names)  # 3 style captions repeated to match the 6 name captions
+    apple_line = {captions[i] for i in groups[0 * 3 + 1].tolist()}
+    assert "a black and white line drawing of a red apple." in apple_line
+    assert not apple_line & {t.format("red apple") for t in P.COLOUR_TEMPLATES}
+
+
+def test_style_captions_refuse_a_style_without_words():
+    with pytest.raises(ConfigError, match="pretraining style 'sketchy' has no style words; add it to STYLE_TEMPLATES"):
+        P.caption_table([{"name": "cat"}], ["sketchy"], "style")
+    assert P.caption_table([{"name": "cat"}], ["sketchy"], "names")[0] == P.class_captions("cat")
+
+
+def test_every_v2_pretraining_style_has_style_words():
+    from emojidg import build, sources
+
+    assert set(build.pretrain_styles(sources.load_manifest(), "v2")) <= set(P.STYLE_TEMPLATES)
+
+
+@pytest.mark.parametrize("shares,strength", [((0.5,) * 5, 1.0), ((-0.1, 0, 0, 0, 0, 0), 1.0), ((0.5, 0.5, 0.5, 0, 0, 0), 0.7)])
+def test_aug_shares_are_checked(shares, strength):
+    with pytest.raises(ConfigError, match="--aug-shares needs 6 non-negative shares"):
+        P.check_aug_shares(shares, strength)
+
+
+def test_aug_shares_decide_the_style_op():
+    x = torch.randint(0, 256, (32, 3, 40, 40), dtype=torch.uint8)
+    grey = P.augment(x, torch.Generator().manual_seed(0), shares=(1, 0, 0, 0, 0, 0)) * P._STD + P._MEAN
+    assert torch.allclose(grey[:, 0], grey[:, 1], atol=1e-5) and torch.allclose(grey[:, 1], grey[:, 2], atol=1e-5)
+    none = P.augment(x, torch.Generator().manual_seed(0), shares=(0,) * 6) * P._STD + P._MEAN
+    colour = (none[:, 0] - none[:, 1]).abs().flatten(1).amax(1) > 0.05
+    assert colour.all()  # random colour images stay colour without a style op
+    # the default shares are today's, so a v1 run draws the same augmentations as before the flag
+    assert torch.equal(P.augment(x, torch.Generator().manual_seed(3)),
+                       P.augment(x, torch.Generator().manual_seed(3), shares=(0.15, 0.15, 0.08, 0.06, 0.04, 0.07)))
+
+
+def test_recipe_sets_defaults_and_explicit_flags_win():
+    p, t = P.build_parser()
+    args = P.parse_with_recipe(p, t, ["train", "--recipe", "v2", "--out", "o"])
+    assert (args.captions, args.aug_shares, args.steps, args.batch_size) == ("style", (0.2, 0.25, 0.1, 0.06, 0.04, 0.07),
+                                                                              30000, 128)
+    assert args.raw == str(P.REPO / "data" / "emojidg_v2_raw")
+    args = P.parse_with_recipe(*P.build_parser(), ["train", "--recipe", "v2", "--steps", "10", "--captions", "names",
+                                                   "--aug-shares", "0.1,0.1,0,0,0,0"])
+    assert (args.steps, args.captions, args.aug_shares) == (10, "names", (0.1, 0.1, 0.0, 0.0, 0.0, 0.0))
+    args = P.parse_with_recipe(*P.build_parser(), ["train"])
+    assert (args.captions, args.aug_shares, args.raw) == ("names", P.AUG_SHARES, str(P.RAW))  # no recipe: as before
+    for recipe in P.RECIPES.values():
+        P.check_aug_shares(recipe["aug_shares"], recipe["aug"])
+
+
+def test_caption_embeddings_are_cached_for_the_same_captions_only(tmp_path):
+    calls = []
+
+    def encode(texts):
+        calls.append(list(texts))
+        return torch.arange(len(texts) * 2, dtype=torch.float32).view(len(texts), 2) + len(calls)
+
+    path = tmp_path / P.CAPTION_CACHE_NAME
+    first = P.cached_caption_embeddings(path, ["a cat.", "a dog."], lambda: encode(["a cat.", "a dog."]))
+    again = P.cached_caption_embeddings(path, ["a cat.", "a dog."], lambda: encode(["a cat.", "a dog."]))
+    assert torch.equal(first, again) and len(calls) == 1  # the second slice reads them back
+    other = P.cached_caption_embeddings(path, ["a dog.", "a cat."], lambda: encode(["a dog.", "a cat."]))
+    assert len(calls) == 2 and not torch.equal(other, first)  # other captions (or order): encoded again
+    assert torch.equal(torch.load(path, weights_only=True)["embeddings"], other)
+
+
+def test_device_flag_refuses_cuda_without_it_and_unknown_devices(monkeypatch):
+    assert P.resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="--device cuda:1: CUDA is not available on this machine; use --device cpu"):
+        P.resolve_device("cuda:1")
+    with pytest.raises(ConfigError, match="--device meta: use cpu, cuda or cuda:N"):
+        P.resolve_device("meta")

@@ -3,9 +3,10 @@
 
 LiT recipe: the text tower is a *locked*, pretrained all-MiniLM-L6-v2 (open_clip HF text tower, mean
 pooler, no projection, 384-d), so the caption embeddings are computed once and only the image tower
-and the logit scale train, with open_clip's own ``ClipLoss``. Pretraining uses the eight pretraining
-styles only (one render per (class, style) held out for validation); the downstream domains
-(3d, flat, mono, line) are read only for the final zero-shot report.
+and the logit scale train, with open_clip's own ``ClipLoss``. Pretraining uses the raw tree's
+pretraining styles only (eight in benchmark v1, nine in v2; one render per (class, style) held out for
+validation); the downstream domains (3d, flat, mono, line) are read only for the final zero-shot
+report, on all their renders.
 
 Subcommands::
 
@@ -14,6 +15,12 @@ Subcommands::
     python tools/pretrain_emoji_clip.py train --text lit --steps 30000 --max-minutes 50 --out ... [--resume]
     python tools/pretrain_emoji_clip.py train --text scratch --steps 600 --out output/pretrain_emoji_clip/scratch
     python tools/pretrain_emoji_clip.py export --run output/pretrain_emoji_clip/lit --out weights/clip_vitt_emoji
+    python tools/pretrain_emoji_clip.py train --recipe v2 --max-minutes 50 --out output/pretrain_emoji_clip/v2 [--resume]
+
+``--recipe`` sets the defaults of a benchmark version's recipe (:data:`RECIPES`: raw tree, captions,
+augmentation shares, steps, batch); a flag given on the command line wins over it. ``--captions style``
+adds style words keyed by each image's source style ("a monochrome icon of a {}.") to the class-name
+captions; ``--aug-shares`` sets how often each style op of :func:`augment` is drawn.
 
 Long runs go in slices: ``--max-minutes`` saves the state and stops, the same command with
 ``--resume`` continues it (state every ``--checkpoint-every`` steps too, so a killed run loses little),
@@ -60,6 +67,7 @@ from clipood_zoo.checkpoint import load_checkpoint, save_checkpoint  # noqa: E40
 from clipood_zoo.errors import ClipoodError, ConfigError  # noqa: E402
 from clipood_zoo.fileio import write_bytes_atomic, write_text_atomic  # noqa: E402
 from emojidg.paths import portable_command  # noqa: E402
+from emojidg.versions import VERSION_KEY, card_section, version_of  # noqa: E402
 from clipood_zoo.models.text_towers import create_clip as create_hf_clip  # noqa: E402
 
 _logger = logging.getLogger("pretrain_emoji_clip")
@@ -79,6 +87,29 @@ NAME_TEMPLATES = (
 )
 # Extra training captions that also use the class keywords (catalogue metadata, not images).
 KEYWORD_TEMPLATES = ("an emoji of a {}, {}.", "a {} icon: {}.")
+# Style words of the training captions (``--captions style``), keyed by the pretraining style an image
+# comes from: the locked text tower already knows "monochrome" and "line drawing", so the image tower
+# is taught where those words point. Every pretraining style needs an entry (an unknown one is refused).
+COLOUR_TEMPLATES = ("a colour emoji of a {}.", "a colourful cartoon icon of a {}.", "a colour drawing of a {}.")
+MONO_TEMPLATES = ("a monochrome icon of a {}.", "a black and white icon of a {}.", "a black silhouette of a {}.")
+MONO_LINE_TEMPLATES = ("a black and white line drawing of a {}.", "a monochrome emoji of a {}.",
+                       "a black and white drawing of a {}.")
+STYLE_TEMPLATES = {
+    **{style: COLOUR_TEMPLATES for style in ("openmoji", "noto", "twemoji", "blob", "fxemoji", "emojione",
+                                            "emojione_v1", "streamline")},
+    "emojione_mono": MONO_TEMPLATES,
+    "noto_mono": MONO_LINE_TEMPLATES,
+}
+# Shares of augment()'s style ops, in order: greyscale, outline, silhouette, posterize, solarize, channel shuffle.
+AUG_OPS = ("grey", "outline", "silhouette", "posterize", "solarize", "shuffle")
+AUG_SHARES = (0.15, 0.15, 0.08, 0.06, 0.04, 0.07)
+# Benchmark versions' recipes: defaults of `train` that --recipe sets (flags on the command line win).
+RECIPES = {
+    "v1": {"raw": str(RAW), "captions": "names", "aug_shares": AUG_SHARES, "steps": 5000,
+           "batch_size": 128, "warmup": 200, "aug": 0.7},
+    "v2": {"raw": str(REPO / "data" / "emojidg_v2_raw"), "captions": "style", "aug_shares": (0.2, 0.25, 0.1, 0.06, 0.04, 0.07),
+           "steps": 30000, "batch_size": 128, "warmup": 500, "aug": 0.7},
+}
 # A text tower trained from scratch for the comparison: a small open_clip text transformer.
 SCRATCH_TEXT_CFG = {"context_length": 32, "vocab_size": 49408, "width": 256, "heads": 4, "layers": 4}
 
@@ -112,6 +143,40 @@ def class_metadata(raw_meta: dict) -> dict:
     }
 
 
+def check_style_words(styles: Sequence[str]) -> None:
+    """ConfigError naming the first pretraining style without style words (checked before any work)."""
+    for style in styles:
+        if style not in STYLE_TEMPLATES:
+            raise ConfigError(f"pretraining style {style!r} has no style words; add it to STYLE_TEMPLATES in "
+                              "tools/pretrain_emoji_clip.py or train with --captions names")
+
+
+def style_captions(name: str, style: str) -> List[str]:
+    """The style-word captions of one class in one pretraining style; ConfigError for a style without words."""
+    check_style_words([style])
+    return [t.format(name) for t in STYLE_TEMPLATES[style]]
+
+
+def caption_table(classes: Sequence[dict], styles: Sequence[str], mode: str) -> Tuple[List[str], List[torch.Tensor]]:
+    """(unique captions, caption indices per group). A group is a class (``names``) or a (class, style)
+    pair, numbered ``class * len(styles) + style`` (``style``): its class-name captions plus its style
+    words, the latter repeated to be about half of the draws so the style is named as often as not."""
+    captions: List[str] = []
+    groups: List[torch.Tensor] = []
+    for c in classes:
+        own = list(range(len(captions), len(captions) + len(names := class_captions(c["name"], c.get("keywords", [])))))
+        captions += names
+        if mode == "names":
+            groups.append(torch.tensor(own))
+            continue
+        for style in styles:
+            words = style_captions(c["name"], style)
+            idx = list(range(len(captions), len(captions) + len(words)))
+            captions += words
+            groups.append(torch.tensor(own + idx * max(1, round(len(own) / len(idx)))))
+    return captions, groups
+
+
 def class_captions(name: str, keywords: Sequence[str] = (), max_keywords: int = 3) -> List[str]:
     """Training captions of one class: every name template, plus keyword captions."""
     caps = [t.format(name) for t in NAME_TEMPLATES]
@@ -139,6 +204,21 @@ def create_clip(text: str = "lit", arch: str = ARCH) -> Tuple[torch.nn.Module, o
     return model, tokenizer
 
 
+def device_of(model: torch.nn.Module) -> torch.device:
+    """Where the model's weights are (``--device``): inputs are moved there, results come back to the CPU."""
+    return model.logit_scale.device
+
+
+def resolve_device(name: str) -> torch.device:
+    """``--device``: 'cpu', 'cuda' or 'cuda:N'; ConfigError when CUDA is asked for and absent."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {name}: use cpu, cuda or cuda:N")
+    return device
+
+
 @torch.no_grad()
 def encode_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
     """Normalised text embeddings [N, D]."""
@@ -146,9 +226,27 @@ def encode_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 256) 
     model.eval()
     out = []
     for i in range(0, len(texts), batch_size):
-        out.append(model.encode_text(tokenizer(list(texts[i:i + batch_size])), normalize=True))
+        out.append(model.encode_text(tokenizer(list(texts[i:i + batch_size])).to(device_of(model)), normalize=True))
     model.train(was_training)
     return torch.cat(out)
+
+
+CAPTION_CACHE_NAME = "caption_embeddings.pt"
+
+
+def cached_caption_embeddings(path: Path, captions: Sequence[str], encode: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The locked text tower's embeddings of ``captions``, from ``path`` when it holds these very captions
+    (in order), else ``encode()``'s, then saved there atomically. Encoding v2's ~16k captions takes
+    minutes on a CPU, and every ``--resume`` slice would otherwise pay it again."""
+    if path.is_file():
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        if cached.get("captions") == list(captions):
+            return cached["embeddings"]
+    emb = encode()
+    buffer = io.BytesIO()
+    torch.save({"captions": list(captions), "embeddings": emb}, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+    return emb
 
 
 def class_embeddings(model, tokenizer, names: Sequence[str], templates: Sequence[str] = NAME_TEMPLATES) -> torch.Tensor:
@@ -178,13 +276,25 @@ def load_images(root: Path, dirnames: Sequence[str]) -> Tuple[torch.Tensor, torc
     return x, torch.tensor(labels), torch.tensor(renders)
 
 
-def load_pretrain(meta: dict, seed: int = 0, val_renders: int = 1):
-    """Pretraining styles split into train / val: ``val_renders`` random renders per (class, style) held out."""
+def select_styles(meta: dict, styles: Optional[Sequence[str]]) -> dict:
+    """``meta`` with its pretraining styles narrowed to ``styles`` (None: all), for lever runs on one tree;
+    ConfigError naming a style the tree does not have."""
+    if styles is None:
+        return meta
+    unknown = [s for s in styles if s not in meta["pretrain_styles"]]
+    if unknown:
+        raise ConfigError(f"--styles: {unknown} not among the tree's pretraining styles {meta['pretrain_styles']}")
+    return {**meta, "pretrain_styles": [s for s in meta["pretrain_styles"] if s in styles]}
+
+
+def load_pretrain(meta: dict, raw: Path, seed: int = 0, val_renders: int = 1):
+    """Pretraining styles of the tree ``raw`` split into train / val: ``val_renders`` random renders per
+    (class, style) held out. Returns (images, class, style index) for each."""
     dirnames = [c["dirname"] for c in sorted(meta["classes"], key=lambda c: c["index"])]
     xs, ys, ss, val = [], [], [], []
     rng = random.Random(f"{seed}:val")
     for si, style in enumerate(meta["pretrain_styles"]):
-        x, y, r = load_images(RAW / "pretrain" / style, dirnames)
+        x, y, r = load_images(raw / "pretrain" / style, dirnames)
         held = torch.zeros(len(y), dtype=torch.bool)
         for c in torch.unique(y).tolist():
             idx = (y == c).nonzero().flatten().tolist()
@@ -226,13 +336,24 @@ def _edges(x: torch.Tensor) -> torch.Tensor:
     return mag / mag.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
 
 
-def augment(x: torch.Tensor, g: torch.Generator, out_size: Optional[int] = None, strength: float = 1.0) -> torch.Tensor:
+def check_aug_shares(shares: Sequence[float], strength: float = 1.0) -> Tuple[float, ...]:
+    """One non-negative share per style op of :data:`AUG_OPS`, at most 1 in all once scaled by ``strength``."""
+    shares = tuple(float(v) for v in shares)
+    if len(shares) != len(AUG_OPS) or min(shares) < 0 or sum(shares) * strength > 1 + 1e-9:
+        raise ConfigError(f"--aug-shares needs {len(AUG_OPS)} non-negative shares ({', '.join(AUG_OPS)}) whose sum "
+                          f"times --aug ({strength}) is at most 1, got {list(shares)}")
+    return shares
+
+
+def augment(x: torch.Tensor, g: torch.Generator, out_size: Optional[int] = None, strength: float = 1.0,
+            shares: Sequence[float] = AUG_SHARES) -> torch.Tensor:
     """Strong, batched augmentation of uint8 images [B,3,H,W] -> normalised float [B,3,S,S].
 
     Random resized crop + small rotation + flip (one affine ``grid_sample``), colour jitter
     (brightness, contrast, saturation, hue rotation), then at most one style op per image:
     greyscale, outline (Sobel edges drawn dark on a random flat colour), silhouette
-    (2-level posterize of the luminance with random colours), posterize, solarize, channel shuffle.
+    (2-level posterize of the luminance with random colours), posterize, solarize, channel shuffle,
+    drawn with probabilities ``shares`` x ``strength`` (:data:`AUG_OPS` order).
     """
     b, _, h, w = x.shape
     s = out_size or h
@@ -264,7 +385,7 @@ def augment(x: torch.Tensor, g: torch.Generator, out_size: Optional[int] = None,
     # --- one style op per image
     u = torch.rand(b, generator=g)
     ops = torch.full((b,), -1, dtype=torch.long)
-    probs = torch.tensor([0.15, 0.15, 0.08, 0.06, 0.04, 0.07]) * strength  # grey, outline, silhouette, poster, solar, shuffle
+    probs = torch.tensor(check_aug_shares(shares, strength)) * strength
     cum = probs.cumsum(0)
     for i in range(len(probs) - 1, -1, -1):
         ops[u < cum[i]] = i
@@ -340,19 +461,20 @@ def zero_shot(model, x: torch.Tensor, y: torch.Tensor, cls_emb: torch.Tensor, ba
     model.eval()
     correct = []
     for i in range(0, len(x), batch_size):
-        f = model.encode_image(normalize(x[i:i + batch_size]), normalize=True)
-        correct.append((f @ cls_emb.T).argmax(-1) == y[i:i + batch_size])
+        f = model.encode_image(normalize(x[i:i + batch_size]).to(device_of(model)), normalize=True)
+        correct.append((f @ cls_emb.to(f.device).T).argmax(-1).cpu() == y[i:i + batch_size])
     model.train()
     return torch.cat(correct)
 
 
-def evaluate_downstream(model, meta: dict, cls_emb: torch.Tensor) -> Dict[str, Dict[str, float]]:
+def evaluate_downstream(model, meta: dict, cls_emb: torch.Tensor, raw: Path) -> Dict[str, Dict[str, float]]:
+    """Zero-shot top-1 on every render of each downstream domain of ``raw`` (all, base, new classes)."""
     dirnames = [c["dirname"] for c in sorted(meta["classes"], key=lambda c: c["index"])]
     base = torch.zeros(len(dirnames), dtype=torch.bool)
     base[meta["base_classes"]] = True
     table = {}
     for dom in meta["domains"]:
-        x, y, _ = load_images(RAW / dom, dirnames)
+        x, y, _ = load_images(raw / dom, dirnames)
         c = zero_shot(model, x, y, cls_emb).float()
         table[dom] = {"all": 100 * c.mean().item(), "base": 100 * c[base[y]].mean().item(),
                       "new": 100 * c[~base[y]].mean().item(), "n": len(y)}
@@ -360,18 +482,32 @@ def evaluate_downstream(model, meta: dict, cls_emb: torch.Tensor) -> Dict[str, D
 
 
 # What defines a run: a --resume with other values would not continue the same schedule.
-RUN_DEFINING_ARGS = ("text", "steps", "batch_size", "lr", "wd", "warmup", "aug", "seed")
+RUN_DEFINING_ARGS = ("text", "steps", "batch_size", "lr", "wd", "warmup", "aug", "seed", "captions", "aug_shares",
+                     "styles")
+# What a state saved before a run-defining flag existed was trained with.
+RUN_ARG_BEFORE_FLAG = {"captions": "names", "aug_shares": list(AUG_SHARES), "styles": None}
 STATE_NAME = "train_state.pt"
 
 
 @dataclass
 class PretrainData:
-    """What the loop samples from: uint8 images, their indices per class, and captions per class."""
+    """What the loop samples from: uint8 images, their indices per class, captions and caption groups.
+
+    An image's caption is drawn from group ``caption_group[i]`` (its class, or its (class, style) pair
+    with style captions: see :func:`caption_table`).
+    """
 
     images: torch.Tensor            # uint8 [N, 3, H, W]
     labels_by_class: List[torch.Tensor]
     captions: torch.Tensor          # caption embeddings (locked text tower) or token ids (scratch) [Ncap, ...]
-    captions_by_class: List[torch.Tensor]
+    captions_by_group: List[torch.Tensor]
+    caption_group: torch.Tensor     # [N] group of each image
+
+
+def run_arg(args: argparse.Namespace, name: str):
+    """A run-defining argument as the state stores it (JSON-like: tuples become lists)."""
+    value = getattr(args, name)
+    return list(value) if isinstance(value, tuple) else value
 
 
 def lr_at(step: int, args: argparse.Namespace) -> float:
@@ -401,8 +537,8 @@ def train_loop(model: torch.nn.Module, locked: bool, data: PretrainData, args: a
     progress = {"step": 0, "images_seen": 0, "minutes": 0.0, "log": []}
     if args.resume:
         state = load_checkpoint(state_path)
-        changed = {k: (state["run_args"][k], getattr(args, k)) for k in RUN_DEFINING_ARGS
-                   if state["run_args"][k] != getattr(args, k)}
+        was = {**RUN_ARG_BEFORE_FLAG, **state["run_args"]}
+        changed = {k: (was[k], run_arg(args, k)) for k in RUN_DEFINING_ARGS if was[k] != run_arg(args, k)}
         if changed:
             raise ConfigError(f"{state_path} is a run with other settings {{name: (run, now)}} {changed}; resume with "
                               "the run's settings or start a new --out")
@@ -420,7 +556,7 @@ def train_loop(model: torch.nn.Module, locked: bool, data: PretrainData, args: a
         save_checkpoint(state_path, model=trained, average=None, optimizer=opt, scheduler=None, scaler=None,
                         step=progress["step"], epoch=0,
                         extra={"logit_scale": model.logit_scale.detach().clone(), "generator": g.get_state(),
-                               "progress": progress, "run_args": {k: getattr(args, k) for k in RUN_DEFINING_ARGS}})
+                               "progress": progress, "run_args": {k: run_arg(args, k) for k in RUN_DEFINING_ARGS}})
 
     loss_fn = ClipLoss()
     model.train()
@@ -434,10 +570,10 @@ def train_loop(model: torch.nn.Module, locked: bool, data: PretrainData, args: a
         for group in opt.param_groups:
             group["lr"] = lr_at(step - 1, args)
         idx, cls = class_batch(data.labels_by_class, args.batch_size, g)
-        cap = torch.stack([data.captions_by_class[c][torch.randint(len(data.captions_by_class[c]), (1,), generator=g)][0]
-                           for c in cls.tolist()])
-        images = augment(data.images[idx], g, strength=args.aug)
-        loss = train_step(model, images, data.captions[cap], loss_fn, opt, locked)
+        groups = [data.captions_by_group[k] for k in data.caption_group[idx].tolist()]
+        cap = torch.stack([grp[torch.randint(len(grp), (1,), generator=g)][0] for grp in groups])
+        images = augment(data.images[idx], g, strength=args.aug, shares=args.aug_shares).to(device_of(model))
+        loss = train_step(model, images, data.captions[cap].to(device_of(model)), loss_fn, opt, locked)
         progress["images_seen"] += len(idx)
         progress["minutes"] = minutes_before + (time.time() - t_start) / 60
         done = step == args.steps
@@ -477,27 +613,37 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.checkpoint_every < 1 or (args.max_minutes is not None and not args.max_minutes > 0):
         raise ConfigError(f"--checkpoint-every must be >= 1 and --max-minutes > 0, got {args.checkpoint_every} and "
                           f"{args.max_minutes}")
+    args.aug_shares = check_aug_shares(args.aug_shares, args.aug)
+    raw = Path(args.raw)
+    if not (raw / "metadata.json").is_file():
+        raise ConfigError(f"{raw}/metadata.json not found: build the raw tree first (tools/emojidg/build.py; "
+                          "docs/emojidg/v2_plan.md says how for v2) or pass its folder with --raw")
+    device = resolve_device(args.device)
+    meta = select_styles(json.loads((raw / "metadata.json").read_text()), args.styles)
+    if args.captions == "style":
+        check_style_words(meta["pretrain_styles"])
     torch.manual_seed(args.seed), random.seed(args.seed), np.random.seed(args.seed)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = json.loads((RAW / "metadata.json").read_text())
     classes = sorted(meta["classes"], key=lambda c: c["index"])
     names = [c["name"] for c in classes]
 
     t0 = time.time()
-    (xtr, ytr, _), (xva, yva, sva) = load_pretrain(meta, seed=args.seed)
+    (xtr, ytr, style_tr), (xva, yva, sva) = load_pretrain(meta, raw, seed=args.seed)
     _logger.info("pretrain images: %d train, %d val (%d styles), loaded in %.1fs",
                  len(ytr), len(yva), len(meta["pretrain_styles"]), time.time() - t0)
 
     model, tokenizer = create_clip(args.text)
+    model.to(device)
     locked = args.text == "lit"
-    captions = [class_captions(c["name"], c.get("keywords", [])) for c in classes]
-    flat = [cap for caps in captions for cap in caps]
-    owner = torch.tensor([ci for ci, caps in enumerate(captions) for _ in caps])
+    flat, captions_by_group = caption_table(classes, meta["pretrain_styles"], args.captions)
+    caption_group = ytr if args.captions == "names" else ytr * len(meta["pretrain_styles"]) + style_tr
     t1 = time.time()
     if locked:
-        cap_repr = encode_texts(model, tokenizer, flat)  # [Ncap, 384], computed once: the text tower is locked
+        # [Ncap, 384], computed once per run: the text tower is locked, so a resumed slice reads them back
+        cap_repr = cached_caption_embeddings(out / CAPTION_CACHE_NAME, flat,
+                                             lambda: encode_texts(model, tokenizer, flat).cpu())
         cls_emb = class_embeddings(model, tokenizer, names)
         nn_cos = (cls_emb @ cls_emb.T).fill_diagonal_(-1).amax(1).mean().item()
         _logger.info("encoded %d captions in %.1fs; mean nearest-class cosine %.3f", len(flat), time.time() - t1, nn_cos)
@@ -507,7 +653,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     _logger.info("model %s (text=%s): %.2fM trainable params", ARCH, args.text, n_trainable / 1e6)
 
     data = PretrainData(xtr, [(ytr == c).nonzero().flatten() for c in range(len(classes))], cap_repr,
-                        [(owner == c).nonzero().flatten() for c in range(len(classes))])
+                        captions_by_group, caption_group)
 
     def val_top1() -> float:
         emb = cls_emb if locked else class_embeddings(model, tokenizer, names)
@@ -524,9 +670,11 @@ def cmd_train(args: argparse.Namespace) -> None:
         nn_cos = (cls_emb @ cls_emb.T).fill_diagonal_(-1).amax(1).mean().item()
     val_correct = zero_shot(model, xva, yva, cls_emb)
     per_style = {st: 100 * val_correct[sva == si].float().mean().item() for si, st in enumerate(meta["pretrain_styles"])}
-    down = evaluate_downstream(model, meta, cls_emb)
+    down = evaluate_downstream(model, meta, cls_emb, raw)
     results = {
-        "arch": ARCH, "text": args.text, "args": vars(args), "command": portable_command(whole_run_argv(sys.argv)),
+        "arch": ARCH, "text": args.text, "args": {**vars(args), "aug_shares": list(args.aug_shares)},
+        VERSION_KEY: version_of(meta), "pretrain_styles": list(meta["pretrain_styles"]),
+        "command": portable_command(whole_run_argv(sys.argv)),
         "train_images": len(ytr), "val_images": len(yva), "steps": step, "images_seen": seen, "wall_clock_min": wall / 60,
         "img_per_s": seen / wall, "logit_scale": model.logit_scale.exp().item(), "nearest_class_cosine": nn_cos,
         "val_top1": 100 * val_correct.float().mean().item(), "val_top1_per_style": per_style,
@@ -563,6 +711,11 @@ def cmd_export(args: argparse.Namespace) -> None:
     if ck["text"] != "lit":
         raise ValueError(f"{run} was trained with a {ck['text']} text tower; export a --text lit run")
     meta = json.loads(CLASSES_JSON.read_text())
+    raw_dir = Path(res["args"].get("raw", RAW))  # the tree the run trained on (runs before --raw: the v1 tree)
+    raw = json.loads((raw_dir / "metadata.json").read_text()) if (raw_dir / "metadata.json").is_file() else None
+    styles = res.get("pretrain_styles", meta["pretrain_styles"])
+    sources = class_metadata(raw)["sources"] if raw is not None else meta["sources"]
+    version = version_of(res)
     scale = float(ck["logit_scale"].exp())
     model = build_classifier(ARCH, class_names=ck["class_names"], templates=ck["templates"], logit_scale=scale)
     model.visual.load_state_dict(ck["visual"])
@@ -575,15 +728,16 @@ def cmd_export(args: argparse.Namespace) -> None:
         "templates": list(ck["templates"]), "logit_scale": scale, "dataset": "EmojiDG (pretraining styles)",
         "license": "cc-by-sa-4.0",
         "description": "Zero-shot base of the EmojiDG family: a small open_clip ViT (40 px, patch 8) pretrained with a "
-                       "locked all-MiniLM-L6-v2 text tower (LiT) on eight open emoji styles; the head holds the "
-                       "template-averaged MiniLM class embeddings of the 444 EmojiDG classes.",
+                       f"locked all-MiniLM-L6-v2 text tower (LiT) on {len(styles)} open emoji styles; the head holds "
+                       f"the template-averaged MiniLM class embeddings of the 444 EmojiDG classes (benchmark {version}).",
     }
     a = res["args"]
     licences = "\n".join(f"- `{s['name']}` {s['version']} ({s['license']}): "
-                         f"{', '.join(f'{k} ({v})' for k, v in s['styles'].items())}" for s in meta["sources"])
+                         f"{', '.join(f'{k} ({v})' for k, v in s['styles'].items())}" for s in sources)
     sections = {
+        **card_section(version),
         "Data": (f"EmojiDG, {meta['num_classes']} classes (base {len(meta['base_classes'])} / new "
-                 f"{len(meta['new_classes'])}). Pretraining styles: {', '.join(meta['pretrain_styles'])} "
+                 f"{len(meta['new_classes'])}). Pretraining styles: {', '.join(styles)} "
                  f"({res['train_images']} train renders, {res['val_images']} held out: one render per (class, style)). "
                  f"Downstream domains {', '.join(meta['domains'])} were never used in pretraining or for choosing "
                  "hyper-parameters; they appear only in the zero-shot table below. Sources and licences "
@@ -595,10 +749,13 @@ def cmd_export(args: argparse.Namespace) -> None:
                    f"betas (0.9, 0.98), {a['warmup']} warmup steps then cosine, {res['steps']} steps "
                    f"({res.get('images_seen', 0)} images, --steps {a['steps']}), "
                    f"seed {a['seed']}. "
-                   "Captions: the name templates below plus keyword captions ('an emoji of a {name}, {keyword}.'). "
+                   "Captions: the name templates below plus keyword captions ('an emoji of a {name}, {keyword}.')"
+                   + (", and style words of the image's source style about half of the time ('a monochrome icon of "
+                      "a {name}.'). " if a.get("captions") == "style" else ". ") +
                    "Augmentation (batched, on the fly): random resized crop (area 0.55-1), rotation +-15 deg, "
                    "hflip, colour jitter + hue rotation, and per image at most one of greyscale, outline "
-                   "(Sobel edges drawn dark on a flat colour), silhouette, posterize, solarize, channel shuffle. "
+                   "(Sobel edges drawn dark on a flat colour), silhouette, posterize, solarize, channel shuffle "
+                   f"(shares {a.get('aug_shares', list(AUG_SHARES))} x --aug {a['aug']}). "
                    f"Learned logit scale {res['logit_scale']:.1f}. Class embeddings: mean over templates "
                    f"{res['eval_templates']}."),
         "Training cost": (f"{res['wall_clock_min']:.1f} min wall-clock on {res['threads']} shared CPU cores, "
@@ -626,11 +783,10 @@ def cmd_export(args: argparse.Namespace) -> None:
     m2 = build_classifier(ARCH, class_names=ck["class_names"], templates=ck["templates"])
     load_weights(m2, path)
     m2.eval()
-    raw = json.loads((RAW / "metadata.json").read_text()) if (RAW / "metadata.json").is_file() else None
     if raw is not None:  # the fp16 file reproduces the zero-shot accuracy of the run on one domain
         dirnames = [c["dirname"] for c in sorted(raw["classes"], key=lambda c: c["index"])]
         dom = raw["domains"][0]
-        x, y, _ = load_images(RAW / dom, dirnames)
+        x, y, _ = load_images(raw_dir / dom, dirnames)
         with torch.no_grad():
             acc = 100 * (m2(normalize(x)).argmax(-1) == y).float().mean().item()
         _logger.info("reloaded fp16 %s: zero-shot top-1 on %s %.2f (run: %.2f)", path.name, dom, acc,
@@ -651,11 +807,33 @@ def cmd_classes(args: argparse.Namespace) -> None:
     _logger.info("wrote %s (%d classes)", CLASSES_JSON, meta["num_classes"])
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def parse_with_recipe(parser: argparse.ArgumentParser, train: argparse.ArgumentParser,
+                      argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """Parse once to read ``--recipe``, then again with that recipe's values as the train defaults,
+    so every flag given explicitly still wins."""
+    args = parser.parse_args(argv)
+    if getattr(args, "recipe", None) is not None:
+        train.set_defaults(**RECIPES[args.recipe])
+        args = parser.parse_args(argv)
+    return args
+
+
+def build_parser() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """(the tool's parser, its ``train`` subparser)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("classes", help="write clipood_zoo/data/emojidg_classes.json")
     t = sub.add_parser("train", help="contrastive pretraining on the pretraining styles")
+    t.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                   help="defaults of a benchmark version's recipe (raw tree, captions, augmentation shares, steps, "
+                        "batch size, warmup, --aug); flags given explicitly win")
+    t.add_argument("--raw", default=str(RAW), help="raw EmojiDG tree (tools/emojidg/build.py --out)")
+    t.add_argument("--styles", type=lambda v: tuple(v.split(",")), default=None,
+                   help="comma-separated subset of the tree's pretraining styles to train on (default: all)")
+    t.add_argument("--captions", choices=["names", "style"], default="names",
+                   help="names: class-name and keyword templates; style: also style words of each image's source style")
+    t.add_argument("--aug-shares", type=lambda v: tuple(float(x) for x in v.split(",")), default=AUG_SHARES,
+                   help=f"comma-separated shares of the style ops {','.join(AUG_OPS)} (scaled by --aug)")
     t.add_argument("--text", choices=["lit", "scratch"], default="lit")
     t.add_argument("--steps", type=int, default=3000)
     t.add_argument("--batch-size", type=int, default=256)
@@ -670,6 +848,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     t.add_argument("--checkpoint-every", type=int, default=250, help=f"steps between saves of --out/{STATE_NAME}")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--device", default="cpu",
+                   help="cpu, cuda or cuda:N: where the model trains (data and augmentation stay on the CPU)")
     t.add_argument("--log-every", type=int, default=50)
     t.add_argument("--val-every", type=int, default=500)
     t.add_argument("--out", default="output/pretrain_emoji_clip/lit")
@@ -678,7 +858,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     e.add_argument("--out", default="weights/clip_vitt_emoji")
     e.add_argument("--model-name", default="clip_vitt_emoji")
     e.add_argument("--comparison", default=None, help="markdown file with the LiT vs scratch table for the card")
-    args = p.parse_args(argv)
+    return p, t
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    p, t = build_parser()
+    args = parse_with_recipe(p, t, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         {"classes": cmd_classes, "train": cmd_train, "export": cmd_export}[args.cmd](args)

@@ -1,9 +1,10 @@
 """Per-set loaders: normalised codepoint sequence -> image asset.
 
-Three layouts occur on npm: iconify JSON (SVG bodies keyed by names, optional chars.json mapping
-codepoints to names), codepoint-named SVG files (OpenMoji) and codepoint-named raster files
-(Fluent 3D webp). An asset is ("svg", svg_text) or ("svgfile", path) or ("raster", path) so it can be
-sent to a worker process cheaply.
+Four layouts occur on npm: iconify JSON (SVG bodies keyed by names, optional chars.json mapping
+codepoints to names), codepoint-named SVG files (OpenMoji), codepoint-named raster files
+(Fluent 3D webp) and a Fontsource font package (Noto Emoji: one WOFF per weight). An asset is
+("svg", svg_text), ("svgfile", path), ("raster", path) or ("font", JSON of the weight files and the
+emoji text) so it can be sent to a worker process cheaply.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import re
 from pathlib import Path
 
 from .catalog import Entry, name_keys, normalize_seq
+from .render import open_font
 
 Asset = tuple[str, str]
 
@@ -67,6 +69,45 @@ def load_codepoint_files(folder: Path, suffix: str, kind: str) -> dict[str, Asse
     return out
 
 
+def seq_text(seq: str) -> str:
+    """A normalised codepoint sequence ('1F43B-200D-2744') as the text a font shapes."""
+    return "".join(chr(int(h, 16)) for h in seq.split("-"))
+
+
+def font_has_emoji(font, text: str, notdef_advance: float) -> bool:
+    """Whether ``text`` shapes to the one glyph of its first codepoint's width, and that glyph exists.
+
+    A codepoint the font lacks is drawn as .notdef; a ZWJ sequence the font (or a layout engine
+    without shaping) does not ligate is drawn as several glyphs, wider than one.
+    """
+    first = font.getlength(text[0])
+    return first != notdef_advance and font.getlength(text) == first
+
+
+def load_fontsource(pkg_dir: Path, catalog: list[Entry], subset: str = "emoji") -> dict[str, Asset]:
+    """A Fontsource package: each catalogue emoji the font draws, rendered at every weight it ships.
+
+    Fontsource splits a font into unicode-range subsets (``unicode.json``); the ``emoji`` subset of
+    Noto Emoji holds every emoji glyph and the ZWJ ligatures, so that one file per weight is used
+    (``files/<id>-<subset>-<weight>-normal.woff``; Pillow's FreeType reads WOFF). Coverage is
+    checked on the lightest weight by shaping each class's codepoints (:func:`font_has_emoji`).
+    """
+    font_id = json.loads((pkg_dir / "metadata.json").read_text())["id"]
+    pattern = re.compile(rf"{re.escape(font_id)}-{re.escape(subset)}-(\d+)-normal\.woff")
+    weights = sorted((int(m[1]), f) for f in (pkg_dir / "files").iterdir() if (m := pattern.fullmatch(f.name)))
+    if not weights:
+        raise ValueError(f"{pkg_dir}/files has no {font_id}-{subset}-<weight>-normal.woff")
+    files = [str(f) for _, f in weights]
+    font = open_font(files[0], 64)
+    notdef = font.getlength("\U000F0000")  # a private-use codepoint: no emoji font draws it
+    out: dict[str, Asset] = {}
+    for e in sorted(catalog, key=lambda e: e.order):
+        text = seq_text(e.seq)
+        if e.seq not in out and font_has_emoji(font, text, notdef):
+            out[e.seq] = ("font", json.dumps({"files": files, "text": text}))
+    return out
+
+
 def load_style(style: str, pkg_dir: Path, catalog: list[Entry]) -> dict[str, Asset]:
     """Dispatch on the set's layout; the style names are those in sources.json."""
     if style == "openmoji":
@@ -75,6 +116,8 @@ def load_style(style: str, pkg_dir: Path, catalog: list[Entry]) -> dict[str, Ass
         return load_codepoint_files(pkg_dir / "black" / "svg", ".svg", "svgfile")
     if style == "3d":
         return load_codepoint_files(pkg_dir / "assets", ".webp", "raster")
+    if (pkg_dir / "files").is_dir() and (pkg_dir / "unicode.json").is_file():
+        return load_fontsource(pkg_dir, catalog)
     if (pkg_dir / "icons.json").exists():
         return load_iconify(pkg_dir, catalog)
     raise ValueError(f"unknown layout for style {style} in {pkg_dir}")

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont, features
 
 Asset = tuple[str, str]
 
@@ -31,6 +32,42 @@ def svg_to_rgba(svg: str, size: int) -> Image.Image:
     return Image.open(io.BytesIO(bytes(png))).convert("RGBA")
 
 
+def fit_square(im: Image.Image, size: int) -> Image.Image:
+    """Shrink to fit size x size (aspect kept) and centre on a transparent canvas."""
+    im.thumbnail((size, size), Image.LANCZOS)
+    canvas = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    canvas.paste(im, ((size - im.width) // 2, (size - im.height) // 2))
+    return canvas
+
+
+def open_font(font_file: str, size: int) -> ImageFont.FreeTypeFont:
+    """A FreeType font (TTF/OTF/WOFF) with complex text layout where Pillow has it: ZWJ sequences such
+    as 'polar bear' are ligatures, which only the Raqm layout shapes into one glyph."""
+    layout = ImageFont.Layout.RAQM if features.check("raqm") else ImageFont.Layout.BASIC
+    return ImageFont.truetype(font_file, size, layout_engine=layout)
+
+
+def font_to_rgba(font_file: str, text: str, size: int) -> Image.Image:
+    """One glyph (or ligature) drawn black, cropped to its ink and fitted into size x size RGBA."""
+    font = open_font(font_file, size)
+    left, top, right, bottom = font.getbbox(text)
+    glyph = Image.new("RGBA", (max(right - left, 1), max(bottom - top, 1)), (0, 0, 0, 0))
+    ImageDraw.Draw(glyph).text((-left, -top), text, font=font, fill=(0, 0, 0, 255))
+    return fit_square(glyph, size)
+
+
+def load_rgbas(asset: Asset, size: int) -> list[Image.Image]:
+    """Asset -> its RGBA images, size x size: one per weight for a font asset, else one (:func:`load_rgba`).
+
+    A font asset's payload is JSON ``{"files": [one font file per weight], "text": the emoji}``.
+    """
+    kind, payload = asset
+    if kind == "font":
+        spec = json.loads(payload)
+        return [font_to_rgba(f, spec["text"], size) for f in spec["files"]]
+    return [load_rgba(asset, size)]
+
+
 def load_rgba(asset: Asset, size: int) -> Image.Image:
     """Asset -> RGBA image, size x size, aspect kept (padded) for rasters."""
     kind, payload = asset
@@ -42,10 +79,7 @@ def load_rgba(asset: Asset, size: int) -> Image.Image:
     if kind == "raster":
         with Image.open(payload) as im:
             im = im.convert("RGBA")
-        im.thumbnail((size, size), Image.LANCZOS)
-        canvas = Image.new("RGBA", (size, size), (0, 0, 0, 0))
-        canvas.paste(im, ((size - im.width) // 2, (size - im.height) // 2))
-        return canvas
+        return fit_square(im, size)
     raise ValueError(f"unknown asset kind {kind}")
 
 
@@ -103,6 +137,7 @@ def compose(rgba: Image.Image, size: int, rng: np.random.Generator,
 
 def render_variants(asset: Asset, size: int, n: int, seed: int, supersample: int = 2) -> list[Image.Image]:
     """n deterministic renders of one source image. The asset is rasterised once at
-    supersample*size and downscaled per render (sharper than rasterising small)."""
-    rgba = load_rgba(asset, size * supersample)
-    return [compose(rgba, size, np.random.default_rng(stable_seed(seed, i))) for i in range(n)]
+    supersample*size and downscaled per render (sharper than rasterising small); a font's weights
+    take turns (render i uses weight i mod the number of weights)."""
+    rgbas = load_rgbas(asset, size * supersample)
+    return [compose(rgbas[i % len(rgbas)], size, np.random.default_rng(stable_seed(seed, i))) for i in range(n)]

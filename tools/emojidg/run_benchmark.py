@@ -6,8 +6,9 @@
 For every held-out domain and seed: zero-shot (validate only), ERM and CLIPood, and the paper's
 ablations (MMS vs CE, adaptive vs fixed margin, BMA vs EMA vs last weights), each fine-tuned from
 ``clip_vitt_emoji`` on the other domains' *base* classes with the same budget, selected on the source
-domains' ``val`` split, and scored by validate.py on the held-out domain's ``val`` split (all 444
-classes, plus base/new restricted). Every result is a validate.py JSON file under ``OUT/results``;
+domains' ``val`` split, and scored by validate.py on the held-out domain's ``val`` split in benchmark v1,
+its ``test`` split (every render) from v2 (all 444 classes, plus base/new restricted; the version is
+read from the data's ``_info.json``). Every result is a validate.py JSON file under ``OUT/results``;
 ``tools/emojidg/report.py`` turns them into the README table and plots. Finished runs are skipped, so
 the command can be re-run after an interruption. ``--ship`` re-saves the first seed's CLIPood and ERM
 models as fp16 into ``weights/`` and records their sha256 in ``clipood_zoo/models/shipped_weights.json``.
@@ -33,6 +34,7 @@ from clipood_zoo.data import emojidg  # noqa: E402
 from clipood_zoo.hub import sha256_file  # noqa: E402
 from clipood_zoo.models.emoji import MANIFEST, RECIPE  # noqa: E402
 from emojidg.paths import repo_relative  # noqa: E402
+from emojidg.versions import card_section, held_out_split, version_of  # noqa: E402
 
 # variant -> train.py flags; 'zeroshot' trains nothing
 VARIANTS: Dict[str, List[str]] = {
@@ -52,32 +54,42 @@ def run(cmd: List[str]) -> None:
     subprocess.run(cmd, cwd=REPO, check=True)
 
 
-def validate_command(model: str, checkpoint: Path | None, data_dir: Path, domain: str, out: Path) -> List[str]:
-    """validate.py's argv for the held-out ``domain``: the row in ``out`` and, beside it, the per-image
-    predictions report.py pairs for its intervals."""
-    cmd = ["validate.py", "--model", model, "--data-dir", repo_relative(data_dir), "--split", "val",
+def data_info(data_dir: Path) -> dict:
+    """The shards' ``_info.json`` (its benchmark version decides the held-out split)."""
+    return json.loads((data_dir / "_info.json").read_text())
+
+
+def validate_command(model: str, checkpoint: Path | None, data_dir: Path, domain: str, out: Path,
+                     split: str = "val") -> List[str]:
+    """validate.py's argv for the held-out ``domain`` scored on ``split``: the row in ``out`` and, beside
+    it, the per-image predictions report.py pairs for its intervals."""
+    cmd = ["validate.py", "--model", model, "--data-dir", repo_relative(data_dir), "--split", split,
            "--domains", domain, "--results-file", repo_relative(out), "--workers", "2",
            "--predictions-file", repo_relative(out.with_suffix(".predictions.json"))]
     return cmd + (["--pretrained"] if checkpoint is None else ["--checkpoint", repo_relative(checkpoint)])
 
 
 def validate(model: str, checkpoint: Path | None, data_dir: Path, domain: str, out: Path) -> None:
-    run([sys.executable, *validate_command(model, checkpoint, data_dir, domain, out)])
+    run([sys.executable, *validate_command(model, checkpoint, data_dir, domain, out,
+                                           held_out_split(data_info(data_dir)))])
 
 
-def train_command(variant: str, domain: str, seed: int, data_dir: Path, runs: Path) -> List[str]:
+def train_command(variant: str, domain: str, seed: int, data_dir: Path, runs: Path,
+                  eval_split: str = "val") -> List[str]:
     """train.py's argv for one run; paths inside the repository are relative, because train.py writes
-    its command into the model card, and a card's command must run from a clone."""
+    its command into the model card, and a card's command must run from a clone. ``eval_split`` is the
+    held-out domain's reported split (named only when it is not train.py's default ``val``)."""
     return ["train.py", "--model", "clip_vitt_emoji", "--pretrained", "--data-dir", repo_relative(data_dir),
             "--holdout", domain, "--train-classes", RECIPE["train_classes"], "--steps", str(RECIPE["steps"]),
             "-b", str(RECIPE["batch_size"]), "--lr", str(RECIPE["lr"]), "--warmup-steps", str(RECIPE["warmup_steps"]),
             "--weight-decay", str(RECIPE["weight_decay"]), "--eval-interval", "4", "--log-interval", "100",
             "--seed", str(seed), "--output", repo_relative(runs), "--experiment", f"{variant}-{domain}-s{seed}",
-            "--workers", "1", "--export-name", f"{variant}_vitt_emojidg_{domain}", *VARIANTS[variant]]
+            "--workers", "1", "--export-name", f"{variant}_vitt_emojidg_{domain}", *VARIANTS[variant],
+            *(["--eval-split", eval_split] if eval_split != "val" else [])]
 
 
 def train(variant: str, domain: str, seed: int, data_dir: Path, runs: Path) -> Path:
-    run([sys.executable, *train_command(variant, domain, seed, data_dir, runs)])
+    run([sys.executable, *train_command(variant, domain, seed, data_dir, runs, held_out_split(data_info(data_dir)))])
     return runs / f"{variant}-{domain}-s{seed}"
 
 
@@ -92,9 +104,10 @@ def record_shipped(names: List[str]) -> None:
     MANIFEST.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
-def ship(runs: Path, results: Path, seed: int) -> None:
-    """fp16 copies of the selected models in weights/, with model cards, recorded in the manifest."""
-    names = []
+def ship(runs: Path, results: Path, seed: int, info: dict) -> None:
+    """fp16 copies of the selected models in weights/, with model cards (naming the benchmark version of
+    the data ``info`` describes), recorded in the manifest."""
+    names, split = [], held_out_split(info)
     for variant in SHIPPED_VARIANTS:
         for domain in emojidg.DOMAINS:
             name = f"{variant}_vitt_emojidg_{domain}"
@@ -102,8 +115,9 @@ def ship(runs: Path, results: Path, seed: int) -> None:
             row = json.loads((results / f"{variant}-{domain}-s{seed}.json").read_text())[0]
             card = (runs / f"{variant}-{domain}-s{seed}" / "README.md").read_text().split("## Training", 1)[-1]
             sections = {
+                **card_section(version_of(info)),
                 "Training": card.split("## Results", 1)[0].strip(),
-                "Results (validate.py, held-out domain, val split)": "\n".join(
+                f"Results (validate.py, held-out domain, {split} split)": "\n".join(
                     f"- {k}: {row[k]}" for k in ("top1", "base_top1", "new_top1", "hm", "num_samples")),
                 "Data and licences": "EmojiDG images are rendered from openly licensed emoji sets; see "
                                      "datasets/emojidg-mini/licenses/ATTRIBUTION.md.",
@@ -140,7 +154,7 @@ def main(argv: List[str] | None = None) -> int:
                 validate(f"{variant}_vitt_emojidg_{domain}" if variant in SHIPPED_VARIANTS else "clip_vitt_emoji",
                          run_dir, args.data_dir, domain, out)
     if args.ship:
-        ship(runs, results, args.seeds[0])
+        ship(runs, results, args.seeds[0], data_info(args.data_dir))
     return 0
 
 

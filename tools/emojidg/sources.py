@@ -60,6 +60,11 @@ def load_manifest(path: Path = MANIFEST) -> list[Package]:
                     extra={k: v for k, v in p.items() if k not in keys}) for p in data["packages"]]
 
 
+def in_version(pkg: Package, version: str) -> bool:
+    """Whether the package belongs to benchmark ``version`` (an entry without ``versions`` is in all)."""
+    return version in pkg.extra.get("versions", [version])
+
+
 def save_manifest(packages: list[Package], path: Path = MANIFEST) -> None:
     """Rewrite the manifest, keeping its comment; used once to pin new hashes (--pin)."""
     data = json.loads(path.read_text())
@@ -138,14 +143,23 @@ def copy_attribution(pkg_dir: Path, out: Path) -> list[str]:
     return copied
 
 
+def author_and_license_url(pkg_dir: Path) -> tuple[str, str]:
+    """Who to credit and the licence's URL: from an Iconify set's ``info.json``, else from a Fontsource
+    package's ``metadata.json`` (``license.attribution``, the font's copyright line); empty if neither."""
+    info_path, meta_path = pkg_dir / "info.json", pkg_dir / "metadata.json"
+    if info_path.exists():
+        info = json.loads(info_path.read_text())
+        return info.get("author", {}).get("name", ""), info.get("license", {}).get("url", "")
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    lic = meta.get("license") if isinstance(meta.get("license"), dict) else {}
+    return lic.get("attribution", ""), lic.get("url", "")
+
+
 def write_attribution(packages: list[Package], dirs: dict[str, Path], out: Path) -> None:
     """licenses/ATTRIBUTION.md: one line per set (author, licence, source) -- what CC-BY asks for."""
     lines = ["# EmojiDG image sources and licences", ""]
     for p in packages:
-        info_path = dirs[p.name] / "info.json"
-        info = json.loads(info_path.read_text()) if info_path.exists() else {}
-        author = info.get("author", {}).get("name", "")
-        lic_url = info.get("license", {}).get("url", "")
+        author, lic_url = author_and_license_url(dirs[p.name])
         lines.append(f"- {', '.join(p.styles)}: {p.name}@{p.version}" + (f" by {author}" if author else "")
                      + f", licence {p.license}" + (f" ({lic_url})" if lic_url else "") + f", {p.homepage}")
     lines += ["", "Images were rasterised, rescaled and composited onto random backgrounds (modified).", ""]
