@@ -86,8 +86,9 @@ import clipood_zoo
 from clipood_zoo import ClipoodError, ConfigError, ModelBma
 from clipood_zoo.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from clipood_zoo.data import DatasetInfo, create_loader, read_dataset_info
-from clipood_zoo.data.pipeline import MAX_IMAGE_PIXELS, MAX_MEMBER_BYTES
-from clipood_zoo.cli_utils import AMP_DTYPES, default_device, format_results, model_for_dataset
+from clipood_zoo.cli_utils import (
+    AMP_DTYPES, add_data_limit_args, data_limits, default_device, format_results, model_for_dataset,
+)
 from clipood_zoo.errors import CheckpointError, RunInterrupted, TrainingError
 from clipood_zoo.fileio import FolderLock, check_writable_dir, inside, link_or_copy, write_text_atomic
 from clipood_zoo.evaluate import autocast, evaluate
@@ -128,10 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "with several source domains; the remainder of batch size / domains rotates over domains)")
     g.add_argument("--workers", "-j", type=int, default=2)
     g.add_argument("--strict-data", action="store_true", help="stop at the first bad sample instead of skipping it")
-    g.add_argument("--max-member-bytes", type=int, default=MAX_MEMBER_BYTES,
-                   help="a larger tar member (image, label, metadata) is skipped unread and counted as too_large")
-    g.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
-                   help="a larger image (width x height, from its header) is skipped undecoded and counted as too_large")
+    add_data_limit_args(g)
     g = p.add_argument_group("method")
     g.add_argument("--method", default="clipood", help=f"one of {sorted(METHODS)}")
     g.add_argument("--temperature", type=float, default=None, help="tau (default: 1 / the model's logit scale)")
@@ -193,10 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace) -> None:
     """Refuse bad arguments before any model or data is touched."""
     positive = {"--batch-size": args.batch_size, "--grad-accum-steps": args.grad_accum_steps, "--lr": args.lr,
-                "--log-interval": args.log_interval, "--eval-interval": args.eval_interval,
-                "--max-member-bytes": args.max_member_bytes, "--max-image-pixels": args.max_image_pixels}
+                "--log-interval": args.log_interval, "--eval-interval": args.eval_interval}
     positive.update({k: v for k, v in (("--steps", args.steps), ("--epochs", args.epochs),
                                        ("--checkpoint-interval", args.checkpoint_interval)) if v is not None})
+    data_limits(args)  # the sample caps, refused unless > 0
     for flag, value in positive.items():
         if not value > 0:  # also refuses nan
             raise ConfigError(f"{flag} must be > 0, got {value}")
@@ -406,7 +404,7 @@ class Run:
             args.data_dir, args.train_split, transform=train_transform, batch_size=args.batch_size, is_training=True,
             domains=self.sources, classes=self.train_classes, num_workers=args.workers, seed=args.seed,
             resampled=True, strict=args.strict_data, pin_memory=self.device.type == "cuda",
-            max_member_bytes=args.max_member_bytes, max_image_pixels=args.max_image_pixels,
+            **data_limits(args),
             domain_balanced=self.domain_balanced)
         self.batches_per_epoch = len(self.train_loader)
         if self.batches_per_epoch < args.grad_accum_steps:
@@ -665,8 +663,7 @@ class Run:
     def loader(self, split: str, domains: Sequence[str], classes: Optional[Sequence[int]]):
         return _CountingLoader(self, create_loader(self.args.data_dir, split, transform=self.eval_transform, batch_size=self.args.batch_size,
                              is_training=False, domains=domains, classes=classes, num_workers=self.args.workers,
-                             strict=self.args.strict_data, max_member_bytes=self.args.max_member_bytes,
-                             max_image_pixels=self.args.max_image_pixels))
+                             strict=self.args.strict_data, **data_limits(self.args)))
 
     def evaluate(self, model: Optional[torch.nn.Module] = None) -> Dict[str, float]:
         """Source-domain validation (model selection) and the held-out domain (reported, never selected on)."""

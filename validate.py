@@ -29,7 +29,9 @@ from timm.data import create_transform, resolve_data_config
 
 import clipood_zoo
 from clipood_zoo import ClipoodError, ConfigError
-from clipood_zoo.cli_utils import AMP_DTYPES, default_device, format_results, model_for_dataset
+from clipood_zoo.cli_utils import (
+    AMP_DTYPES, add_data_limit_args, data_limits, default_device, format_results, model_for_dataset,
+)
 from clipood_zoo.data import DatasetInfo, create_loader, read_dataset_info
 from clipood_zoo.data.protocols.imagenet import eval_classes
 from clipood_zoo.evaluate import evaluate
@@ -61,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torchcompile", nargs="?", const="inductor", default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--strict-data", action="store_true")
+    add_data_limit_args(p)
     p.add_argument("--results-file", default=None)
     p.add_argument("--results-format", choices=("csv", "json"), default=None, help="default: from the file suffix")
     ood = p.add_mutually_exclusive_group()
@@ -115,7 +118,7 @@ def validate_one(name: str, args: argparse.Namespace, device: torch.device,
     loader = create_loader(args.data_dir, args.split, transform=create_transform(**data_config),
                            batch_size=args.batch_size, is_training=False, domains=args.domains, classes=subset,
                            relabel_classes=subset is not None, num_workers=args.workers, strict=args.strict_data,
-                           pin_memory=device.type == "cuda")
+                           pin_memory=device.type == "cuda", **data_limits(args))
     eval_model = torch.compile(model, backend=args.torchcompile) if args.torchcompile else model
     in_scores: Optional[List[torch.Tensor]] = [] if args.ood_data or args.ood_classes else None
     start = time.time()
@@ -165,7 +168,8 @@ def open_set_row(model: torch.nn.Module, args: argparse.Namespace, info: Dataset
         out_dir, domains, classes, domain_names = args.ood_data, None, None, read_dataset_info(args.ood_data).domains
     loader = create_loader(out_dir, args.split, transform=create_transform(**data_config), batch_size=args.batch_size,
                            is_training=False, domains=domains, classes=classes, relabel_classes=classes is not None,
-                           num_workers=args.workers, strict=args.strict_data, pin_memory=device.type == "cuda")
+                           num_workers=args.workers, strict=args.strict_data, pin_memory=device.type == "cuda",
+                           **data_limits(args))
     out_scores: List[torch.Tensor] = []
     evaluate(model, loader, device, domain_names, amp_dtype=AMP_DTYPES[args.amp_dtype] if args.amp else None,
              channels_last=args.channels_last, logit_columns=subset, progress=True, desc=f"{name} open set",
@@ -196,6 +200,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     try:
         if args.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+        data_limits(args)  # the sample caps, before any model is built
         if args.results_file:  # before any evaluation, not after it
             check_writable_file(args.results_file, "--results-file")
         if args.model_config:

@@ -1,6 +1,7 @@
 """What the CLIs share: building a model for a dataset, AMP dtypes, device choice, result files."""
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -12,6 +13,8 @@ from torch import nn
 
 from .data.catalog import prettify_class_name
 from .data.info import DatasetInfo
+from .data.pipeline import MAX_IMAGE_PIXELS, MAX_MEMBER_BYTES
+from .errors import ConfigError
 from .evaluate import align_classes
 from .hub import load_weights, sha256_file
 from .models import build_classifier
@@ -19,6 +22,24 @@ from .models.factory import default_cfg
 from .registry import create_model, is_model
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def add_data_limit_args(group: argparse._ActionsContainer) -> None:
+    """``--max-member-bytes`` / ``--max-image-pixels``: what one sample may cost before it is read or decoded."""
+    group.add_argument("--max-member-bytes", type=int, default=MAX_MEMBER_BYTES,
+                       help="a larger tar member (image, label, metadata) is skipped unread and counted as too_large")
+    group.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
+                       help="a larger image (width x height, from its header) is skipped undecoded and counted as "
+                            "too_large")
+
+
+def data_limits(args: argparse.Namespace) -> Dict[str, int]:
+    """The caps of :func:`add_data_limit_args` as ``create_loader`` keyword arguments (refused unless > 0)."""
+    limits = {"max_member_bytes": args.max_member_bytes, "max_image_pixels": args.max_image_pixels}
+    for key, value in limits.items():
+        if not value >= 1:
+            raise ConfigError(f"--{key.replace('_', '-')} must be > 0, got {value}")
+    return limits
 
 
 def default_device() -> str:

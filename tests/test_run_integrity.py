@@ -29,7 +29,7 @@ import clipood_zoo.fileio
 import train
 import validate
 from clipood_zoo.checkpoint import load_checkpoint
-from clipood_zoo.data import create_loader
+from clipood_zoo.data import create_loader, read_dataset_info
 from clipood_zoo.data.synthetic import image_bytes, write_synthetic_dataset
 from clipood_zoo.errors import ConfigError
 from clipood_zoo.hub import sha256_file
@@ -360,6 +360,16 @@ def test_caps_are_train_flags(shards, tmp_path, capsys):
     assert "image of 8x8 pixels is over the limit of 10 (not decoded; raise max_image_pixels" in err
     err = exits_with(train.main, train_args(shards, tmp_path, "--steps", "2", "--max-member-bytes", "0"), capsys)
     assert "train.py: error: --max-member-bytes must be > 0, got 0" in err
+
+
+def test_caps_are_validate_flags(shards, capsys):
+    argv = ["--model", TINY_ARCH, "--model-config", TINY_CONFIG, "--data-dir", str(shards), "--workers", "0"]
+    err = exits_with(validate.main, argv + ["--max-image-pixels", "10"], capsys)
+    assert "validate.py: error: " in err and "the evaluation data yielded no usable sample" in err
+    err = exits_with(validate.main, argv + ["--max-member-bytes", "0"], capsys)
+    assert "validate.py: error: --max-member-bytes must be > 0, got 0" in err
+    (row,) = validate.main(argv + ["--max-image-pixels", "64"])  # the 8x8 images fit: all of them scored
+    assert row["num_samples"] == read_dataset_info(shards).split("val").num_samples
 
 
 # ------------------------------------------------------------------------------ metrics and classes
