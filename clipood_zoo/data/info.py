@@ -8,6 +8,7 @@ can open our shards, plus the fields a domain-generalisation benchmark needs::
      "domains": ["art_painting", ...],        # each sample's .json names one of them
      "base_classes": [0, 2, ...],             # optional, CoOp-style base-to-new split (class indices)
      "new_classes": [1, 3, ...],
+     "eval_classes": [6, 11, ...],            # optional, the classes it is scored on (ImageNet-A/-R's 200)
      "splits": {"train": {"name": "train", "num_samples": 8, "filenames": ["train-000000.tar"],
                           "shard_lengths": [8],
                           "domain_class_counts": [[...], ...],   # optional [domain][class] counts
@@ -78,6 +79,7 @@ class DatasetInfo:
     splits: dict[str, SplitInfo]
     base_classes: Optional[tuple[int, ...]] = None
     new_classes: Optional[tuple[int, ...]] = None
+    eval_classes: Optional[tuple[int, ...]] = None  # scored over these classes only (None: all)
 
     @property
     def path(self) -> Path:
@@ -165,6 +167,8 @@ class DatasetInfo:
         if self.base_classes is not None:
             out["base_classes"] = list(self.base_classes)
             out["new_classes"] = list(self.new_classes or ())
+        if self.eval_classes is not None:
+            out["eval_classes"] = list(self.eval_classes)
         out["splits"] = {name: s.to_json() for name, s in self.splits.items()}
         return out
 
@@ -234,6 +238,11 @@ def parse_dataset_info(raw: Any, root: Path, check_files: bool = True) -> Datase
         new = _index_list(raw["new_classes"], len(classes), "new_classes", fail)
         if set(base) & set(new):
             raise fail(f"classes {sorted(set(base) & set(new))} are in both 'base_classes' and 'new_classes'")
+    scored = None
+    if raw.get("eval_classes") is not None:
+        scored = _index_list(raw["eval_classes"], len(classes), "eval_classes", fail)
+        if not scored or len(set(scored)) != len(scored):
+            raise fail("'eval_classes' must be a non-empty list of distinct class indices")
     if not isinstance(raw["splits"], dict):
         raise fail("'splits' must be an object {split name: split info}")
     splits = {name: _parse_split(name, s, len(domains), len(classes), fail)
@@ -249,7 +258,7 @@ def parse_dataset_info(raw: Any, root: Path, check_files: bool = True) -> Datase
                 raise fail(f"split {s.name!r} lists shard(s) missing on disk: {absent[:5]}"
                            f"{' ...' if len(absent) > 5 else ''} (in {root})")
     return DatasetInfo(root=root, name=str(raw["name"]), classes=classes, domains=domains, splits=splits,
-                       base_classes=base, new_classes=new)
+                       base_classes=base, new_classes=new, eval_classes=scored)
 
 
 def _str_list(value: Any, key: str, fail) -> tuple[str, ...]:

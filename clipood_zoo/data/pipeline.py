@@ -380,7 +380,7 @@ class ShardLoader:
 
 
 def create_loader(
-        data_dir: str | os.PathLike,
+        data_dir: str | os.PathLike | DatasetInfo,
         split: str,
         *,
         transform: Callable[[Image.Image], torch.Tensor],
@@ -404,6 +404,8 @@ def create_loader(
     """A loader of ``(images, targets, domain_idx)`` batches from split ``split`` of ``data_dir``.
 
     Args:
+        data_dir: the dataset folder, or its :class:`DatasetInfo` already read (so that ``_info.json`` is
+            parsed once per run, not once per loader).
         transform: PIL RGB image -> tensor [3,H,W] (runs in the workers; must be picklable for spawn).
         domains: domain names to keep (None: all). ``domain_idx`` stays the index in ``_info.json``.
         classes: class indices to keep, or ``'base'``/``'new'``/``'all'`` (None: all).
@@ -429,7 +431,7 @@ def create_loader(
     if relabel_classes and classes is None:
         raise ConfigError("relabel_classes=True needs classes (the subset whose positions become the targets).")
     drop_last = is_training if drop_last is None else drop_last
-    info = read_dataset_info(data_dir)
+    info = data_dir if isinstance(data_dir, DatasetInfo) else read_dataset_info(data_dir)
     domain_ids = info.domain_indices(domains)
     class_ids = info.class_indices(classes)
     num_samples = count_samples(info, split, domains, classes)
