@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an open_clip model config JSON (or a folder of them) to register before --model is built")
     g.add_argument("--export-name", default=None, help="registry name written into the exported config (default: --model)")
     g = p.add_argument_group("data")
-    g.add_argument("--data-dir", required=True, help="folder with _info.json and the shards")
+    g.add_argument("--data-dir", required=True, help="where _info.json and the shards are: a folder, or a file://, http(s):// or fsspec URL")
     g.add_argument("--holdout", default=None, help="held-out (target) domain; the other domains are trained on")
     g.add_argument("--domains", nargs="+", default=None, help="source domains (default: all but --holdout)")
     g.add_argument("--train-classes", choices=("all", "base"), default="all", help="'base': CoOp-style base classes only")

@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="weights to load (a safetensors file or save_pretrained folder)")
     p.add_argument("--clip-pretrained", default=None, help="open_clip CLIP weights for zero-shot evaluation: a tag (e.g. openai) or an open_clip checkpoint file")
     p.add_argument("--model-config", default=None, help="an open_clip model config JSON (or folder) to register")
-    p.add_argument("--data-dir", required=True)
+    p.add_argument("--data-dir", required=True,
+                   help="where _info.json and the shards are: a folder, or a file://, http(s):// or fsspec URL")
     p.add_argument("--split", default="val")
     p.add_argument("--domains", nargs="+", default=None, help="domains to evaluate (default: all)")
     p.add_argument("--classes", choices=("all", "base", "new"), default="all",
