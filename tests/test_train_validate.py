@@ -215,3 +215,16 @@ def test_validate_scores_declared_eval_classes_only(tmp_path, monkeypatch):
             total += 1
     assert row["eval_classes"] == 3 and row["num_samples"] == total
     assert row["top1"] == pytest.approx(100 * correct / total, abs=1e-3)
+
+
+def test_train_scores_the_held_out_domain_over_declared_eval_classes(tmp_path):
+    """train.py's held-out evaluation reads ``eval_classes`` from the DatasetInfo, as validate.py does: only
+    those classes' samples are scored (2 of the 4 classes here), not every held-out sample."""
+    from clipood_zoo.data.protocols._common import add_info_fields
+
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, per_class=2, shard_size=4)
+    add_info_fields(data, eval_classes=[1, 3])
+    result = train.main(train_args(data, tmp_path, "--steps", "1", "--train-classes", "all"))
+    assert result["target_num_samples"] == 2 * 2  # sketch, val split: 2 classes x 2 images
+    assert "target_hm" not in result  # a class subset is scored instead of the base/new split
