@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an open_clip model config JSON (or a folder of them) to register before --model is built")
     g.add_argument("--export-name", default=None, help="registry name written into the exported config (default: --model)")
     g = p.add_argument_group("data")
-    g.add_argument("--data-dir", required=True, help="folder with _info.json and the shards")
+    g.add_argument("--data-dir", required=True, help="where _info.json and the shards are: a folder, or a file://, http(s):// or fsspec URL")
     g.add_argument("--holdout", default=None, help="held-out (target) domain; the other domains are trained on")
     g.add_argument("--domains", nargs="+", default=None, help="source domains (default: all but --holdout)")
     g.add_argument("--train-classes", choices=("all", "base"), default="all", help="'base': CoOp-style base classes only")
@@ -401,7 +401,7 @@ class Run:
             std=data_config["std"])
         self.domain_balanced = len(self.sources) > 1 if args.domain_balanced is None else args.domain_balanced
         self.train_loader = create_loader(
-            args.data_dir, args.train_split, transform=train_transform, batch_size=args.batch_size, is_training=True,
+            self.info, args.train_split, transform=train_transform, batch_size=args.batch_size, is_training=True,
             domains=self.sources, classes=self.train_classes, num_workers=args.workers, seed=args.seed,
             resampled=True, strict=args.strict_data, pin_memory=self.device.type == "cuda",
             **data_limits(args),
@@ -660,10 +660,10 @@ class Run:
                 self.interrupt()
         return {"loss": (loss_sum / max(loss_count, 1)).item()}
 
-    def loader(self, split: str, domains: Sequence[str], classes: Optional[Sequence[int]]):
-        return _CountingLoader(self, create_loader(self.args.data_dir, split, transform=self.eval_transform, batch_size=self.args.batch_size,
-                             is_training=False, domains=domains, classes=classes, num_workers=self.args.workers,
-                             strict=self.args.strict_data, **data_limits(self.args)))
+    def loader(self, split: str, domains: Sequence[str], classes: Optional[Sequence[int]], relabel: bool = False):
+        return _CountingLoader(self, create_loader(self.info, split, transform=self.eval_transform, batch_size=self.args.batch_size,
+                             is_training=False, domains=domains, classes=classes, relabel_classes=relabel,
+                             num_workers=self.args.workers, strict=self.args.strict_data, **data_limits(self.args)))
 
     def evaluate(self, model: Optional[torch.nn.Module] = None) -> Dict[str, float]:
         """Source-domain validation (model selection) and the held-out domain (reported, never selected on)."""
@@ -674,8 +674,11 @@ class Run:
         if self.args.val_split in self.info.splits:
             metrics["source_top1"] = self.evaluate_source(model)
         if self.args.holdout is not None:
-            target = evaluate(model, self.loader(self.args.eval_split, [self.args.holdout], None),
-                              base_classes=self.info.base_classes, new_classes=self.info.new_classes, **common)
+            scored = self.info.eval_classes  # a dataset scored over a class subset (ImageNet-A/-R) is, here too
+            target = evaluate(model, self.loader(self.args.eval_split, [self.args.holdout], scored, scored is not None),
+                              base_classes=self.info.base_classes if scored is None else None,
+                              new_classes=self.info.new_classes if scored is None else None,
+                              logit_columns=scored, **common)
             per_domain = {f"top1_{d}" for d in self.info.domains}
             metrics.update({f"target_{k}": v for k, v in target.items() if k not in per_domain})
         return metrics

@@ -33,7 +33,6 @@ from clipood_zoo.cli_utils import (
     AMP_DTYPES, add_data_limit_args, data_limits, default_device, format_results, model_for_dataset,
 )
 from clipood_zoo.data import DatasetInfo, create_loader, read_dataset_info
-from clipood_zoo.data.protocols.imagenet import eval_classes
 from clipood_zoo.evaluate import evaluate
 from clipood_zoo.fileio import check_writable_file, write_text_atomic
 from clipood_zoo.metrics import ood_metrics
@@ -50,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="weights to load (a safetensors file or save_pretrained folder)")
     p.add_argument("--clip-pretrained", default=None, help="open_clip CLIP weights for zero-shot evaluation: a tag (e.g. openai) or an open_clip checkpoint file")
     p.add_argument("--model-config", default=None, help="an open_clip model config JSON (or folder) to register")
-    p.add_argument("--data-dir", required=True)
+    p.add_argument("--data-dir", required=True,
+                   help="where _info.json and the shards are: a folder, or a file://, http(s):// or fsspec URL")
     p.add_argument("--split", default="val")
     p.add_argument("--domains", nargs="+", default=None, help="domains to evaluate (default: all)")
     p.add_argument("--classes", choices=("all", "base", "new"), default="all",
@@ -99,15 +99,14 @@ def expand_models(patterns: Sequence[str], pretrained: bool) -> List[str]:
     return names
 
 
-def validate_one(name: str, args: argparse.Namespace, device: torch.device,
+def validate_one(name: str, args: argparse.Namespace, device: torch.device, info: DatasetInfo,
                  predictions: Optional[List[torch.Tensor]] = None) -> Dict[str, Any]:
-    info = read_dataset_info(args.data_dir)
     model = model_for_dataset(name, info, args.pretrained, args.checkpoint, args.clip_pretrained).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     data_config = resolve_data_config({}, model=model)
     # a class subset to score over: --classes base/new, or the one the dataset declares (ImageNet-A/-R's 200)
-    declared = eval_classes(args.data_dir)
+    declared = info.eval_classes
     classes = args.classes
     if args.ood_classes == "new":
         if classes == "new":
@@ -115,7 +114,7 @@ def validate_one(name: str, args: argparse.Namespace, device: torch.device,
                               "drop --classes new (the in-distribution samples are the base classes')")
         classes = "base"
     subset = info.class_subset(classes) if classes != "all" else declared
-    loader = create_loader(args.data_dir, args.split, transform=create_transform(**data_config),
+    loader = create_loader(info, args.split, transform=create_transform(**data_config),
                            batch_size=args.batch_size, is_training=False, domains=args.domains, classes=subset,
                            relabel_classes=subset is not None, num_workers=args.workers, strict=args.strict_data,
                            pin_memory=device.type == "cuda", **data_limits(args))
@@ -163,15 +162,15 @@ def open_set_row(model: torch.nn.Module, args: argparse.Namespace, info: Dataset
     """Score the open set (--ood-data's samples, or the new classes' with --ood-classes new) with the classifier
     restricted as for the in-distribution samples, and compare the two score sets (AUROC, FPR@95TPR)."""
     if args.ood_classes == "new":
-        out_dir, domains, classes, domain_names = args.data_dir, args.domains, info.class_subset("new"), info.domains
+        out_info, domains, classes = info, args.domains, info.class_subset("new")
     else:
-        out_dir, domains, classes, domain_names = args.ood_data, None, None, read_dataset_info(args.ood_data).domains
-    loader = create_loader(out_dir, args.split, transform=create_transform(**data_config), batch_size=args.batch_size,
+        out_info, domains, classes = read_dataset_info(args.ood_data), None, None
+    loader = create_loader(out_info, args.split, transform=create_transform(**data_config), batch_size=args.batch_size,
                            is_training=False, domains=domains, classes=classes, relabel_classes=classes is not None,
                            num_workers=args.workers, strict=args.strict_data, pin_memory=device.type == "cuda",
                            **data_limits(args))
     out_scores: List[torch.Tensor] = []
-    evaluate(model, loader, device, domain_names, amp_dtype=AMP_DTYPES[args.amp_dtype] if args.amp else None,
+    evaluate(model, loader, device, out_info.domains, amp_dtype=AMP_DTYPES[args.amp_dtype] if args.amp else None,
              channels_last=args.channels_last, logit_columns=subset, progress=True, desc=f"{name} open set",
              scores=out_scores)
     if not in_scores or not out_scores:
@@ -210,7 +209,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
             raise ConfigError("--checkpoint holds one model's weights; pass a single --model with it")
         device = torch.device(args.device or default_device())
         predictions: Dict[str, List[torch.Tensor]] = {name: [] for name in names} if args.predictions_file else {}
-        rows = [validate_one(name, args, device, predictions.get(name)) for name in names]
+        info = read_dataset_info(args.data_dir)  # read once: every model and loader gets this object
+        rows = [validate_one(name, args, device, info, predictions.get(name)) for name in names]
     except ClipoodError as e:
         parser.exit(2, f"validate.py: error: {e}\n")
     print_table(rows)

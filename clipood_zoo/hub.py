@@ -28,11 +28,11 @@ from torch import nn
 
 from .errors import UnsafeWeightsError, WeightsError, WeightsIntegrityError, WeightsMismatchError, WeightsNotFoundError
 from .fileio import write_bytes_atomic, write_text_atomic
+from .hub_files import CONFIG_NAME, WEIGHTS_NAME, checkpoint_file, hub_errors, hub_file, hub_not_found
+from .registry import get_pretrained_cfg, is_model
 
 _logger = logging.getLogger(__name__)
 
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl")
 REPO_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"  # a source checkout's weights/
@@ -67,21 +67,10 @@ def verify_sha256(data: bytes, expected: Optional[str], path: PathLike) -> None:
         )
 
 
-def _checkpoint_file(checkpoint_path: PathLike) -> Path:
-    path = Path(checkpoint_path)
-    if path.is_dir():
-        path = path / WEIGHTS_NAME
-    if not path.is_file():
-        raise WeightsNotFoundError(
-            f"No weights file at {path}. Pass a .safetensors file or a folder written by save_pretrained()."
-        )
-    return path
-
-
 def _local_file(cfg: Any) -> Optional[Path]:
     """The cfg's ``file``: an absolute file, a ``local-dir:`` folder, or a path under :func:`weights_dirs`."""
     if Path(cfg.file).is_absolute() or getattr(cfg, "source", None) == "local-dir":
-        return _checkpoint_file(cfg.file)
+        return checkpoint_file(cfg.file)
     return next((d / cfg.file for d in weights_dirs() if (d / cfg.file).is_file()), None)
 
 
@@ -96,35 +85,6 @@ def load_pretrained_file(model: nn.Module, file: PathLike) -> None:
     expected = cfg.get("sha256") if str(file) == cfg.get("file") else None
     load_weights(model, path, expected_sha256=expected)
     model.update_pretrained_cfg()
-
-
-def _hub_file(repo_id: str, filename: str, cache_dir: Optional[PathLike]) -> Path:
-    """``filename`` of hub repo ``repo_id`` (``ORG/NAME`` or ``ORG/NAME@revision``, as timm spells it)."""
-    from huggingface_hub import hf_hub_download
-
-    repo, _, revision = repo_id.partition("@")
-    try:
-        return Path(hf_hub_download(repo, filename, revision=revision or None, cache_dir=cache_dir))
-    except _hub_errors() as e:
-        raise hub_not_found(repo_id, filename, cache_dir, e) from e
-
-
-def _hub_errors() -> Tuple[type, ...]:
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
-
-    return LocalEntryNotFoundError, EntryNotFoundError, HfHubHTTPError, OSError, ValueError
-
-
-def hub_not_found(repo_id: str, filename: str, cache_dir: Optional[PathLike], e: BaseException) -> WeightsNotFoundError:
-    """One line naming the repo and file that could not be had, why, and how to get them."""
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
-    why = "HF_HUB_OFFLINE is set and the file is not in the cache" if offline else f"{type(e).__name__}: {e}"
-    why = " ".join(why.split())
-    return WeightsNotFoundError(
-        f"Could not get {filename!r} from the Hugging Face hub repo {repo_id!r} ({why}). Download it where the "
-        f"hub is reachable (huggingface-cli download {repo_id.partition('@')[0]} {filename}) into the cache "
-        f"({cache_dir or 'the default HF cache'}), or pass the file with checkpoint_path=."
-    )
 
 
 def integrate_with_timm() -> None:
@@ -147,14 +107,12 @@ def integrate_with_timm() -> None:
     def load_model_config_from_hf(model_id: str, cache_dir: Optional[PathLike] = None, **kwargs: Any):
         try:
             return read_config(model_id, cache_dir=cache_dir, **kwargs)
-        except _hub_errors() as e:
+        except hub_errors() as e:
             raise hub_not_found(model_id, CONFIG_NAME, cache_dir, e) from e
 
     @functools.wraps(load_checkpoint)
     def load_checkpoint_into(model: nn.Module, checkpoint_path: PathLike, *args: Any, **kwargs: Any):
-        from .models.classifier import ClipoodClassifier
-
-        if not isinstance(model, ClipoodClassifier):
+        if not is_model(getattr(model, "pretrained_cfg", {}).get("architecture", "")):  # not a zoo model
             return load_checkpoint(model, checkpoint_path, *args, **kwargs)
         load_weights(model, checkpoint_path)
         model.update_pretrained_cfg()
@@ -174,10 +132,10 @@ def resolve_weights(
     checked against the sha256 its own config.json records (see :func:`load_weights`), if any.
     """
     if checkpoint_path is not None:
-        return _checkpoint_file(checkpoint_path), None
+        return checkpoint_file(checkpoint_path), None
     path = _local_file(cfg) if cfg.file else None
     if path is None and cfg.hf_hub_id:
-        path = _hub_file(cfg.hf_hub_id, cfg.hf_hub_filename or WEIGHTS_NAME, cache_dir)
+        path = hub_file(cfg.hf_hub_id, cfg.hf_hub_filename or WEIGHTS_NAME, cache_dir)
     if path is None and cfg.file:
         tried = ", ".join(str(d / cfg.file) for d in weights_dirs()) or "no folder: CLIPOOD_WEIGHTS_DIR is unset"
         raise WeightsNotFoundError(
@@ -311,8 +269,6 @@ def _check_fits(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: 
 
 def _config_clip_arch(config: Mapping[str, Any]) -> Optional[str]:
     """The open_clip architecture a config.json says its tensors are: its ``clip_arch``, else its registry name's."""
-    from .registry import get_pretrained_cfg, is_model
-
     arch = config.get("pretrained_cfg", {}).get("clip_arch")
     name = config.get("architecture")
     if not arch and isinstance(name, str) and is_model(name):
@@ -362,7 +318,7 @@ def load_weights(model: nn.Module, path: PathLike, allow_pickle: bool = False,
     classify a different class set than its registry entry (its head is just frozen text embeddings), so the
     head is resized to the file's ``head.weight`` and the class names are read from the ``config.json``.
     """
-    path = _checkpoint_file(path)
+    path = checkpoint_file(path)
     config = _read_config(path)
     data = path.read_bytes()
     state_dict = state_dict_from_bytes(data, path, allow_pickle=allow_pickle)  # a truncated file says so first
@@ -424,8 +380,6 @@ def save_pretrained(
 def _model_args(model: nn.Module, model_name: str) -> Dict[str, Any]:
     """timm's ``model_args`` of a config.json: what rebuilds this model's tower where it differs from its registered
     name's (an ``img_size``), so that an ``hf-hub:``/``local-dir:`` id builds the tower the weights are for."""
-    from .registry import get_pretrained_cfg, is_model
-
     size = getattr(model, "image_size", None)
     if size is None or not is_model(model_name) or get_pretrained_cfg(model_name).input_size[-1] == size:
         return {}

@@ -20,6 +20,7 @@ from timm.models import register_model as timm_register_model
 from torch import nn
 
 from .errors import ConfigError, UnknownModelError
+from .hub_files import CONFIG_NAME, checkpoint_file, hub_file
 
 __all__ = [
     "ZooPretrainedCfg", "register_model", "register_entrypoints", "generate_default_cfgs", "create_model",
@@ -136,14 +137,12 @@ def _hub_model_cfg(model_name: str, cache_dir: Optional[str]) -> Tuple[str, Dict
     from timm.models._factory import parse_model_name
     from timm.models._hub import _parse_model_cfg, load_cfg_from_json
 
-    from .hub import CONFIG_NAME, _checkpoint_file, _hub_file
-
     source, model_id = parse_model_name(model_name)
     if source == "hf-hub":
-        config_file = _hub_file(model_id, CONFIG_NAME, cache_dir)
+        config_file = hub_file(model_id, CONFIG_NAME, cache_dir)
         extra = {"hf_hub_id": model_id, "source": "hf-hub"}
     else:
-        config_file = _checkpoint_file(model_id).parent / CONFIG_NAME
+        config_file = checkpoint_file(model_id).parent / CONFIG_NAME
         extra = {"file": model_id, "source": "local-dir"}
     try:
         config = load_cfg_from_json(config_file)

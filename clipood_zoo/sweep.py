@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .cli_utils import format_results
+from .data.catalog import BASE2NEW as DATASETS
 from .data.catalog import DOMAINBED
 from .errors import ConfigError, TrainingError
 from .fileio import write_text_atomic
@@ -137,8 +138,6 @@ def domainbed_jobs(dataset: str, opts: SweepOptions) -> List[Job]:
 
 def b2n_jobs(dataset: str, opts: SweepOptions) -> List[Job]:
     """Table 3: base classes of ``<data>/seed<k>`` trained, base and new scored on its ``test`` split."""
-    from .data.protocols.base2new import DATASETS
-
     if dataset not in DATASETS:
         raise ConfigError(f"unknown base-to-new dataset {dataset!r}; one of {', '.join(DATASETS)}")
     entry = f"clipood_vitb16_b2n_{dataset}"

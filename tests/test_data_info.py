@@ -89,3 +89,19 @@ def test_class_indices_validated(dataset):
     assert info.class_indices([3, 1]) == (3, 1)
     with pytest.raises(ConfigError, match=r"class indices \[4\] out of range"):
         info.class_indices([0, 4])
+
+
+def test_eval_classes_is_a_dataset_info_field_and_round_trips(dataset):
+    assert read_dataset_info(dataset).eval_classes is None
+    _edit_info(dataset, lambda raw: raw.update(eval_classes=[3, 1]))
+    info = read_dataset_info(dataset)
+    assert info.eval_classes == (3, 1)
+    assert info.to_json()["eval_classes"] == [3, 1]
+
+
+@pytest.mark.parametrize("value, problem", [([1, 4], r"out of range \[0, 4\)"), ([1, 1], "distinct"),
+                                            ([], "non-empty"), (["1"], "list of integers")])
+def test_bad_eval_classes_are_refused(dataset, value, problem):
+    _edit_info(dataset, lambda raw: raw.update(eval_classes=value))
+    with pytest.raises(DatasetError, match=rf"_info.json: .*{problem}"):
+        read_dataset_info(dataset)

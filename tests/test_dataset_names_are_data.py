@@ -98,17 +98,6 @@ def test_a_shard_linked_outside_the_folder_is_refused_a_linked_folder_is_fine(tm
         read_dataset_info(data)
 
 
-@pytest.mark.parametrize("data_dir", [f"pipe:touch {MARKER}", "http://127.0.0.1:9/data", "s3://bucket/data"])
-def test_a_url_data_dir_is_a_clear_error_for_now(tmp_path, monkeypatch, capsys, data_dir):
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as e:
-        validate.main(["--model", "clipood-test-tiny", "--model-config", TINY_CONFIG, "--data-dir", data_dir])
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert f"{data_dir!r} is a URL or command, not a folder" in err and "local folder" in err
-    assert not (tmp_path / MARKER).exists()
-
-
 @pytest.mark.parametrize("listed", ["../secret.jpg", "/etc/passwd"])
 def test_coop_split_file_cannot_name_files_outside_the_images(tmp_path, listed):
     root = tmp_path / "eurosat"

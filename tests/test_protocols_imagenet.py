@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torchvision.transforms import functional as TF
 
+from clipood_zoo import protocol_eval
 from clipood_zoo.data.catalog import IMAGENET, prettify_class_name
 from clipood_zoo.data.info import read_dataset_info
 from clipood_zoo.data.protocols import imagenet as P
@@ -62,7 +63,7 @@ def test_imagenet_a_tree_converts_with_eval_classes(tmp_path):
     assert len(members) == 300
     all_wnids = P.imagenet_wnids()
     assert all(all_wnids[label] == path.split("/")[0] for path, label in members)  # independent of the converter
-    assert P.eval_classes(tmp_path / "out") == P.subset_indices("imagenet_a")
+    assert read_dataset_info(tmp_path / "out").eval_classes == P.subset_indices("imagenet_a")
     assert json.loads((tmp_path / "out" / "_info.json").read_text())["class_ids"] == list(all_wnids)
 
 
@@ -85,7 +86,7 @@ def test_imagenet_v2_folders_are_class_indices(tmp_path):
             (root / str(c) / "x.jpeg").write_bytes(image_bytes((1, 2, 3), "png"))
     P.convert_shift("imagenet_v2", tmp_path, tmp_path / "out", shard_size=1000)
     info, members = _members(tmp_path / "out")
-    assert len(members) == 1000 and P.eval_classes(tmp_path / "out") is None
+    assert len(members) == 1000 and read_dataset_info(tmp_path / "out").eval_classes is None
     assert all(int(path.split("/")[0]) == label for path, label in members)  # folder '10' -> 10, not sorted '10' < '2'
 
 
@@ -165,7 +166,7 @@ def test_evaluate_shift_restricts_logits(tmp_path):
     expected = sum(subset[int(table[i, subset].argmax())] == t for i, t in samples) / len(samples) * 100
     unrestricted = sum(int(table[i].argmax()) == t for i, t in samples) / len(samples) * 100
     assert expected != unrestricted
-    m = P.evaluate_shift(_LookupModel(table), tmp_path / "out", batch_size=7, workers=0, transform=TF.to_tensor)
+    m = protocol_eval.evaluate_shift(_LookupModel(table), tmp_path / "out", batch_size=7, workers=0, transform=TF.to_tensor)
     assert m["top1"] == pytest.approx(expected, abs=1e-3) and m["top1_imagenet_r"] == pytest.approx(expected, abs=1e-3)
     assert m["eval_classes"] == 200 and m["num_samples"] == len(samples)
 

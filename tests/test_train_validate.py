@@ -177,9 +177,11 @@ def test_amp_channels_last_compile_and_grad_accumulation_run_on_cpu(shards, tmp_
     assert rows[0]["num_samples"] > 0
 
 
-def test_validate_scores_declared_eval_classes_only(tmp_path):
-    """A dataset declaring ``eval_classes`` (ImageNet-A/-R style) is scored with the argmax over those classes."""
+def test_validate_scores_declared_eval_classes_only(tmp_path, monkeypatch):
+    """A dataset declaring ``eval_classes`` (ImageNet-A/-R style) is scored with the argmax over those classes,
+    and validate.py parses its ``_info.json`` once: the loaded DatasetInfo is what the loader gets."""
     from clipood_zoo import save_pretrained
+    from clipood_zoo.data import info as info_module
     from clipood_zoo.data.protocols._common import add_info_fields
 
     data = tmp_path / "data"
@@ -191,8 +193,12 @@ def test_validate_scores_declared_eval_classes_only(tmp_path):
     model.pretrained_cfg = {"input_size": (3, 32, 32), "interpolation": "bicubic", "crop_pct": 1.0,
                             "mean": (0.48145466, 0.4578275, 0.40821073), "std": (0.26862954, 0.26130258, 0.27577711)}
     save_pretrained(model, tmp_path / "ckpt")
+    parsed = []
+    real_parse = info_module.parse_dataset_info
+    monkeypatch.setattr(info_module, "parse_dataset_info", lambda *a, **k: parsed.append(a[1]) or real_parse(*a, **k))
     (row,) = validate.main(["--model", "clipood-test-tiny", "--model-config", TINY_CONFIG, "--checkpoint",
                             str(tmp_path / "ckpt"), "--data-dir", str(data), "--workers", "0"])
+    assert parsed == [data]
     transform = create_transform(**resolve_data_config({}, model=model))
     info = json.loads((data / "_info.json").read_text())
     correct = total = 0
@@ -209,3 +215,16 @@ def test_validate_scores_declared_eval_classes_only(tmp_path):
             total += 1
     assert row["eval_classes"] == 3 and row["num_samples"] == total
     assert row["top1"] == pytest.approx(100 * correct / total, abs=1e-3)
+
+
+def test_train_scores_the_held_out_domain_over_declared_eval_classes(tmp_path):
+    """train.py's held-out evaluation reads ``eval_classes`` from the DatasetInfo, as validate.py does: only
+    those classes' samples are scored (2 of the 4 classes here), not every held-out sample."""
+    from clipood_zoo.data.protocols._common import add_info_fields
+
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, per_class=2, shard_size=4)
+    add_info_fields(data, eval_classes=[1, 3])
+    result = train.main(train_args(data, tmp_path, "--steps", "1", "--train-classes", "all"))
+    assert result["target_num_samples"] == 2 * 2  # sketch, val split: 2 classes x 2 images
+    assert "target_hm" not in result  # a class subset is scored instead of the base/new split

@@ -9,7 +9,7 @@ ones the datasets are distributed with; registry names use the short ``slug``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
@@ -152,3 +152,47 @@ IMAGENET = DatasetSpec(
 )
 
 DOMAINBED: Dict[str, DatasetSpec] = {d.name: d for d in (PACS, VLCS, OFFICEHOME, TERRAINCOGNITA, DOMAINNET)}
+
+
+@dataclass(frozen=True)
+class CoopDataset:
+    """One of CoOp's 11 base-to-new datasets (paper Table 3): where CoOp's layout keeps it, and its prompt."""
+
+    name: str  # our name, used in registry names and results
+    coop_name: str  # CoOp's dataset class (and split-file suffix)
+    folder: str  # the folder under CoOp's $DATA
+    image_dir: str  # image folder inside it, split-file paths are relative to it ('' = the folder itself)
+    split_file: Optional[str]
+    num_classes: int
+    template: str  # CLIPood's CUSTOM_TEMPLATES (converter_dassl.py)
+
+
+BASE2NEW: Dict[str, CoopDataset] = {d.name: d for d in (
+    CoopDataset("imagenet", "ImageNet", "imagenet", "images", None, 1000, "a photo of a {}."),
+    CoopDataset("caltech101", "Caltech101", "caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json",
+                100, "a photo of a {}."),
+    CoopDataset("oxford_pets", "OxfordPets", "oxford_pets", "images", "split_zhou_OxfordPets.json", 37,
+                "a photo of a {}, a type of pet."),
+    CoopDataset("stanford_cars", "StanfordCars", "stanford_cars", "", "split_zhou_StanfordCars.json", 196,
+                "a photo of a {}."),
+    CoopDataset("flowers102", "OxfordFlowers", "oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json", 102,
+                "a photo of a {}, a type of flower."),
+    CoopDataset("food101", "Food101", "food-101", "images", "split_zhou_Food101.json", 101,
+                "a photo of {}, a type of food."),
+    CoopDataset("fgvc_aircraft", "FGVCAircraft", "fgvc_aircraft", "images", None, 100,
+                "a photo of a {}, a type of aircraft."),
+    CoopDataset("sun397", "SUN397", "sun397", "SUN397", "split_zhou_SUN397.json", 397, "a photo of a {}."),
+    CoopDataset("dtd", "DescribableTextures", "dtd", "images", "split_zhou_DescribableTextures.json", 47,
+                "{} texture."),
+    CoopDataset("eurosat", "EuroSAT", "eurosat", "2750", "split_zhou_EuroSAT.json", 10,
+                "a centered satellite photo of {}."),
+    CoopDataset("ucf101", "UCF101", "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json", 101,
+                "a photo of a person doing {}."),
+)}
+
+
+def coop_dataset(name: str) -> CoopDataset:
+    for d in BASE2NEW.values():
+        if name in (d.name, d.coop_name, d.folder):
+            return d
+    raise ConfigError(f"unknown base-to-new dataset {name!r}; one of {', '.join(BASE2NEW)}.")

@@ -8,6 +8,7 @@ can open our shards, plus the fields a domain-generalisation benchmark needs::
      "domains": ["art_painting", ...],        # each sample's .json names one of them
      "base_classes": [0, 2, ...],             # optional, CoOp-style base-to-new split (class indices)
      "new_classes": [1, 3, ...],
+     "eval_classes": [6, 11, ...],            # optional, the classes it is scored on (ImageNet-A/-R's 200)
      "splits": {"train": {"name": "train", "num_samples": 8, "filenames": ["train-000000.tar"],
                           "shard_lengths": [8],
                           "domain_class_counts": [[...], ...],   # optional [domain][class] counts
@@ -19,8 +20,10 @@ Validation happens here so that a broken folder fails at start-up with the file 
 message, not minutes later inside a DataLoader worker.
 
 A dataset is data: every name in ``_info.json`` must be a plain relative file name under the dataset
-folder (:func:`check_shard_name`), so that no name can be read as a ``pipe:`` command or a URL by
-webdataset's ``gopen`` or reach outside the folder (``..``, absolute paths, escaping symlinks).
+folder (:func:`check_shard_name`, after timm's brace notation is expanded), so that no name can be read
+as a ``pipe:`` command or a URL by webdataset's ``gopen`` or reach outside the folder (``..``, absolute
+paths, escaping symlinks). The folder itself may be a URL (:mod:`clipood_zoo.data.remote`): the names
+are then joined to it, never opened on their own.
 """
 from __future__ import annotations
 
@@ -28,12 +31,17 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Optional, Sequence
 
+from braceexpand import braceexpand
+
 from ..errors import ConfigError, DatasetError
+from .remote import DEFAULT_RETRY, Location, RetryPolicy, is_remote, join, read_remote, resolve_location
 
 INFO_FILENAME = "_info.json"
+MAX_SHARDS = 1_000_000  # shards one split may list (brace patterns included)
 CLASS_SUBSETS = ("all", "base", "new")
 # A shard name: folder/file parts of letters, digits, '.', '_' and '-', none starting with '.' or '-'.
 # No ':' (so no 'pipe:', 'file:', 'http:' or drive letter), no spaces, ';', '|', '$', backslashes or '..'.
@@ -69,19 +77,21 @@ class SplitInfo:
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """A validated ``_info.json``; ``root`` is the folder that holds it and the shards."""
+    """A validated ``_info.json``; ``root`` is where it and the shards are: a local folder (``Path``) or a URL
+    (``str``, see :mod:`clipood_zoo.data.remote`)."""
 
-    root: Path
+    root: Location
     name: str
     classes: tuple[str, ...]
     domains: tuple[str, ...]
     splits: dict[str, SplitInfo]
     base_classes: Optional[tuple[int, ...]] = None
     new_classes: Optional[tuple[int, ...]] = None
+    eval_classes: Optional[tuple[int, ...]] = None  # scored over these classes only (None: all)
 
     @property
-    def path(self) -> Path:
-        return self.root / INFO_FILENAME
+    def path(self) -> Location:
+        return join(self.root, INFO_FILENAME)
 
     def split(self, name: str) -> SplitInfo:
         """The split called ``name``; the error lists the splits there are."""
@@ -92,7 +102,7 @@ class DatasetInfo:
         return self.splits[name]
 
     def shard_paths(self, split: str) -> list[str]:
-        return [str(self.root / f) for f in self.split(split).filenames]
+        return [str(join(self.root, f)) for f in self.split(split).filenames]
 
     def domain_index(self, name: str) -> int:
         """Index of domain ``name`` (the ``domain_idx`` a loader yields)."""
@@ -165,6 +175,8 @@ class DatasetInfo:
         if self.base_classes is not None:
             out["base_classes"] = list(self.base_classes)
             out["new_classes"] = list(self.new_classes or ())
+        if self.eval_classes is not None:
+            out["eval_classes"] = list(self.eval_classes)
         out["splits"] = {name: s.to_json() for name, s in self.splits.items()}
         return out
 
@@ -191,28 +203,34 @@ def path_inside(root: Path, name: str) -> Optional[Path]:
     return target if target.is_relative_to(root.resolve()) else None
 
 
-def read_dataset_info(data_dir: str | os.PathLike) -> DatasetInfo:
-    """Read and validate ``data_dir/_info.json``, including that every listed shard exists."""
-    root = Path(data_dir)
-    path = root / INFO_FILENAME
-    if _URL_RE.match(str(data_dir)) and not root.exists():
-        raise DatasetError(
-            f"{str(data_dir)!r} is a URL or command, not a folder: reading a dataset from a URL is not supported "
-            f"yet. Download its _info.json and shards into a local folder and pass that folder.")
+def read_dataset_info(data_dir: str | os.PathLike, retry: RetryPolicy = DEFAULT_RETRY) -> DatasetInfo:
+    """Read and validate ``_info.json`` of a folder (including that every listed shard exists) or of a URL
+    (``http(s)://``, ``file://``, fsspec; remote shards are checked when they are read)."""
+    root = resolve_location(data_dir)
+    path = join(root, INFO_FILENAME)
+    if is_remote(root):
+        try:
+            text = read_remote(str(path), retry)
+        except DatasetError as e:
+            raise DatasetError(f"no readable {INFO_FILENAME} at {root}: {e}") from None
+        return parse_dataset_info(_decode_json(text, path), root, check_files=False)
     if not path.is_file():
         raise DatasetError(
             f"no {INFO_FILENAME} in {root}: it is not a clipood-zoo dataset folder. Convert the images with "
             f"`python -m clipood_zoo.data.convert domainbed|imagefolder SRC {root}`.")
+    return parse_dataset_info(_decode_json(path.read_bytes(), path), root, check_files=True)
+
+
+def _decode_json(data: bytes, path: Location) -> Any:
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise DatasetError(f"{path} is not valid JSON ({e or type(e).__name__}); convert the dataset again.") from None
-    return parse_dataset_info(raw, root, check_files=True)
 
 
-def parse_dataset_info(raw: Any, root: Path, check_files: bool = True) -> DatasetInfo:
+def parse_dataset_info(raw: Any, root: Location, check_files: bool = True) -> DatasetInfo:
     """Build a :class:`DatasetInfo` from the decoded JSON, raising :class:`DatasetError` on any flaw."""
-    path = root / INFO_FILENAME
+    path = join(root, INFO_FILENAME)
 
     def fail(problem: str) -> DatasetError:
         return DatasetError(f"{path}: {problem}. Fix the file or convert the dataset again.")
@@ -234,6 +252,11 @@ def parse_dataset_info(raw: Any, root: Path, check_files: bool = True) -> Datase
         new = _index_list(raw["new_classes"], len(classes), "new_classes", fail)
         if set(base) & set(new):
             raise fail(f"classes {sorted(set(base) & set(new))} are in both 'base_classes' and 'new_classes'")
+    scored = None
+    if raw.get("eval_classes") is not None:
+        scored = _index_list(raw["eval_classes"], len(classes), "eval_classes", fail)
+        if not scored or len(set(scored)) != len(scored):
+            raise fail("'eval_classes' must be a non-empty list of distinct class indices")
     if not isinstance(raw["splits"], dict):
         raise fail("'splits' must be an object {split name: split info}")
     splits = {name: _parse_split(name, s, len(domains), len(classes), fail)
@@ -249,7 +272,20 @@ def parse_dataset_info(raw: Any, root: Path, check_files: bool = True) -> Datase
                 raise fail(f"split {s.name!r} lists shard(s) missing on disk: {absent[:5]}"
                            f"{' ...' if len(absent) > 5 else ''} (in {root})")
     return DatasetInfo(root=root, name=str(raw["name"]), classes=classes, domains=domains, splits=splits,
-                       base_classes=base, new_classes=new)
+                       base_classes=base, new_classes=new, eval_classes=scored)
+
+
+def _expand_braces(names: tuple[str, ...], where: str, fail) -> tuple[str, ...]:
+    """timm's and webdataset's brace notation (``train-{000000..000099}.tar``), expanded before any name is checked
+    (each expanded name is then checked on its own); at most ``MAX_SHARDS`` names, so a pattern cannot exhaust memory."""
+    out: list[str] = []
+    for name in names:
+        out += islice(braceexpand(name), MAX_SHARDS + 1 - len(out)) if "{" in name else [name]
+        if len(out) > MAX_SHARDS:
+            raise fail(f"{where} lists more than {MAX_SHARDS} shards")
+    if len(set(out)) != len(out):
+        raise fail(f"{where}: the shard names (braces expanded) have duplicates")
+    return tuple(out)
 
 
 def _str_list(value: Any, key: str, fail) -> tuple[str, ...]:
@@ -276,7 +312,7 @@ def _parse_split(name: str, raw: Any, num_domains: int, num_classes: int, fail) 
     missing = [k for k in ("num_samples", "filenames", "shard_lengths") if k not in raw]
     if missing:
         raise fail(f"{where} is missing key(s) {missing}")
-    filenames = _str_list(raw["filenames"], f"splits.{name}.filenames", fail)
+    filenames = _expand_braces(_str_list(raw["filenames"], f"splits.{name}.filenames", fail), where, fail)
     for f in filenames:
         problem = check_shard_name(f)
         if problem:

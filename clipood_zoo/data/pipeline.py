@@ -71,6 +71,7 @@ from torch.utils.data import IterableDataset, default_collate
 
 from ..errors import ConfigError, DatasetError
 from .info import DatasetInfo, read_dataset_info
+from .remote import DEFAULT_RETRY, RetryPolicy, is_remote, open_remote
 
 _logger = logging.getLogger(__name__)
 
@@ -169,13 +170,16 @@ class _ReadShards(wds.PipelineStage):
     ``_info.json`` lists (truncated, corrupt, unreadable) is noticed and counted, with its tar members capped
     in size (:func:`_capped_members`)."""
 
-    def __init__(self, lengths: dict[str, int], policy: _SkipPolicy, max_member_bytes: int = MAX_MEMBER_BYTES):
+    def __init__(self, lengths: dict[str, int], policy: _SkipPolicy, max_member_bytes: int = MAX_MEMBER_BYTES,
+                 remote: bool = False, retry: RetryPolicy = DEFAULT_RETRY):
         self.lengths, self.policy, self.max_member_bytes = lengths, policy, max_member_bytes
+        self.remote, self.retry = remote, retry
 
     def run(self, shards: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for shard in shards:
             url, n = shard["url"], 0
-            for sample in _local_tar_samples(url, partial(self.policy.shard_error, url), self.max_member_bytes):
+            opener = partial(open_remote, url, self.retry) if self.remote else partial(open, url, "rb")
+            for sample in _tar_samples(url, opener, partial(self.policy.shard_error, url), self.max_member_bytes):
                 n += 1
                 yield sample
             expected = self.lengths[url]
@@ -184,20 +188,22 @@ class _ReadShards(wds.PipelineStage):
                                       f"{expected - n} of {expected} samples could not be read", n=expected - n))
 
 
-def _local_tar_samples(path: str, handler: Callable[[Exception], bool],
-                       max_member_bytes: int) -> Iterator[dict[str, Any]]:
-    """webdataset's ``tarfile_samples`` for one local shard, opened with ``open()``, members capped in size.
+def _tar_samples(url: str, opener: Callable[[], BinaryIO], handler: Callable[[Exception], bool],
+                 max_member_bytes: int) -> Iterator[dict[str, Any]]:
+    """webdataset's ``tarfile_samples`` for one shard, opened by ``opener``, members capped in size.
 
     ``tarfile_samples`` opens its url with ``gopen``, which runs a name starting with ``pipe:`` as a shell
-    command and fetches URLs; a shard named in ``_info.json`` is data and must only ever be read as a file.
+    command; a shard named in ``_info.json`` is data, so it is opened here as a local file (``open``) or,
+    for a remote dataset, as that URL (:func:`clipood_zoo.data.remote.open_remote`), never through ``gopen``.
+    A remote shard that cannot be had (404, or the retries spent) raises :class:`DatasetError` naming it.
     """
     try:
-        stream = open(path, "rb")  # noqa: SIM115  closed below, also when the consumer stops early
+        stream = opener()  # closed below, also when the consumer stops early
     except OSError as exn:
         handler(exn)  # raises when strict; otherwise the shard's samples are counted as missing
         return
     with stream:
-        files = _capped_members(path, stream, handler, max_member_bytes)
+        files = _capped_members(url, stream, handler, max_member_bytes)
         yield from wds.tariterators.group_by_keys(files, handler=handler)
 
 
@@ -218,6 +224,8 @@ def _capped_members(url: str, stream: BinaryIO, handler: Callable[[Exception], b
             else:
                 yield dict(fname=member.name, data=tar.extractfile(member).read(), __url__=url)
             tar.members = []  # stream mode: keep no headers
+    except DatasetError:  # a remote shard whose retries are spent: an outage, not a bad sample
+        raise
     except Exception as exn:  # noqa: BLE001  truncated or corrupt tar: the handler counts or raises
         handler(exn)
     yield {}  # end of shard: group_by_keys emits the last sample
@@ -380,7 +388,7 @@ class ShardLoader:
 
 
 def create_loader(
-        data_dir: str | os.PathLike,
+        data_dir: str | os.PathLike | DatasetInfo,
         split: str,
         *,
         transform: Callable[[Image.Image], torch.Tensor],
@@ -400,10 +408,13 @@ def create_loader(
         max_member_bytes: int = MAX_MEMBER_BYTES,
         max_image_pixels: int = MAX_IMAGE_PIXELS,
         domain_balanced: bool = False,
+        retry: RetryPolicy = DEFAULT_RETRY,
 ) -> ShardLoader:
     """A loader of ``(images, targets, domain_idx)`` batches from split ``split`` of ``data_dir``.
 
     Args:
+        data_dir: the dataset folder, or its :class:`DatasetInfo` already read (so that ``_info.json`` is
+            parsed once per run, not once per loader).
         transform: PIL RGB image -> tensor [3,H,W] (runs in the workers; must be picklable for spawn).
         domains: domain names to keep (None: all). ``domain_idx`` stays the index in ``_info.json``.
         classes: class indices to keep, or ``'base'``/``'new'``/``'all'`` (None: all).
@@ -416,6 +427,7 @@ def create_loader(
         max_member_bytes, max_image_pixels: what one sample may cost; larger ones are skipped unread.
         domain_balanced: every batch drawn evenly from the kept domains (needs ``resampled``; see the
             module docstring).
+        retry: how hard to try a remote shard (:class:`clipood_zoo.data.remote.RetryPolicy`).
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
@@ -429,7 +441,7 @@ def create_loader(
     if relabel_classes and classes is None:
         raise ConfigError("relabel_classes=True needs classes (the subset whose positions become the targets).")
     drop_last = is_training if drop_last is None else drop_last
-    info = read_dataset_info(data_dir)
+    info = data_dir if isinstance(data_dir, DatasetInfo) else read_dataset_info(data_dir, retry)
     domain_ids = info.domain_indices(domains)
     class_ids = info.class_indices(classes)
     num_samples = count_samples(info, split, domains, classes)
@@ -451,7 +463,7 @@ def create_loader(
     class_map = {c: i for i, c in enumerate(class_ids)} if relabel_classes else None
     sample_stages = partial(_sample_stages, info=info, split=split, policy=policy, is_training=is_training,
                             seed=seed, epoch=shared_epoch, class_ids=class_ids, class_map=class_map, transform=transform,
-                            max_member_bytes=max_member_bytes, max_image_pixels=max_image_pixels)
+                            max_member_bytes=max_member_bytes, max_image_pixels=max_image_pixels, retry=retry)
     if resampled:
         per_rank = max(1, num_samples // (world_size * batch_size))
         per_worker = math.ceil(per_rank / max(1, num_workers))
@@ -493,10 +505,10 @@ def _sample_stages(*, info: DatasetInfo, split: str, policy: _SkipPolicy, is_tra
                    epoch: SharedCount, shuffle_buffer: int, domain_ids: Optional[Sequence[int]],
                    class_ids: Optional[Sequence[int]], class_map: Optional[dict[int, int]],
                    transform: Callable[[Image.Image], Any], max_member_bytes: int, max_image_pixels: int,
-                   stream: str = "") -> list[Any]:
+                   retry: RetryPolicy, stream: str = "") -> list[Any]:
     """Shard urls -> checked, filtered, decoded and transformed ``(image, target, domain)`` samples."""
     stages: list[Any] = [_ReadShards({s: n for s, n in zip(info.shard_paths(split), info.split(split).shard_lengths)},
-                                     policy, max_member_bytes)]
+                                     policy, max_member_bytes, remote=is_remote(info.root), retry=retry)]
     if is_training:
         stages.append(_EpochShuffle(shuffle_buffer, seed, epoch, per_worker=True, stream=stream))
     return stages + [
@@ -544,7 +556,8 @@ def _scan_counts(info: DatasetInfo, split: str) -> tuple[tuple[int, ...], ...]:
     for path in info.shard_paths(split):
         members: dict[str, dict[str, bytes]] = {}
         try:
-            with tarfile.open(path, "r:") as tar:
+            with (open_remote(path) if is_remote(info.root) else open(path, "rb")) as f, \
+                    tarfile.open(fileobj=f, mode="r:" if f.seekable() else "r|") as tar:
                 for m in tar:
                     key, _, ext = m.name.rpartition("/")[2].partition(".")
                     if ext in ("cls", "json") and m.isreg():

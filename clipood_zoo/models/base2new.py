@@ -1,6 +1,6 @@
 """CLIPood ViT-B/16 base-to-new on CoOp's 11 datasets (paper Table 3), one entry per dataset.
 
-Names: ``clipood_vitb16_b2n_{dataset}`` (datasets as in :data:`clipood_zoo.data.protocols.base2new.DATASETS`).
+Names: ``clipood_vitb16_b2n_{dataset}`` (datasets as in :data:`clipood_zoo.data.catalog.BASE2NEW`).
 Recipe from thuml/CLIPood ``scripts.sh`` (``--task open_class``): 16 shots, batch 36, lr 5e-6, lambda 0.3,
 BMA beta 0.1, 500 iterations per epoch, epochs per dataset below, AdamW weight decay 0.1, cosine,
 tau 0.01 (CLIP's logit scale); prompt template per dataset from its ``converter_dassl.py``; trained on
@@ -16,7 +16,8 @@ from __future__ import annotations
 from typing import Dict
 
 from ..data.catalog import IMAGENET
-from ..data.protocols.base2new import DATASETS, CoopDataset
+from ..data.catalog import BASE2NEW as DATASETS
+from ..data.catalog import CoopDataset
 from ..registry import ZooPretrainedCfg, generate_default_cfgs, register_entrypoints
 from .factory import build_zoo_model, default_cfg
 

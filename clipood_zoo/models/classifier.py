@@ -17,6 +17,7 @@ from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGE
 from torch import nn
 
 from ..errors import ConfigError
+from ..hub import load_pretrained_file
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)  # CLIPood's single DomainBed template
 TEMPLATE_SETS = {"openai_imagenet": OPENAI_IMAGENET_TEMPLATES, "simple_imagenet": SIMPLE_IMAGENET_TEMPLATES}
@@ -207,8 +208,6 @@ class ClipoodClassifier(nn.Module):
     def load_pretrained(self, file: str) -> None:
         """timm's hook for ``custom_load`` cfgs: ``timm.models.load_pretrained(model)`` loads the cfg's ``file``
         (relative to ``$CLIPOOD_WEIGHTS_DIR`` / ``weights/``) the zoo's way: sha256-checked, head resized."""
-        from ..hub import load_pretrained_file
-
         load_pretrained_file(self, file)
 
     def keep_classes(self, rows: Sequence[int]) -> None:

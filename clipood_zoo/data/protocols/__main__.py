@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 import open_clip
 
-from ... import sweep
+from ... import protocol_eval, sweep
 from ...cli_utils import AMP_DTYPES, format_results
 from ...errors import ClipoodError
 from ...fileio import write_text_atomic
@@ -147,7 +147,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif args.command == "validate-imagenet":
             if args.model_config:
                 open_clip.add_model_config(args.model_config)
-            rows = imagenet.validate_shifts(args.model, args.data_dir, checkpoint=args.checkpoint,
+            rows = protocol_eval.validate_shifts(args.model, args.data_dir, checkpoint=args.checkpoint,
                                             clip_pretrained=args.clip_pretrained, pretrained=args.pretrained,
                                             batch_size=args.batch_size, workers=args.workers, device=args.device,
                                             split=args.split, amp_dtype=AMP_DTYPES[args.amp_dtype] if args.amp else None)

@@ -101,14 +101,6 @@ def add_info_fields(out_dir: str | os.PathLike, **fields: Any) -> None:
         f.write(json.dumps(raw, indent=1).encode("utf-8"))
 
 
-def read_info_field(data_dir: str | os.PathLike, key: str, default: Any = None) -> Any:
-    """A protocol field of ``_info.json`` (which :class:`~clipood_zoo.data.info.DatasetInfo` does not keep)."""
-    path = Path(data_dir) / INFO_FILENAME
-    if not path.is_file():
-        raise DatasetError(f"no {INFO_FILENAME} in {data_dir}; convert the dataset first.")
-    return json.loads(path.read_text(encoding="utf-8")).get(key, default)
-
-
 def missing_message(what: str, where: Path, missing: Sequence[str], unexpected: Sequence[str] = (),
                     hint: str = "") -> str:
     parts = [f"{where}: "]

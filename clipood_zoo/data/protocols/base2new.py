@@ -3,7 +3,7 @@
 Protocol (CoOp/CoCoOp, ``KaiyangZhou/CoOp`` ``datasets/*.py`` and Dassl's ``DatasetBase``):
 
 - splits: ``split_zhou_<Dataset>.json`` = ``{"train"|"val"|"test": [[relative_path, label, classname], ...]}``,
-  paths relative to the dataset's image folder (:data:`DATASETS`). FGVCAircraft has no such file
+  paths relative to the dataset's image folder (:data:`clipood_zoo.data.catalog.BASE2NEW`). FGVCAircraft has no such file
   (``variants.txt`` + ``images_variant_{train,val,test}.txt``); ImageNet has none either
   (``images/train/<wnid>``, test = ``images/val/<wnid>``, names from ``classnames.txt``, no val split).
 - few-shot: Dassl's ``generate_fewshot_dataset`` — group by label in order of first appearance,
@@ -25,48 +25,15 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
-from ...errors import ConfigError, DatasetError
+from ...errors import DatasetError
+from ..catalog import BASE2NEW as DATASETS  # noqa: F401  (the table, re-exported where callers look for it)
+from ..catalog import CoopDataset, coop_dataset
 from ..converters import ConversionReport
 from ..info import path_inside
 from ._common import Item, add_info_fields, image_files, missing_message, require_dir, subfolders, \
     unique_class_names, write_items
-
-
-@dataclass(frozen=True)
-class CoopDataset:
-    name: str  # our name, used in registry names and results
-    coop_name: str  # CoOp's dataset class (and split-file suffix)
-    folder: str  # the folder under CoOp's $DATA
-    image_dir: str  # image folder inside it, split-file paths are relative to it ('' = the folder itself)
-    split_file: Optional[str]
-    num_classes: int
-    template: str  # CLIPood's CUSTOM_TEMPLATES (converter_dassl.py)
-
-
-DATASETS: Dict[str, CoopDataset] = {d.name: d for d in (
-    CoopDataset("imagenet", "ImageNet", "imagenet", "images", None, 1000, "a photo of a {}."),
-    CoopDataset("caltech101", "Caltech101", "caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json",
-                100, "a photo of a {}."),
-    CoopDataset("oxford_pets", "OxfordPets", "oxford_pets", "images", "split_zhou_OxfordPets.json", 37,
-                "a photo of a {}, a type of pet."),
-    CoopDataset("stanford_cars", "StanfordCars", "stanford_cars", "", "split_zhou_StanfordCars.json", 196,
-                "a photo of a {}."),
-    CoopDataset("flowers102", "OxfordFlowers", "oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json", 102,
-                "a photo of a {}, a type of flower."),
-    CoopDataset("food101", "Food101", "food-101", "images", "split_zhou_Food101.json", 101,
-                "a photo of {}, a type of food."),
-    CoopDataset("fgvc_aircraft", "FGVCAircraft", "fgvc_aircraft", "images", None, 100,
-                "a photo of a {}, a type of aircraft."),
-    CoopDataset("sun397", "SUN397", "sun397", "SUN397", "split_zhou_SUN397.json", 397, "a photo of a {}."),
-    CoopDataset("dtd", "DescribableTextures", "dtd", "images", "split_zhou_DescribableTextures.json", 47,
-                "{} texture."),
-    CoopDataset("eurosat", "EuroSAT", "eurosat", "2750", "split_zhou_EuroSAT.json", 10,
-                "a centered satellite photo of {}."),
-    CoopDataset("ucf101", "UCF101", "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json", 101,
-                "a photo of a person doing {}."),
-)}
 
 
 @dataclass(frozen=True)
@@ -76,13 +43,6 @@ class Entry:
     path: str
     label: int
     classname: str
-
-
-def coop_dataset(name: str) -> CoopDataset:
-    for d in DATASETS.values():
-        if name in (d.name, d.coop_name, d.folder):
-            return d
-    raise ConfigError(f"unknown base-to-new dataset {name!r}; one of {', '.join(DATASETS)}.")
 
 
 def read_split_file(path: str | os.PathLike) -> Dict[str, List[Entry]]:

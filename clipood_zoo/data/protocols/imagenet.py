@@ -24,7 +24,8 @@ Distributed layouts (``src`` may be the folder below or the folder that holds it
 
 Every shift is written as a 1000-class dataset (one domain, split ``test``), so the ImageNet model's
 head applies unchanged; A and R add ``"eval_classes"`` (their 200 class indices) to ``_info.json`` and
-are scored with the logits restricted to those columns (:func:`evaluate_shift`), as both original
+are scored with the logits restricted to those columns (:func:`clipood_zoo.protocol_eval.evaluate_shift`;
+``DatasetInfo.eval_classes``), as both original
 repositories and CoOp/CLIPood evaluate them.
 """
 from __future__ import annotations
@@ -38,14 +39,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 
 from ...errors import ConfigError, DatasetError
 from ..catalog import IMAGENET
 from ..converters import ConversionReport
-from ._common import (Item, add_info_fields, image_files, missing_message, read_info_field, require_dir,
+from ._common import (Item, add_info_fields, image_files, missing_message, require_dir,
                       subfolders, unique_class_names, write_items)
 
 _logger = logging.getLogger(__name__)
@@ -248,62 +249,8 @@ def _label(value: str, index: dict[str, int], path: Path) -> int:
     raise DatasetError(f"{path}: label {value!r} is neither a known wnid nor a class index 0..{len(index) - 1}.")
 
 
-def eval_classes(data_dir: str | os.PathLike) -> Optional[tuple[int, ...]]:
-    """The class subset a dataset is scored on (``_info.json``'s ``eval_classes``), None for all."""
-    value = read_info_field(data_dir, "eval_classes")
-    return None if value is None else tuple(int(v) for v in value)
-
-
 def restricted_top1(logits: torch.Tensor, target: torch.Tensor, classes: Sequence[int]) -> float:
     """Top-1 (percent) with the argmax taken over ``classes`` only; ``target`` are indices into all classes."""
     columns = torch.as_tensor(list(classes), device=logits.device)
     pred = columns[logits[:, columns].argmax(dim=1)]
     return 100.0 * (pred == target.to(logits.device)).float().mean().item()
-
-
-def evaluate_shift(model: torch.nn.Module, data_dir: str | os.PathLike, *, batch_size: int = 256, workers: int = 2,
-                   device: Optional[torch.device] = None, amp_dtype: Optional[torch.dtype] = None,
-                   split: str = SPLIT, transform=None, progress: bool = False) -> Dict[str, Any]:
-    """top1/top5 and ``top1_<domain>`` of ``model`` on a converted set, restricted to ``eval_classes``
-    when ``_info.json`` declares them (A, R); ``eval_classes`` in the result is the number of columns."""
-    from timm.data import create_transform, resolve_data_config
-
-    from ...evaluate import evaluate
-    from ..info import read_dataset_info
-    from ..pipeline import create_loader
-
-    device = device or torch.device("cpu")
-    info = read_dataset_info(data_dir)
-    subset = eval_classes(data_dir)
-    if transform is None:
-        transform = create_transform(**resolve_data_config({}, model=model))
-    loader = create_loader(data_dir, split, transform=transform, batch_size=batch_size, is_training=False,
-                           classes=subset, relabel_classes=subset is not None, num_workers=workers)
-    metrics = evaluate(model, loader, device, info.domains, amp_dtype=amp_dtype, logit_columns=subset,
-                       progress=progress, desc=info.name)
-    return {**metrics, "eval_classes": len(subset) if subset is not None else len(info.classes), "split": split}
-
-
-def validate_shifts(model_name: str, data_dirs: Sequence[str | os.PathLike], *, checkpoint: Optional[str] = None,
-                    clip_pretrained: Optional[str] = None, pretrained: bool = False, batch_size: int = 256,
-                    workers: int = 2, device: Optional[str] = None, split: str = SPLIT,
-                    amp_dtype: Optional[torch.dtype] = None, progress: bool = True) -> List[Dict[str, Any]]:
-    """One validate.py-style row per converted set (ImageNet, V2, Sketch, A, R) for ``model_name``
-    (split ``split`` of each; a progress bar per set unless ``progress=False``)."""
-    from ...cli_utils import default_device, model_for_dataset
-    from ..info import read_dataset_info
-
-    dev = torch.device(device or default_device())
-    rows = []
-    model = None
-    for data_dir in data_dirs:
-        info = read_dataset_info(data_dir)
-        if model is None:
-            model = model_for_dataset(model_name, info, pretrained, checkpoint, clip_pretrained).to(dev)
-        m = evaluate_shift(model, data_dir, batch_size=batch_size, workers=workers, device=dev, amp_dtype=amp_dtype,
-                           split=split, progress=progress)
-        rows.append({"model": model_name, **{k: m[k] for k in ("top1", "top1_err", "top5", "top5_err")},
-                     **{k: v for k, v in m.items() if k.startswith("top1_") and k != "top1_err"},
-                     "num_samples": m["num_samples"], "split": m["split"], "eval_classes": m["eval_classes"],
-                     "dataset": info.name})
-    return rows
