@@ -180,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true", help="replace a run already in the run folder")
     g.add_argument("--resume", default=None, help="checkpoint.pt (or its run folder) of a run to continue")
     g.add_argument("--log-interval", type=int, default=50, help="optimizer steps between log lines")
+    g.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING"), default="INFO",
+                   help="rank 0's log level; the other ranks log only their warnings, or everything with DEBUG "
+                        "(which also logs each rank's own training loss)")
     g.add_argument("--eval-interval", type=int, default=1, help="epochs between evaluations (the last always runs)")
     g.add_argument("--checkpoint-interval", type=int, default=None, help="steps between checkpoints (default: each epoch)")
     g.add_argument("--checkpoint-hist", type=int, default=0,
@@ -652,15 +655,28 @@ class Run:
             if self.step % args.log_interval == 0 or self.step == self.total_steps:
                 # img/s over the whole run in this process (evaluations and saves included), not since the last line
                 elapsed = time.monotonic() - self.train_started
-                _logger.info("Train: %d [%d/%d (%.0f%%)]  Loss: %.4f  LR: %.3e  %.1f img/s", epoch, self.step,
-                             self.total_steps, 100.0 * self.step / self.total_steps, (loss_sum / loss_count).item(),
-                             self.optimizer.param_groups[0]["lr"],
-                             self.images_trained * self.world_size / max(elapsed, 1e-9))
+                mean_loss = self.mean_over_ranks(loss_sum / loss_count)
+                if self.is_main:
+                    _logger.info("Train: %d [%d/%d (%.0f%%)]  Loss: %.4f  LR: %.3e  %.1f img/s", epoch, self.step,
+                                 self.total_steps, 100.0 * self.step / self.total_steps, mean_loss,
+                                 self.optimizer.param_groups[0]["lr"],
+                                 self.images_trained * self.world_size / max(elapsed, 1e-9))
             if args.checkpoint_interval and self.step % args.checkpoint_interval == 0:
                 self.save()
             if self._stop_now:
                 self.interrupt()
-        return {"loss": (loss_sum / max(loss_count, 1)).item()}
+        return {"loss": self.mean_over_ranks(loss_sum / max(loss_count, 1))}
+
+    def mean_over_ranks(self, rank_loss: torch.Tensor) -> float:
+        """The mean of every rank's mean loss (ranks train on equal batches, so this is the loss over all of them).
+
+        A collective: every rank calls it at the same steps. With ``--log-level DEBUG`` each rank also logs its own."""
+        _logger.debug("rank %d loss at step %d: %.6f", self.rank, self.step, rank_loss.item())
+        if not self.distributed:
+            return rank_loss.item()
+        total = rank_loss.detach().clone()
+        torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
+        return total.item() / self.world_size
 
     def loader(self, split: str, domains: Sequence[str], classes: Optional[Sequence[int]]):
         return _CountingLoader(self, create_loader(self.args.data_dir, split, transform=self.eval_transform, batch_size=self.args.batch_size,
@@ -796,7 +812,14 @@ class Run:
         if self.nonfinite_steps:
             _logger.warning("Skipped %d of %d optimizer steps for a NaN/inf loss or gradient", self.nonfinite_steps,
                             self.total_steps)
-        _logger.info("rank %d final weights digest %s", self.rank, weights_digest(self.eval_model))
+        digest = weights_digest(self.eval_model)
+        digests = [digest] * self.world_size
+        if self.distributed:
+            torch.distributed.all_gather_object(digests, digest)
+        if self.is_main:
+            _logger.info("final weights digest per rank: %s", " ".join(digests))
+            if len(set(digests)) > 1:
+                _logger.warning("the ranks ended with different weights (digests %s): rank 0's are exported", digests)
         result = {"step": self.step, **({"best_source_top1": self.best} if self.best is not None else {}),
                   "output": str(self.out_dir), "skipped_train": skipped.total, "skipped_eval": eval_skipped,
                   "nonfinite_steps": self.nonfinite_steps, **metrics}
@@ -872,11 +895,22 @@ class _CountingLoader:
             self.run.eval_skipped[reason] = self.run.eval_skipped.get(reason, 0) + n
 
 
+def setup_logging(level: str) -> None:
+    """Rank 0 logs the run (every line once); the other ranks log only their own warnings, tagged with the rank,
+    unless ``level`` is DEBUG. The rank is read from torchrun's global ``RANK``, before the process group exists."""
+    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    threshold = getattr(logging, level)
+    if rank != 0 and threshold > logging.DEBUG:
+        threshold = max(threshold, logging.WARNING)
+    tag = f" [rank {rank}]" if world_size > 1 else ""
+    logging.basicConfig(level=threshold, format=f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.command_line = shlex.join(["python", "train.py", *(sys.argv[1:] if argv is None else argv)])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level)
     try:
         check_args(args)
         if args.model_config:
