@@ -81,6 +81,8 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, NativeScaler
 from timm.utils.distributed import init_distributed_device_so
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor
 
 import clipood_zoo
 from clipood_zoo import ClipoodError, ConfigError, ModelBma
@@ -92,6 +94,7 @@ from clipood_zoo.errors import CheckpointError, RunInterrupted, TrainingError
 from clipood_zoo.fileio import FolderLock, check_writable_dir, inside, link_or_copy, write_text_atomic
 from clipood_zoo.evaluate import autocast, evaluate
 from clipood_zoo.methods import METHODS, TrainStep, create_method
+from clipood_zoo.sharding import full_state_dict, shard_image_tower
 from clipood_zoo.weight_space import wise_ft
 
 _logger = logging.getLogger("train")
@@ -172,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp-dtype", choices=sorted(AMP_DTYPES), default="bfloat16")
     g.add_argument("--channels-last", action="store_true")
     g.add_argument("--torchcompile", nargs="?", const="inductor", default=None, help="torch.compile backend")
+    g.add_argument("--fsdp", action="store_true",
+                   help="shard the image tower over the processes with FSDP2 (torch's fully_shard) instead of DDP, "
+                        "for towers too big to hold whole on each device; BMA averages each rank's shard")
     g.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--output", default="output/train", help="parent folder of the run folder")
@@ -223,6 +229,9 @@ def check_args(args: argparse.Namespace) -> None:
     if args.export_ema is not None and args.model_ema:
         raise ConfigError("--export-ema keeps an EMA beside the run's average, but --model-ema already makes the EMA "
                           "the run's average; drop one of them")
+    if args.fsdp and (args.model_ema or args.export_ema is not None or args.wise_ft_alphas):
+        raise ConfigError("--fsdp works with BMA or the last weights: timm's EMA (--model-ema, --export-ema) and "
+                          "WiSE-FT (--wise-ft-alphas) need the whole model on each rank; drop one of them")
     for alpha in args.wise_ft_alphas or ():
         if not 0.0 <= alpha <= 1.0:  # also refuses nan
             raise ConfigError(f"--wise-ft-alphas must lie in [0, 1] (0: zero-shot, 1: fine-tuned), got {alpha}")
@@ -357,6 +366,8 @@ def source_domains(args: argparse.Namespace, info: DatasetInfo) -> List[str]:
 def weights_digest(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for key, value in sorted(model.state_dict().items()):
+        if isinstance(value, DTensor):  # FSDP: the whole tensor (a gather every rank takes part in, once per run)
+            value = value.full_tensor()
         digest.update(key.encode())
         digest.update(value.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
@@ -422,17 +433,25 @@ class Run:
         self.total_steps = args.steps or (args.epochs or 1) * self.updates_per_epoch
         self.epochs = math.ceil(self.total_steps / self.updates_per_epoch)
 
+        self.average = self.weight_average()  # copied from the whole model: FSDP modules cannot be copied
+        if args.fsdp:
+            if self.wise_ft_alphas:
+                raise ConfigError(f"--method {args.method} ends with WiSE-FT, which needs the whole model on each "
+                                  "rank; train it without --fsdp")
+            mesh = init_device_mesh(self.device.type, (self.world_size,))
+            for module in (self.model, self.average.module if self.average is not None else None):
+                if module is not None:
+                    shard_image_tower(module, mesh)
         self.optimizer = create_optimizer_v2(self.model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay)
         self.scheduler, _ = create_scheduler_v2(
             self.optimizer, sched=args.sched, num_epochs=self.total_steps, updates_per_epoch=1, step_on_epochs=False,
             warmup_epochs=args.warmup_steps, warmup_lr=args.warmup_lr, min_lr=args.min_lr)
-        self.average = self.weight_average()
         self.extra_ema = ModelEmaV3(self.model, decay=args.export_ema) if args.export_ema is not None else None
         self.amp_dtype = AMP_DTYPES[args.amp_dtype] if args.amp else None
         self.scaler = NativeScaler(device=self.device.type) if self.amp_dtype == torch.float16 else None
 
         step_module: torch.nn.Module = TrainStep(self.model, self.method)
-        if self.distributed:
+        if self.distributed and not args.fsdp:
             step_module = torch.nn.parallel.DistributedDataParallel(
                 step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=self.method.has_unused_parameters)
@@ -637,6 +656,8 @@ class Run:
                         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.clip_grad)
                     else:
                         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
+                    if isinstance(norm, DTensor):  # FSDP: the norm of the whole gradient, summed over the shards
+                        norm = norm.full_tensor()
                     if self._finite_step(finite & torch.isfinite(norm)):
                         self.optimizer.step()
             loss_sum += torch.where(loss_finite, loss.detach(), 0.0) * args.grad_accum_steps
@@ -705,7 +726,8 @@ class Run:
         """``save_pretrained`` of ``model`` (default: the evaluated one) into ``out_dir`` (default: the run folder).
 
         ``weights`` names what is exported when it is not the run's evaluated model ('last'); ``wise_ft``
-        records the chosen alpha and the validation score of each alpha.
+        records the chosen alpha and the validation score of each alpha. Every rank calls it (with --fsdp the
+        weights are gathered, which takes them all); rank 0 writes.
         """
         args = self.args
         method = self.method.describe()
@@ -730,9 +752,10 @@ class Run:
                            if wise_ft else "") + (f" Exported weights: {weights}." if weights else ""),
             "Results": "\n".join(f"- {k}: {v}" for k, v in metrics.items()),
         }
+        whole = full_state_dict(model)  # FSDP: gathered on rank 0 (every rank takes part); else None
         self.write("the exported model", lambda: clipood_zoo.save_pretrained(
             model, out_dir or self.out_dir, model_name=args.export_name or args.model, card_sections=sections,
-            extra_config={"train_results": metrics, "step": self.step}))
+            extra_config={"train_results": metrics, "step": self.step}, state_dict=whole))
 
     def write_summary(self, epoch: int, train_metrics: Dict[str, float], metrics: Dict[str, float]) -> None:
         """summary.csv with one row per evaluated epoch: a resumed run replaces the rows from ``epoch`` on."""
@@ -785,8 +808,7 @@ class Run:
                 score = metrics.get("source_top1")  # without a validation split: export the latest
                 if score is None or self.best is None or score >= self.best:
                     self.best = score
-                    if self.is_main:
-                        self.export(metrics)
+                    self.export(metrics)
                 if last:
                     self.export_extra_weights()
                 if self.is_main:
@@ -848,11 +870,10 @@ class Run:
         for label, model in extra:
             with self.samples_already_counted():
                 metrics = self.evaluate(model)
-            if self.is_main:
-                if (self.out_dir / label).is_symlink():  # a planted link is replaced, never written through
-                    remove_subfolder(self.out_dir / label)
-                self.export(metrics, model=model, out_dir=self.out_dir / label,
-                            weights=label if label == LAST_DIR else f"ModelEmaV3 (decay {self.args.export_ema})")
+            if self.is_main and (self.out_dir / label).is_symlink():  # a planted link is replaced, never written through
+                remove_subfolder(self.out_dir / label)
+            self.export(metrics, model=model, out_dir=self.out_dir / label,
+                        weights=label if label == LAST_DIR else f"ModelEmaV3 (decay {self.args.export_ema})")
 
     def apply_wise_ft(self) -> Dict[str, float]:
         """Interpolate the final (averaged) weights with the zero-shot ones at each alpha, evaluate each on the source
@@ -869,8 +890,7 @@ class Run:
                 best, best_alpha = candidate, alpha
         with self.samples_already_counted():
             metrics = {**self.evaluate(best), "wise_ft_alpha": best_alpha}
-        if self.is_main:
-            self.export(metrics, model=best, wise_ft={"alpha": best_alpha, "scores": scores})
+        self.export(metrics, model=best, wise_ft={"alpha": best_alpha, "scores": scores})
         return metrics
 
     def evaluate_source(self, model: torch.nn.Module) -> float:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from clipood_zoo.data.synthetic import write_synthetic_dataset
@@ -61,3 +62,28 @@ def test_two_nodes_equal_one_node_with_the_same_processes_and_log_once(tmp_path)
         assert [int(s) for s in re.findall(r"Train: \d+ \[(\d+)/2", log)] == [1, 2]
         assert len(re.findall(r"Eval \d+ \(step 2\)", log)) == 1
     assert not re.findall(r" INFO train", node1)
+
+
+def run_two_processes(shards: Path, out: Path, *extra: str) -> str:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
+           str(REPO / "train.py"), *train_args(shards, out, "--steps", "3", "--train-classes", "all", *extra)]
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stderr
+
+
+@pytest.mark.slow
+def test_fsdp_with_bma_exports_the_ddp_weights(tmp_path):
+    """FSDP2 on CPU/gloo: each rank averages its own shard, the export gathers one whole model.safetensors."""
+    shards = tmp_path / "shards"
+    write_synthetic_dataset(shards, per_class=2, shard_size=2)
+    run_two_processes(shards, tmp_path / "ddp")
+    log = run_two_processes(shards, tmp_path / "fsdp", "--fsdp")
+    ddp = load_file(tmp_path / "ddp" / "run" / "model.safetensors")
+    fsdp = load_file(tmp_path / "fsdp" / "run" / "model.safetensors")
+    assert ddp.keys() == fsdp.keys()
+    for key in ddp:
+        assert ddp[key].shape == fsdp[key].shape, key
+        torch.testing.assert_close(fsdp[key], ddp[key], rtol=1e-5, atol=1e-6, msg=key)
+    (digests,) = re.findall(r"final weights digest per rank: (.*)", log)
+    assert len(set(digests.split())) == 1
