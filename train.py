@@ -86,7 +86,7 @@ from torch.distributed.tensor import DTensor
 
 import clipood_zoo
 from clipood_zoo import ClipoodError, ConfigError, ModelBma
-from clipood_zoo.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from clipood_zoo.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_shards, save_checkpoint, save_shards
 from clipood_zoo.data import DatasetInfo, create_loader, read_dataset_info
 from clipood_zoo.data.pipeline import MAX_IMAGE_PIXELS, MAX_MEMBER_BYTES
 from clipood_zoo.cli_utils import AMP_DTYPES, default_device, format_results, model_for_dataset
@@ -102,6 +102,7 @@ LAST_DIR = "last"  # sub-folder of a run with a weight average that holds the ru
 EMA_DIR = "ema"  # sub-folder holding the --export-ema weights
 MAX_NONFINITE_RUN = 10  # consecutive skipped steps after which a run is taken to have diverged
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL (sysexits.h): stopped by a signal after a checkpoint, "try again" with --resume
+SHARDS_GLOB = f"{CHECKPOINT_NAME}.shards-*"  # --fsdp: the folders of sharded model/average/optimizer states
 RESULT_NAME = "result.json"  # written last: a run folder holding it holds a finished run
 SUMMARY_NAME = "summary.csv"
 RUN_FILES = ("args.json", SUMMARY_NAME, RESULT_NAME, CHECKPOINT_NAME, "model.safetensors", "config.json", "README.md")
@@ -232,6 +233,9 @@ def check_args(args: argparse.Namespace) -> None:
     if args.fsdp and (args.model_ema or args.export_ema is not None or args.wise_ft_alphas):
         raise ConfigError("--fsdp works with BMA or the last weights: timm's EMA (--model-ema, --export-ema) and "
                           "WiSE-FT (--wise-ft-alphas) need the whole model on each rank; drop one of them")
+    if args.fsdp and args.checkpoint_hist:
+        raise ConfigError("--checkpoint-hist keeps copies of checkpoint.pt, whose --fsdp shards live in folders "
+                          "beside it; drop one of them")
     for alpha in args.wise_ft_alphas or ():
         if not 0.0 <= alpha <= 1.0:  # also refuses nan
             raise ConfigError(f"--wise-ft-alphas must lie in [0, 1] (0: zero-shot, 1: fine-tuned), got {alpha}")
@@ -289,6 +293,8 @@ def clear_previous_run(out_dir: Path, args: argparse.Namespace) -> None:
         path.unlink(missing_ok=True)  # unlink removes a symlink, never what it points to
     for name in (LAST_DIR, EMA_DIR):
         remove_subfolder(out_dir / name)
+    for shards in out_dir.glob(SHARDS_GLOB):
+        remove_subfolder(shards)
 
 
 def remove_subfolder(path: Path) -> None:
@@ -494,7 +500,7 @@ class Run:
                 "--margin-lambda": a.margin_lambda, "--fixed-margin": a.fixed_margin, "--seed": a.seed,
                 "--scale": list(a.scale), "--hflip": a.hflip, "--color-jitter": a.color_jitter,
                 "--lp-steps": a.lp_steps, "--carft-lambda": a.carft_lambda, "--croft-lambda": a.croft_lambda,
-                "--export-ema": a.export_ema}
+                "--export-ema": a.export_ema, "--fsdp": a.fsdp}
 
     def check_resumable(self, path: str, stored: Optional[Dict[str, Any]]) -> None:
         if stored is None:
@@ -511,6 +517,26 @@ class Run:
     def resume(self, path: str) -> None:
         state = load_checkpoint(Path(path))
         self.check_resumable(path, state.get("run_args"))
+        if (state.get("shards") is not None) != self.args.fsdp:
+            raise ConfigError(f"{path} was written {'with' if state.get('shards') else 'without'} --fsdp; resume "
+                              "with the run's own flags")
+        if self.args.fsdp:
+            run_dir = Path(path) if Path(path).is_dir() else Path(path).parent
+            load_shards(run_dir / state["shards"], model=self.model, average=self.average, optimizer=self.optimizer)
+        else:
+            self.load_whole(path, state)
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.best = state["step"], state.get("best")
+        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
+        self.history = [list(h) for h in state.get("checkpoint_hist", [])]
+        # "epoch" is the epoch to run next: the current one until its evaluation and export are done.
+        self.start_epoch = int(state.get("epoch", self.step // self.updates_per_epoch))
+        _logger.info("Resumed from %s at step %d (epoch %d)", path, self.step, self.start_epoch)
+
+    def load_whole(self, path: str, state: Dict[str, Any]) -> None:
+        """The model, average, EMA and optimizer of a checkpoint that holds them (not sharded)."""
         self.model.load_state_dict(state["model"])
         if (self.average is None) != (state["average"] is None):
             raise ConfigError(f"{path} was written {'with' if state['average'] is not None else 'without'} a weight "
@@ -522,28 +548,38 @@ class Run:
                 raise ConfigError(f"{path} was written without --export-ema; resume with the run's own flags")
             self.extra_ema.module.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and state["scaler"] is not None:
-            self.scaler.load_state_dict(state["scaler"])
-        self.step, self.best = state["step"], state.get("best")
-        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
-        self.history = [list(h) for h in state.get("checkpoint_hist", [])]
-        # "epoch" is the epoch to run next: the current one until its evaluation and export are done.
-        self.start_epoch = int(state.get("epoch", self.step // self.updates_per_epoch))
-        _logger.info("Resumed from %s at step %d (epoch %d)", path, self.step, self.start_epoch)
 
     def save(self) -> None:
         """Checkpoint; a resume starts at ``self.next_epoch`` (the current epoch until it is evaluated).
 
         A state already saved (same step, epoch and best) is not written again."""
         state = (self.step, self.next_epoch, self.best)
-        if self.is_main and state != self._saved_state:
+        if state == self._saved_state:
+            return
+        shards = self.save_shards() if self.args.fsdp else None
+        if self.is_main:
             save_checkpoint(self.out_dir / CHECKPOINT_NAME, model=self.model, average=self.average, optimizer=self.optimizer,
                             scheduler=self.scheduler, scaler=self.scaler, step=self.step, epoch=self.next_epoch,
                             extra={"best": self.best, "nonfinite_steps": self.nonfinite_steps,
                                    "run_args": self.defining_args(), "checkpoint_hist": self.history,
-                                   "ema": self.extra_ema.module.state_dict() if self.extra_ema is not None else None})
+                                   "ema": self.extra_ema.module.state_dict() if self.extra_ema is not None else None},
+                            shards=shards)
+            for old in self.out_dir.glob(SHARDS_GLOB):  # only once the new checkpoint names its own shards
+                if old.name != shards:
+                    remove_subfolder(old)
         self._saved_state = state
+
+    def save_shards(self) -> str:
+        """--fsdp: every rank writes its shards into a folder named by the step (kept if already whole: the weights
+        of a step are the same), which ``checkpoint.pt`` then names; returns the folder's name."""
+        name = SHARDS_GLOB.replace("*", f"{self.step}-{self.next_epoch}")
+        folder = self.out_dir / name
+        if not (folder / ".metadata").is_file():
+            if self.is_main:
+                remove_subfolder(folder)  # half-written by a killed run
+            torch.distributed.barrier()
+            save_shards(folder, model=self.model, average=self.average, optimizer=self.optimizer)
+        return name
 
     def write(self, what: str, write: Callable[[], None]) -> None:
         """Run ``write`` (rank 0); an OSError (disk full, permissions) becomes a clear error saying what is intact."""
@@ -849,6 +885,8 @@ class Run:
                                                           json.dumps(result, indent=2, default=str) + "\n"))
         if self.is_main and not args.keep_checkpoint:  # finished: the export is the run's product
             (self.out_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
+            for shards in self.out_dir.glob(SHARDS_GLOB):
+                remove_subfolder(shards)
         return result
 
 

@@ -6,6 +6,7 @@ model on tiny images, one thread per process.
 """
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -64,23 +65,35 @@ def test_two_nodes_equal_one_node_with_the_same_processes_and_log_once(tmp_path)
     assert not re.findall(r" INFO train", node1)
 
 
-def run_two_processes(shards: Path, out: Path, *extra: str) -> str:
+def two_processes(shards: Path, out: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
-           str(REPO / "train.py"), *train_args(shards, out, "--steps", "3", "--train-classes", "all", *extra)]
-    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stderr
+           str(REPO / "train.py"), *train_args(shards, out, "--steps", "4", "--train-classes", "all", *extra)]
+    return subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.slow
-def test_fsdp_with_bma_exports_the_ddp_weights(tmp_path):
-    """FSDP2 on CPU/gloo: each rank averages its own shard, the export gathers one whole model.safetensors."""
+def test_fsdp_with_bma_stopped_and_resumed_exports_the_ddp_weights(tmp_path):
+    """FSDP2 on CPU/gloo: each rank averages its own shard, a SIGTERM leaves a sharded checkpoint that --resume
+    continues, and the export gathers one whole model.safetensors equal to the DDP run's."""
     shards = tmp_path / "shards"
     write_synthetic_dataset(shards, per_class=2, shard_size=2)
-    run_two_processes(shards, tmp_path / "ddp")
-    log = run_two_processes(shards, tmp_path / "fsdp", "--fsdp")
+    finish(two_processes(shards, tmp_path / "ddp"))
+
+    stopped = two_processes(shards, tmp_path / "fsdp", "--fsdp", "--checkpoint-interval", "1")
+    for line in stopped.stderr:  # stop it once it trains: it ends after the current step with a checkpoint
+        if "Train: " in line:
+            stopped.send_signal(signal.SIGTERM)
+            break
+    stopped.communicate(timeout=300)
+    run = tmp_path / "fsdp" / "run"
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert checkpoint["step"] < 4 and checkpoint["model"] is None
+    assert [p.name for p in run.glob("checkpoint.pt.shards-*")] == [checkpoint["shards"]]
+    log = finish(two_processes(shards, tmp_path / "fsdp", "--fsdp", "--resume", str(run)))
+    assert f"Resumed from {run} at step {checkpoint['step']}" in log
+
     ddp = load_file(tmp_path / "ddp" / "run" / "model.safetensors")
-    fsdp = load_file(tmp_path / "fsdp" / "run" / "model.safetensors")
+    fsdp = load_file(run / "model.safetensors")
     assert ddp.keys() == fsdp.keys()
     for key in ddp:
         assert ddp[key].shape == fsdp[key].shape, key
