@@ -389,6 +389,9 @@ class Run:
         self.device = torch.device(dist["device"])
         self.rank, self.world_size, self.distributed = dist["global_rank"], dist["world_size"], dist["distributed"]
         self.is_main = self.rank == 0
+        if args.fsdp and not self.distributed:
+            raise ConfigError("--fsdp shards the model over processes: start the run with torchrun "
+                              "(torchrun --nproc-per-node N train.py ... --fsdp)")
         reseed(args.seed, 0, rank=0)  # the same initial weights (and BMA theta_0) on every rank
 
         self.sources = source_domains(args, self.info)

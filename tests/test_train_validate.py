@@ -137,6 +137,7 @@ def test_two_process_ddp_with_gloo_ends_with_identical_weights_and_logs_the_mean
     (["--method", "magic"], "unknown --method 'magic'"),
     (["--bma-beta", "-1"], "--bma-beta"),
     (["--fsdp", "--export-ema", "0.5"], "--fsdp works with BMA or the last weights"),
+    (["--fsdp"], "--fsdp shards the model over processes: start the run with torchrun"),
 ])
 def test_bad_arguments_fail_early_with_a_clear_message(shards, tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as info:
