@@ -81,10 +81,12 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, NativeScaler
 from timm.utils.distributed import init_distributed_device_so
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor
 
 import clipood_zoo
 from clipood_zoo import ClipoodError, ConfigError, ModelBma
-from clipood_zoo.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from clipood_zoo.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_shards, save_checkpoint, save_shards
 from clipood_zoo.data import DatasetInfo, create_loader, read_dataset_info
 from clipood_zoo.cli_utils import (
     AMP_DTYPES, add_data_limit_args, data_limits, default_device, format_results, model_for_dataset,
@@ -93,6 +95,7 @@ from clipood_zoo.errors import CheckpointError, RunInterrupted, TrainingError
 from clipood_zoo.fileio import FolderLock, check_writable_dir, inside, link_or_copy, write_text_atomic
 from clipood_zoo.evaluate import autocast, evaluate
 from clipood_zoo.methods import METHODS, TrainStep, create_method
+from clipood_zoo.sharding import full_state_dict, shard_image_tower
 from clipood_zoo.weight_space import wise_ft
 
 _logger = logging.getLogger("train")
@@ -100,6 +103,7 @@ LAST_DIR = "last"  # sub-folder of a run with a weight average that holds the ru
 EMA_DIR = "ema"  # sub-folder holding the --export-ema weights
 MAX_NONFINITE_RUN = 10  # consecutive skipped steps after which a run is taken to have diverged
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL (sysexits.h): stopped by a signal after a checkpoint, "try again" with --resume
+SHARDS_GLOB = f"{CHECKPOINT_NAME}.shards-*"  # --fsdp: the folders of sharded model/average/optimizer states
 RESULT_NAME = "result.json"  # written last: a run folder holding it holds a finished run
 SUMMARY_NAME = "summary.csv"
 RUN_FILES = ("args.json", SUMMARY_NAME, RESULT_NAME, CHECKPOINT_NAME, "model.safetensors", "config.json", "README.md")
@@ -170,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp-dtype", choices=sorted(AMP_DTYPES), default="bfloat16")
     g.add_argument("--channels-last", action="store_true")
     g.add_argument("--torchcompile", nargs="?", const="inductor", default=None, help="torch.compile backend")
+    g.add_argument("--fsdp", action="store_true",
+                   help="shard the image tower over the processes with FSDP2 (torch's fully_shard) instead of DDP, "
+                        "for towers too big to hold whole on each device; BMA averages each rank's shard")
     g.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--output", default="output/train", help="parent folder of the run folder")
@@ -178,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true", help="replace a run already in the run folder")
     g.add_argument("--resume", default=None, help="checkpoint.pt (or its run folder) of a run to continue")
     g.add_argument("--log-interval", type=int, default=50, help="optimizer steps between log lines")
+    g.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING"), default="INFO",
+                   help="rank 0's log level; the other ranks log only their warnings, or everything with DEBUG "
+                        "(which also logs each rank's own training loss)")
     g.add_argument("--eval-interval", type=int, default=1, help="epochs between evaluations (the last always runs)")
     g.add_argument("--checkpoint-interval", type=int, default=None, help="steps between checkpoints (default: each epoch)")
     g.add_argument("--checkpoint-hist", type=int, default=0,
@@ -218,6 +228,12 @@ def check_args(args: argparse.Namespace) -> None:
     if args.export_ema is not None and args.model_ema:
         raise ConfigError("--export-ema keeps an EMA beside the run's average, but --model-ema already makes the EMA "
                           "the run's average; drop one of them")
+    if args.fsdp and (args.model_ema or args.export_ema is not None or args.wise_ft_alphas):
+        raise ConfigError("--fsdp works with BMA or the last weights: timm's EMA (--model-ema, --export-ema) and "
+                          "WiSE-FT (--wise-ft-alphas) need the whole model on each rank; drop one of them")
+    if args.fsdp and args.checkpoint_hist:
+        raise ConfigError("--checkpoint-hist keeps copies of checkpoint.pt, whose --fsdp shards live in folders "
+                          "beside it; drop one of them")
     for alpha in args.wise_ft_alphas or ():
         if not 0.0 <= alpha <= 1.0:  # also refuses nan
             raise ConfigError(f"--wise-ft-alphas must lie in [0, 1] (0: zero-shot, 1: fine-tuned), got {alpha}")
@@ -275,6 +291,8 @@ def clear_previous_run(out_dir: Path, args: argparse.Namespace) -> None:
         path.unlink(missing_ok=True)  # unlink removes a symlink, never what it points to
     for name in (LAST_DIR, EMA_DIR):
         remove_subfolder(out_dir / name)
+    for shards in out_dir.glob(SHARDS_GLOB):
+        remove_subfolder(shards)
 
 
 def remove_subfolder(path: Path) -> None:
@@ -352,6 +370,8 @@ def source_domains(args: argparse.Namespace, info: DatasetInfo) -> List[str]:
 def weights_digest(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for key, value in sorted(model.state_dict().items()):
+        if isinstance(value, DTensor):  # FSDP: the whole tensor (a gather every rank takes part in, once per run)
+            value = value.full_tensor()
         digest.update(key.encode())
         digest.update(value.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
@@ -367,6 +387,9 @@ class Run:
         self.device = torch.device(dist["device"])
         self.rank, self.world_size, self.distributed = dist["global_rank"], dist["world_size"], dist["distributed"]
         self.is_main = self.rank == 0
+        if args.fsdp and not self.distributed:
+            raise ConfigError("--fsdp shards the model over processes: start the run with torchrun "
+                              "(torchrun --nproc-per-node N train.py ... --fsdp)")
         reseed(args.seed, 0, rank=0)  # the same initial weights (and BMA theta_0) on every rank
 
         self.sources = source_domains(args, self.info)
@@ -417,17 +440,25 @@ class Run:
         self.total_steps = args.steps or (args.epochs or 1) * self.updates_per_epoch
         self.epochs = math.ceil(self.total_steps / self.updates_per_epoch)
 
+        self.average = self.weight_average()  # copied from the whole model: FSDP modules cannot be copied
+        if args.fsdp:
+            if self.wise_ft_alphas:
+                raise ConfigError(f"--method {args.method} ends with WiSE-FT, which needs the whole model on each "
+                                  "rank; train it without --fsdp")
+            mesh = init_device_mesh(self.device.type, (self.world_size,))
+            for module in (self.model, self.average.module if self.average is not None else None):
+                if module is not None:
+                    shard_image_tower(module, mesh)
         self.optimizer = create_optimizer_v2(self.model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay)
         self.scheduler, _ = create_scheduler_v2(
             self.optimizer, sched=args.sched, num_epochs=self.total_steps, updates_per_epoch=1, step_on_epochs=False,
             warmup_epochs=args.warmup_steps, warmup_lr=args.warmup_lr, min_lr=args.min_lr)
-        self.average = self.weight_average()
         self.extra_ema = ModelEmaV3(self.model, decay=args.export_ema) if args.export_ema is not None else None
         self.amp_dtype = AMP_DTYPES[args.amp_dtype] if args.amp else None
         self.scaler = NativeScaler(device=self.device.type) if self.amp_dtype == torch.float16 else None
 
         step_module: torch.nn.Module = TrainStep(self.model, self.method)
-        if self.distributed:
+        if self.distributed and not args.fsdp:
             step_module = torch.nn.parallel.DistributedDataParallel(
                 step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=self.method.has_unused_parameters)
@@ -470,7 +501,7 @@ class Run:
                 "--margin-lambda": a.margin_lambda, "--fixed-margin": a.fixed_margin, "--seed": a.seed,
                 "--scale": list(a.scale), "--hflip": a.hflip, "--color-jitter": a.color_jitter,
                 "--lp-steps": a.lp_steps, "--carft-lambda": a.carft_lambda, "--croft-lambda": a.croft_lambda,
-                "--export-ema": a.export_ema}
+                "--export-ema": a.export_ema, "--fsdp": a.fsdp}
 
     def check_resumable(self, path: str, stored: Optional[Dict[str, Any]]) -> None:
         if stored is None:
@@ -487,6 +518,26 @@ class Run:
     def resume(self, path: str) -> None:
         state = load_checkpoint(Path(path))
         self.check_resumable(path, state.get("run_args"))
+        if (state.get("shards") is not None) != self.args.fsdp:
+            raise ConfigError(f"{path} was written {'with' if state.get('shards') else 'without'} --fsdp; resume "
+                              "with the run's own flags")
+        if self.args.fsdp:
+            run_dir = Path(path) if Path(path).is_dir() else Path(path).parent
+            load_shards(run_dir / state["shards"], model=self.model, average=self.average, optimizer=self.optimizer)
+        else:
+            self.load_whole(path, state)
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.best = state["step"], state.get("best")
+        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
+        self.history = [list(h) for h in state.get("checkpoint_hist", [])]
+        # "epoch" is the epoch to run next: the current one until its evaluation and export are done.
+        self.start_epoch = int(state.get("epoch", self.step // self.updates_per_epoch))
+        _logger.info("Resumed from %s at step %d (epoch %d)", path, self.step, self.start_epoch)
+
+    def load_whole(self, path: str, state: Dict[str, Any]) -> None:
+        """The model, average, EMA and optimizer of a checkpoint that holds them (not sharded)."""
         self.model.load_state_dict(state["model"])
         if (self.average is None) != (state["average"] is None):
             raise ConfigError(f"{path} was written {'with' if state['average'] is not None else 'without'} a weight "
@@ -498,28 +549,38 @@ class Run:
                 raise ConfigError(f"{path} was written without --export-ema; resume with the run's own flags")
             self.extra_ema.module.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and state["scaler"] is not None:
-            self.scaler.load_state_dict(state["scaler"])
-        self.step, self.best = state["step"], state.get("best")
-        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
-        self.history = [list(h) for h in state.get("checkpoint_hist", [])]
-        # "epoch" is the epoch to run next: the current one until its evaluation and export are done.
-        self.start_epoch = int(state.get("epoch", self.step // self.updates_per_epoch))
-        _logger.info("Resumed from %s at step %d (epoch %d)", path, self.step, self.start_epoch)
 
     def save(self) -> None:
         """Checkpoint; a resume starts at ``self.next_epoch`` (the current epoch until it is evaluated).
 
         A state already saved (same step, epoch and best) is not written again."""
         state = (self.step, self.next_epoch, self.best)
-        if self.is_main and state != self._saved_state:
+        if state == self._saved_state:
+            return
+        shards = self.save_shards() if self.args.fsdp else None
+        if self.is_main:
             save_checkpoint(self.out_dir / CHECKPOINT_NAME, model=self.model, average=self.average, optimizer=self.optimizer,
                             scheduler=self.scheduler, scaler=self.scaler, step=self.step, epoch=self.next_epoch,
                             extra={"best": self.best, "nonfinite_steps": self.nonfinite_steps,
                                    "run_args": self.defining_args(), "checkpoint_hist": self.history,
-                                   "ema": self.extra_ema.module.state_dict() if self.extra_ema is not None else None})
+                                   "ema": self.extra_ema.module.state_dict() if self.extra_ema is not None else None},
+                            shards=shards)
+            for old in self.out_dir.glob(SHARDS_GLOB):  # only once the new checkpoint names its own shards
+                if old.name != shards:
+                    remove_subfolder(old)
         self._saved_state = state
+
+    def save_shards(self) -> str:
+        """--fsdp: every rank writes its shards into a folder named by the step (kept if already whole: the weights
+        of a step are the same), which ``checkpoint.pt`` then names; returns the folder's name."""
+        name = SHARDS_GLOB.replace("*", f"{self.step}-{self.next_epoch}")
+        folder = self.out_dir / name
+        if not (folder / ".metadata").is_file():
+            if self.is_main:
+                remove_subfolder(folder)  # half-written by a killed run
+            torch.distributed.barrier()
+            save_shards(folder, model=self.model, average=self.average, optimizer=self.optimizer)
+        return name
 
     def write(self, what: str, write: Callable[[], None]) -> None:
         """Run ``write`` (rank 0); an OSError (disk full, permissions) becomes a clear error saying what is intact."""
@@ -632,6 +693,8 @@ class Run:
                         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.clip_grad)
                     else:
                         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
+                    if isinstance(norm, DTensor):  # FSDP: the norm of the whole gradient, summed over the shards
+                        norm = norm.full_tensor()
                     if self._finite_step(finite & torch.isfinite(norm)):
                         self.optimizer.step()
             loss_sum += torch.where(loss_finite, loss.detach(), 0.0) * args.grad_accum_steps
@@ -650,15 +713,28 @@ class Run:
             if self.step % args.log_interval == 0 or self.step == self.total_steps:
                 # img/s over the whole run in this process (evaluations and saves included), not since the last line
                 elapsed = time.monotonic() - self.train_started
-                _logger.info("Train: %d [%d/%d (%.0f%%)]  Loss: %.4f  LR: %.3e  %.1f img/s", epoch, self.step,
-                             self.total_steps, 100.0 * self.step / self.total_steps, (loss_sum / loss_count).item(),
-                             self.optimizer.param_groups[0]["lr"],
-                             self.images_trained * self.world_size / max(elapsed, 1e-9))
+                mean_loss = self.mean_over_ranks(loss_sum / loss_count)
+                if self.is_main:
+                    _logger.info("Train: %d [%d/%d (%.0f%%)]  Loss: %.4f  LR: %.3e  %.1f img/s", epoch, self.step,
+                                 self.total_steps, 100.0 * self.step / self.total_steps, mean_loss,
+                                 self.optimizer.param_groups[0]["lr"],
+                                 self.images_trained * self.world_size / max(elapsed, 1e-9))
             if args.checkpoint_interval and self.step % args.checkpoint_interval == 0:
                 self.save()
             if self._stop_now:
                 self.interrupt()
-        return {"loss": (loss_sum / max(loss_count, 1)).item()}
+        return {"loss": self.mean_over_ranks(loss_sum / max(loss_count, 1))}
+
+    def mean_over_ranks(self, rank_loss: torch.Tensor) -> float:
+        """The mean of every rank's mean loss (ranks train on equal batches, so this is the loss over all of them).
+
+        A collective: every rank calls it at the same steps. With ``--log-level DEBUG`` each rank also logs its own."""
+        _logger.debug("rank %d loss at step %d: %.6f", self.rank, self.step, rank_loss.item())
+        if not self.distributed:
+            return rank_loss.item()
+        total = rank_loss.detach().clone()
+        torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
+        return total.item() / self.world_size
 
     def loader(self, split: str, domains: Sequence[str], classes: Optional[Sequence[int]], relabel: bool = False):
         return _CountingLoader(self, create_loader(self.info, split, transform=self.eval_transform, batch_size=self.args.batch_size,
@@ -689,7 +765,8 @@ class Run:
         """``save_pretrained`` of ``model`` (default: the evaluated one) into ``out_dir`` (default: the run folder).
 
         ``weights`` names what is exported when it is not the run's evaluated model ('last'); ``wise_ft``
-        records the chosen alpha and the validation score of each alpha.
+        records the chosen alpha and the validation score of each alpha. Every rank calls it (with --fsdp the
+        weights are gathered, which takes them all); rank 0 writes.
         """
         args = self.args
         method = self.method.describe()
@@ -714,9 +791,10 @@ class Run:
                            if wise_ft else "") + (f" Exported weights: {weights}." if weights else ""),
             "Results": "\n".join(f"- {k}: {v}" for k, v in metrics.items()),
         }
+        whole = full_state_dict(model)  # FSDP: gathered on rank 0 (every rank takes part); else None
         self.write("the exported model", lambda: clipood_zoo.save_pretrained(
             model, out_dir or self.out_dir, model_name=args.export_name or args.model, card_sections=sections,
-            extra_config={"train_results": metrics, "step": self.step}))
+            extra_config={"train_results": metrics, "step": self.step}, state_dict=whole))
 
     def write_summary(self, epoch: int, train_metrics: Dict[str, float], metrics: Dict[str, float]) -> None:
         """summary.csv with one row per evaluated epoch: a resumed run replaces the rows from ``epoch`` on."""
@@ -769,8 +847,7 @@ class Run:
                 score = metrics.get("source_top1")  # without a validation split: export the latest
                 if score is None or self.best is None or score >= self.best:
                     self.best = score
-                    if self.is_main:
-                        self.export(metrics)
+                    self.export(metrics)
                 if last:
                     self.export_extra_weights()
                 if self.is_main:
@@ -796,7 +873,14 @@ class Run:
         if self.nonfinite_steps:
             _logger.warning("Skipped %d of %d optimizer steps for a NaN/inf loss or gradient", self.nonfinite_steps,
                             self.total_steps)
-        _logger.info("rank %d final weights digest %s", self.rank, weights_digest(self.eval_model))
+        digest = weights_digest(self.eval_model)
+        digests = [digest] * self.world_size
+        if self.distributed:
+            torch.distributed.all_gather_object(digests, digest)
+        if self.is_main:
+            _logger.info("final weights digest per rank: %s", " ".join(digests))
+            if len(set(digests)) > 1:
+                _logger.warning("the ranks ended with different weights (digests %s): rank 0's are exported", digests)
         result = {"step": self.step, **({"best_source_top1": self.best} if self.best is not None else {}),
                   "output": str(self.out_dir), "skipped_train": skipped.total, "skipped_eval": eval_skipped,
                   "nonfinite_steps": self.nonfinite_steps, **metrics}
@@ -804,6 +888,8 @@ class Run:
                                                           json.dumps(result, indent=2, default=str) + "\n"))
         if self.is_main and not args.keep_checkpoint:  # finished: the export is the run's product
             (self.out_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
+            for shards in self.out_dir.glob(SHARDS_GLOB):
+                remove_subfolder(shards)
         return result
 
 
@@ -825,11 +911,10 @@ class Run:
         for label, model in extra:
             with self.samples_already_counted():
                 metrics = self.evaluate(model)
-            if self.is_main:
-                if (self.out_dir / label).is_symlink():  # a planted link is replaced, never written through
-                    remove_subfolder(self.out_dir / label)
-                self.export(metrics, model=model, out_dir=self.out_dir / label,
-                            weights=label if label == LAST_DIR else f"ModelEmaV3 (decay {self.args.export_ema})")
+            if self.is_main and (self.out_dir / label).is_symlink():  # a planted link is replaced, never written through
+                remove_subfolder(self.out_dir / label)
+            self.export(metrics, model=model, out_dir=self.out_dir / label,
+                        weights=label if label == LAST_DIR else f"ModelEmaV3 (decay {self.args.export_ema})")
 
     def apply_wise_ft(self) -> Dict[str, float]:
         """Interpolate the final (averaged) weights with the zero-shot ones at each alpha, evaluate each on the source
@@ -846,8 +931,7 @@ class Run:
                 best, best_alpha = candidate, alpha
         with self.samples_already_counted():
             metrics = {**self.evaluate(best), "wise_ft_alpha": best_alpha}
-        if self.is_main:
-            self.export(metrics, model=best, wise_ft={"alpha": best_alpha, "scores": scores})
+        self.export(metrics, model=best, wise_ft={"alpha": best_alpha, "scores": scores})
         return metrics
 
     def evaluate_source(self, model: torch.nn.Module) -> float:
@@ -872,11 +956,22 @@ class _CountingLoader:
             self.run.eval_skipped[reason] = self.run.eval_skipped.get(reason, 0) + n
 
 
+def setup_logging(level: str) -> None:
+    """Rank 0 logs the run (every line once); the other ranks log only their own warnings, tagged with the rank,
+    unless ``level`` is DEBUG. The rank is read from torchrun's global ``RANK``, before the process group exists."""
+    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    threshold = getattr(logging, level)
+    if rank != 0 and threshold > logging.DEBUG:
+        threshold = max(threshold, logging.WARNING)
+    tag = f" [rank {rank}]" if world_size > 1 else ""
+    logging.basicConfig(level=threshold, format=f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.command_line = shlex.join(["python", "train.py", *(sys.argv[1:] if argv is None else argv)])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level)
     try:
         check_args(args)
         if args.model_config:

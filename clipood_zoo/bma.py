@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
+from .sharding import local_shard
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -48,6 +49,9 @@ class ModelBma(nn.Module):
         device: keep the average on another device (e.g. 'cpu') to save accelerator memory.
         foreach: use fused ``torch._foreach_*`` kernels (one launch per dtype group, not per tensor).
         exclude_buffers: average parameters only and copy buffers (what the CLIPood authors do).
+
+    With FSDP2 (``fully_shard``, which cannot be deep-copied), construct from the model before it is sharded, then
+    shard ``bma.module`` the same way: each rank then averages its own slice of every parameter, no gather.
     """
 
     def __init__(
@@ -124,6 +128,7 @@ class ModelBma(nn.Module):
             if id(avg_v) in seen:
                 continue
             seen.add(id(avg_v))
+            avg_v, model_v = local_shard(avg_v), local_shard(model_v)  # FSDP: each rank averages its own slice
             target = self._master(key, avg_v)
             if target is not avg_v:
                 written_back.append(avg_v)

@@ -347,10 +347,12 @@ def save_pretrained(
     dtype: Optional[torch.dtype] = None,
     card_sections: Optional[Mapping[str, str]] = None,
     extra_config: Optional[Mapping[str, Any]] = None,
+    state_dict: Optional[Mapping[str, torch.Tensor]] = None,
 ) -> Path:
     """Write ``model.safetensors``, ``config.json`` and ``README.md`` into ``save_dir``; returns the weights path.
 
-    ``dtype`` (e.g. ``torch.float16``) casts floating tensors for a smaller file. Each file is written
+    ``dtype`` (e.g. ``torch.float16``) casts floating tensors for a smaller file. ``state_dict`` is written in
+    place of ``model.state_dict()`` (the whole weights of a model sharded with FSDP, gathered beforehand). Each file is written
     atomically, weights first, so a folder never holds a config describing weights that are not there.
     """
     save_dir = Path(save_dir)
@@ -358,7 +360,7 @@ def save_pretrained(
     model_name = model_name or cfg.get("architecture") or type(model).__name__
     state_dict = {
         k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
-        for k, v in model.state_dict().items()
+        for k, v in (model.state_dict() if state_dict is None else state_dict).items()
     }
     weights_path = save_dir / WEIGHTS_NAME
     data = canonical_safetensors(state_dict, {"format": "pt", "architecture": model_name})

@@ -109,15 +109,26 @@ def test_resume_mid_epoch_ends_with_the_uninterrupted_weights(shards, tmp_path, 
     assert load_file(straight / "run" / "model.safetensors").keys() == load_file(killed / "run" / "model.safetensors").keys()
 
 
-def test_two_process_ddp_with_gloo_ends_with_identical_weights(shards, tmp_path):
+def test_two_process_ddp_with_gloo_ends_with_identical_weights_and_logs_the_mean_loss_once(shards, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-           str(REPO / "train.py"), *train_args(shards, tmp_path, "--steps", "3", "--train-classes", "all")]
+           str(REPO / "train.py"), *train_args(shards, tmp_path, "--steps", "3", "--train-classes", "all",
+                                               "--log-level", "DEBUG")]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    digests = dict(re.findall(r"rank (\d) final weights digest (\w+)", proc.stderr))
-    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
+    (digests,) = re.findall(r"final weights digest per rank: (.*)", proc.stderr)
+    assert len(digests.split()) == 2 and len(set(digests.split())) == 1
     assert "2 processes" in proc.stderr
+    # one "Train:" line per logged step, from rank 0, with the mean of the ranks' own losses (logged at DEBUG)
+    logged = re.findall(r"\[rank (\d)\]: Train: \d+ \[(\d+)/3 .*Loss: ([\d.]+)", proc.stderr)
+    assert [(rank, int(step)) for rank, step, _ in logged] == [("0", 1), ("0", 2), ("0", 3)]
+    per_rank: dict = {}
+    for rank, step, loss in re.findall(r"rank (\d) loss at step (\d+): ([\d.]+)", proc.stderr):
+        per_rank.setdefault(int(step), {})[rank] = float(loss)
+    for _, step, loss in logged:
+        assert set(per_rank[int(step)]) == {"0", "1"}
+        assert float(loss) == pytest.approx(sum(per_rank[int(step)].values()) / 2, abs=1e-4)
+    assert per_rank[1]["0"] != per_rank[1]["1"]  # the ranks saw different batches: the mean is not one rank's loss
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -125,6 +136,8 @@ def test_two_process_ddp_with_gloo_ends_with_identical_weights(shards, tmp_path)
     (["-b", "0"], "--batch-size must be > 0"),
     (["--method", "magic"], "unknown --method 'magic'"),
     (["--bma-beta", "-1"], "--bma-beta"),
+    (["--fsdp", "--export-ema", "0.5"], "--fsdp works with BMA or the last weights"),
+    (["--fsdp"], "--fsdp shards the model over processes: start the run with torchrun"),
 ])
 def test_bad_arguments_fail_early_with_a_clear_message(shards, tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as info:
