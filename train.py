@@ -979,6 +979,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         info = read_dataset_info(args.data_dir)  # a dataset that cannot be used is refused before a folder is made
         with claim_run_folder(args) as out_dir, StopSignals() as stop:
             result = Run(args, info, out_dir, stop).run()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # every rank leaves together: a rank that tears its process group down while a peer is still writing the
+            # result can abort in gloo's teardown ("terminate called without an active exception")
+            torch.distributed.barrier()
     except RunInterrupted as e:
         parser.exit(EXIT_INTERRUPTED, f"train.py: {e}\n")
     except ClipoodError as e:
