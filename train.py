@@ -131,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--domain-balanced", action=argparse.BooleanOptionalAction, default=None,
                    help="draw every batch evenly from the source domains, as CLIPood and DomainBed do (default: on "
                         "with several source domains; the remainder of batch size / domains rotates over domains)")
+    g.add_argument("--train-num-samples", type=int, default=None,
+                   help="samples per epoch over all processes (open_clip's flag; default: the train split's count). "
+                        "Training always reads a resampled stream (open_clip's --dataset-resampled), so an epoch is a "
+                        "length of that stream, and the schedule, checkpoints and evaluations follow it")
     g.add_argument("--workers", "-j", type=int, default=2)
     g.add_argument("--strict-data", action="store_true", help="stop at the first bad sample instead of skipping it")
     add_data_limit_args(g)
@@ -203,7 +207,8 @@ def check_args(args: argparse.Namespace) -> None:
     positive = {"--batch-size": args.batch_size, "--grad-accum-steps": args.grad_accum_steps, "--lr": args.lr,
                 "--log-interval": args.log_interval, "--eval-interval": args.eval_interval}
     positive.update({k: v for k, v in (("--steps", args.steps), ("--epochs", args.epochs),
-                                       ("--checkpoint-interval", args.checkpoint_interval)) if v is not None})
+                                       ("--checkpoint-interval", args.checkpoint_interval),
+                                       ("--train-num-samples", args.train_num_samples)) if v is not None})
     data_limits(args)  # the sample caps, refused unless > 0
     for flag, value in positive.items():
         if not value > 0:  # also refuses nan
@@ -428,7 +433,7 @@ class Run:
             domains=self.sources, classes=self.train_classes, num_workers=args.workers, seed=args.seed,
             resampled=True, strict=args.strict_data, pin_memory=self.device.type == "cuda",
             **data_limits(args),
-            domain_balanced=self.domain_balanced)
+            domain_balanced=self.domain_balanced, epoch_samples=args.train_num_samples)
         self.batches_per_epoch = len(self.train_loader)
         if self.batches_per_epoch < args.grad_accum_steps:
             raise ConfigError(
@@ -492,7 +497,7 @@ class Run:
         a = self.args
         return {"--model": a.model, "--method": a.method, "--holdout": a.holdout, "--domains": list(self.sources),
                 "--train-classes": a.train_classes, "--train-split": a.train_split, "--steps": self.total_steps,
-                "--domain-balanced": self.domain_balanced,
+                "--domain-balanced": self.domain_balanced, "--train-num-samples": a.train_num_samples,
                 "--batch-size": a.batch_size, "processes": self.world_size, "--grad-accum-steps": a.grad_accum_steps,
                 "--opt": a.opt, "--lr": a.lr, "--weight-decay": a.weight_decay, "--clip-grad": a.clip_grad,
                 "--sched": a.sched, "--warmup-steps": a.warmup_steps, "--warmup-lr": a.warmup_lr,

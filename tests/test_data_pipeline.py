@@ -183,3 +183,16 @@ def test_truncated_shard(data_dir, tmp_path):
     assert loader.skipped.total == 4  # plus the cut sample, which lost its image
     with pytest.raises(DatasetError, match="val-000001.tar"):
         _seen(_load(tmp_path, strict=True))
+
+
+def test_epoch_samples_sets_the_length_of_a_resampled_epoch(tmp_path):
+    """open_clip's --train-num-samples: an epoch of a resampled stream is as long as asked, not one pass."""
+    write_synthetic_dataset(tmp_path, per_class=2, shard_size=5)
+    def loader(**kwargs):
+        return create_loader(tmp_path, "train", transform=pil_to_tensor, batch_size=4, is_training=True, **kwargs)
+    assert len(loader(resampled=True, epoch_samples=40)) == 10
+    assert sum(len(t) for _, t, _ in loader(resampled=True, epoch_samples=40)) == 40
+    with pytest.raises(ConfigError, match=r"epoch_samples \(--train-num-samples\) must be >= 1 and needs resampled=True"):
+        loader(resampled=False, epoch_samples=40)
+    with pytest.raises(ConfigError, match="must be >= 1"):
+        loader(resampled=True, epoch_samples=0)

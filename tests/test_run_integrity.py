@@ -493,3 +493,13 @@ def test_logged_images_per_second_are_averaged_over_the_run(shards, tmp_path, mo
     # batch 4: 4 img/s while training; after epoch 0's evaluation (10 s) 20 images in 15 s, then 24 in 16 s,
     # not a rate restarted at the epoch (4.0)
     assert rates == [4.0, 4.0, 4.0, 4.0, round(20 / 15, 1), 24 / 16]
+
+
+def test_train_num_samples_sets_the_epoch_and_is_a_defining_argument(shards, tmp_path, capsys):
+    result = train.main(train_args(shards, tmp_path, "--epochs", "2", "--train-num-samples", "8"))
+    assert result["step"] == 4  # 8 samples / batch 4 = 2 optimizer steps an epoch, 2 epochs
+    with open(tmp_path / "run" / "summary.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["0", "1"]
+    err = exits_with(train.main, train_args(shards, tmp_path, "--epochs", "2", "--train-num-samples", "12",
+                                            "--resume", str(tmp_path / "run")), capsys)
+    assert "--train-num-samples 8 -> 12" in err

@@ -408,6 +408,7 @@ def create_loader(
         max_member_bytes: int = MAX_MEMBER_BYTES,
         max_image_pixels: int = MAX_IMAGE_PIXELS,
         domain_balanced: bool = False,
+        epoch_samples: Optional[int] = None,
         retry: RetryPolicy = DEFAULT_RETRY,
 ) -> ShardLoader:
     """A loader of ``(images, targets, domain_idx)`` batches from split ``split`` of ``data_dir``.
@@ -427,6 +428,8 @@ def create_loader(
         max_member_bytes, max_image_pixels: what one sample may cost; larger ones are skipped unread.
         domain_balanced: every batch drawn evenly from the kept domains (needs ``resampled``; see the
             module docstring).
+        epoch_samples: samples per epoch over all ranks (needs ``resampled``; default: the split's count), as
+            open_clip's ``--train-num-samples``: an epoch is a length of the endless stream, not a pass.
         retry: how hard to try a remote shard (:class:`clipood_zoo.data.remote.RetryPolicy`).
     """
     if batch_size < 1:
@@ -435,6 +438,9 @@ def create_loader(
         raise ConfigError(f"num_workers must be >= 0 and shuffle_buffer >= 1, got {num_workers}, {shuffle_buffer}.")
     if resampled and not is_training:
         raise ConfigError("resampled=True is for training; evaluation must see every sample exactly once.")
+    if epoch_samples is not None and (not resampled or epoch_samples < 1):
+        raise ConfigError(f"epoch_samples (--train-num-samples) must be >= 1 and needs resampled=True, got "
+                          f"{epoch_samples} with resampled={resampled}.")
     if domain_balanced and not resampled:
         raise ConfigError("domain_balanced=True needs resampled=True: balanced batches come from one endless "
                           "stream per domain, not from one pass over the shards.")
@@ -465,7 +471,7 @@ def create_loader(
                             seed=seed, epoch=shared_epoch, class_ids=class_ids, class_map=class_map, transform=transform,
                             max_member_bytes=max_member_bytes, max_image_pixels=max_image_pixels, retry=retry)
     if resampled:
-        per_rank = max(1, num_samples // (world_size * batch_size))
+        per_rank = max(1, (epoch_samples or num_samples) // (world_size * batch_size))
         per_worker = math.ceil(per_rank / max(1, num_workers))
         num_batches = per_worker * max(1, num_workers)
     else:
