@@ -42,9 +42,10 @@ def render() -> str:
                    ["model", "params_M", "update", "median_ms", "min_ms", "ratio_vs_ema", "ratio_min_vs_ema",
                     "host_overhead_ms", "host_ratio_vs_ema", "load_1m"])
     d = load("validate")
-    out += section("validate.py's path vs the open_clip README loop (bench_validate.py)", d, d and d["rows"],
+    out += section("validate.py's path vs open_clip_train's zero-shot loop, timm's validate loop and the README "
+                   "loop; where validate.py's time goes (bench_validate.py)", d, d and d["rows"],
                    ["arch", "classes", "images", "batch", "path", "images_per_s", "best_images_per_s",
-                    "speedup_vs_readme", "load_1m"])
+                    "zoo_speedup_vs_this", "zoo_speedup_vs_this_min", "share_of_end_to_end", "load_1m"])
     d = load("train_step")
     out += section("CLIPood step vs ERM step (bench_train_step.py)", d, d and d["rows"],
                    ["arch", "batch", "step", "images_per_s", "median_ms", "min_ms", "ratio_vs_erm",
