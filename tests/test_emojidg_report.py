@@ -2,6 +2,7 @@
 built from known per-image predictions (several methods, domains, seeds, weights rows, grid steps)."""
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -309,3 +310,20 @@ def test_v1_report_still_reproduces_the_committed_v1_tables(tmp_path):
     assert "No paired intervals" in text.removeprefix((v1 / "results.md").read_text())
     rebuilt = json.loads((tmp_path / "results.json").read_text())
     assert rebuilt.pop("paired_differences") == {} and rebuilt == json.loads((v1 / "results.json").read_text())
+
+
+def test_seeds_scored_on_other_images_are_refused(study, tmp_path, capsys):
+    _, out, *_ = study
+    shutil.copytree(out / "results", tmp_path / "results")
+    shutil.copy(out / "selection.json", tmp_path)
+    path = tmp_path / "results" / "clipood-flat-lr0.0001-st1000-s1.predictions.json"
+    doc = json.loads(path.read_text())
+    entry = doc["models"]["clip_vitt_emoji|weights=selected|split=test"]
+    entry["target"], entry["prediction"] = entry["target"][::-1], entry["prediction"][::-1]  # same top-1, other order
+    path.write_text(json.dumps(doc))
+    with pytest.raises(SystemExit) as exit_:
+        report.main(["--study", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert exit_.value.code == 2 and capsys.readouterr().err == (
+        "report.py: error: clipood-flat-lr0.0001-st1000-s1 (selected) scored other images (or another order) than "
+        "clipood-flat-lr0.0001-st1000-s0 (selected); re-run validate.py on the same data with the same --workers\n")
+    assert not (tmp_path / "r").exists()

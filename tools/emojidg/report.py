@@ -220,9 +220,7 @@ def write_v1(results: Path, out: Path) -> str:
 
 def write_study(study: Path, out: Path) -> str:
     """The v2 study's report of the folder ``study`` into ``out``; returns its markdown."""
-    loaded = load_study(study)
-    out.mkdir(parents=True, exist_ok=True)
-    text, results = study_report.build(loaded, out)
+    text, results = study_report.build(load_study(study), out)
     write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
     write_text_atomic(out / "results.md", text)
     return text

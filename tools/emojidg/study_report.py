@@ -15,15 +15,17 @@ so with equally many images per style its difference is the difference of the ta
 """
 from __future__ import annotations
 
+import io
 import re
 import statistics
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from clipood_zoo.data import emojidg
 from clipood_zoo.errors import ConfigError
+from clipood_zoo.fileio import write_bytes_atomic
 from clipood_zoo.stats import PairedInterval, paired_class_bootstrap
 
 from emojidg.study_results import ZEROSHOT, Scored, Study, seed_averaged_correctness
@@ -116,13 +118,13 @@ def held_out_rows(arms: Dict[str, Cells]) -> List[Tuple[str, dict]]:
     return [(d, s.row) for cells in arms.values() for d, seeds in cells.items() for s in seeds]
 
 
-def split_phrase(rows: Iterable[Tuple[str, dict]]) -> str:
+def split_phrase(rows: Sequence[Tuple[str, dict]]) -> str:
     """"test split" (every split named when the rows hold more than one)."""
     splits = sorted({r["split"] for _, r in rows})
     return f"{' + '.join(splits)} split{'s' if len(splits) > 1 else ''}"
 
 
-def images_phrase(rows: Iterable[Tuple[str, dict]], per: str = "style") -> str:
+def images_phrase(rows: Sequence[Tuple[str, dict]], per: str = "style") -> str:
     """"4,440 images per style" from the rows' num_samples, or each domain's count(s) when they differ."""
     counts = {d: sorted({r["num_samples"] for dd, r in rows if dd == d}) for d in emojidg.DOMAINS}
     counts = {d: c for d, c in counts.items() if c}
@@ -217,8 +219,10 @@ def plot_steps(curves: Dict[str, Dict[int, Dict]], path: Path) -> None:
         ax.set_title(title, fontsize=9)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
+    write_bytes_atomic(path, png.getvalue())
 
 
 def claim_sentence(claim: str, cells: Optional[Dict[str, PairedInterval]]) -> Tuple[str, str]:
@@ -252,6 +256,7 @@ def build(study: Study, out: Path) -> Tuple[str, Dict]:
                    for g, names in groups.items()}
     claims = [(claim, *claim_sentence(claim, paired(arms[a], arms[b]))) for a, b, claim in CLAIMS]
     curves = {v: steps_curve(study, v) for v in ("erm", "clipood")}
+    out.mkdir(parents=True, exist_ok=True)  # only now: a study the tables refuse leaves no folder behind
     plot_steps(curves, out / PLOT_FILE)
 
     md = [f"# EmojiDG study: CLIPood and robust fine-tuning peers\n\nHeld-out style top-1 (%), "
