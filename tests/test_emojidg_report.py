@@ -327,3 +327,16 @@ def test_seeds_scored_on_other_images_are_refused(study, tmp_path, capsys):
         "report.py: error: clipood-flat-lr0.0001-st1000-s1 (selected) scored other images (or another order) than "
         "clipood-flat-lr0.0001-st1000-s0 (selected); re-run validate.py on the same data with the same --workers\n")
     assert not (tmp_path / "r").exists()
+
+
+def test_a_study_with_only_zero_shot_on_one_style_reports_the_rest_missing(study, tmp_path):
+    _, out, *_ = study
+    (tmp_path / "results").mkdir()
+    for path in (out / "results").glob("zeroshot-mono.*"):
+        shutil.copy(path, tmp_path / "results")
+    text = report.write_study(tmp_path, tmp_path / "r")
+    assert "| zero-shot | missing | missing | " in text and "| 0 / 0 / 1 / 0 |" in text
+    assert "test split, 48 images per style" in text
+    assert "missing: no grid runs at a selected lr yet" in text
+    assert text.count("**Not measured**") == len(study_report.CLAIMS)
+    assert (tmp_path / "r" / study_report.PLOT_FILE).is_file()

@@ -217,7 +217,8 @@ def plot_steps(curves: Dict[str, Dict[int, Dict]], path: Path) -> None:
         ax.set_xlabel("training steps")
         ax.set_ylabel("top-1 (%), mean over styles")
         ax.set_title(title, fontsize=9)
-    axes[0].legend(fontsize=8)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8)
     fig.tight_layout()
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=120)
@@ -320,6 +321,8 @@ def open_set_markdown(arms: Dict[str, Cells]) -> str:
 
 def steps_markdown(curves: Dict[str, Dict[int, Dict]]) -> str:
     steps = sorted({s for c in curves.values() for s in c})
+    if not steps:
+        return "missing: no grid runs at a selected lr yet\n"
     lines = ["| method | metric | " + " | ".join(f"{s} steps" for s in steps) + " |", "|---|---" + "|---" * len(steps) + "|"]
     for variant, curve in curves.items():
         for metric, name in (("top1", "held-out top-1"), ("new_top1", "new-class top-1")):
