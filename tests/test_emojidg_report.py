@@ -146,16 +146,18 @@ def expected_interval(fx, a, b, domain):
     return ca, cb
 
 
-def assert_interval(got, fx, a, b):
-    pooled = [expected_interval(fx, a, b, d) for d in DOMAINS]
+def assert_interval(got, fx, a, b, classes=None):
+    """``got`` (results.json's intervals of A - B) against numpy on the fixture's own per-image records."""
+    keep = np.isin(TARGET, classes) if classes is not None else np.ones(len(TARGET), bool)
+    pooled = [tuple(x[keep] for x in expected_interval(fx, a, b, d)) for d in DOMAINS]
     for d, (ca, cb) in zip(DOMAINS, pooled):
         assert got[d]["diff"] == pytest.approx(round(100 * (ca.mean() - cb.mean()), 2))
-        ref = paired_class_bootstrap(ca, cb, TARGET)
+        ref = paired_class_bootstrap(ca, cb, TARGET[keep])
         assert (got[d]["low"], got[d]["high"], got[d]["resolved"]) == (round(ref.low, 2), round(ref.high, 2),
                                                                        ref.low > 0 or ref.high < 0)
     assert got["avg"]["diff"] == pytest.approx(round(np.mean([100 * (ca.mean() - cb.mean()) for ca, cb in pooled]), 2),
                                                abs=0.011)
-    assert got["avg"]["num_images"] == 4 * len(TARGET) and got["avg"]["num_classes"] == 16
+    assert got["avg"]["num_images"] == 4 * keep.sum() and got["avg"]["num_classes"] == len(set(TARGET[keep]))
 
 
 def test_held_out_table_reads_each_methods_selected_config_and_averages_seeds(study):
@@ -181,6 +183,10 @@ def test_differences_pair_seed_averaged_correctness_against_zero_shot_and_erm(st
     assert_interval(diffs["clipood - erm"], fx, "clipood", "erm")
     assert_interval(diffs["erm - zeroshot"], fx, "erm", "zeroshot")
     assert set(diffs["lp_ft - zeroshot"]) == set(DOMAINS[:3]) and diffs["flyp - erm"] == {}
+    new_classes = results["new_class_images_differences"]
+    assert set(new_classes) == set(diffs)
+    assert_interval(new_classes["clipood - erm"], fx, "clipood", "erm", emojidg.NEW_CLASSES)
+    assert new_classes["clipood - erm"]["avg"]["num_classes"] == 8  # the fixture's 16 classes: 8 base, 8 new
     line = next(li for li in md.splitlines() if li.startswith("| CLIPood (MMS + BMA) - ERM |"))
     assert line.count(" *") == sum(c["resolved"] for c in diffs["clipood - erm"].values()) == 5
 
@@ -244,11 +250,14 @@ def test_claims_are_generated_from_the_intervals(study):
     fx, _, results, md = study
     claims = {c["claim"]: c for c in results["claims"]}
     verdicts = {claim: claims[claim]["verdict"] for *_, claim in study_report.CLAIMS}
-    for a, b, claim in study_report.CLAIMS:
+    assert len(claims) == len(study_report.CLAIMS) == 8
+    for a, b, images, claim in study_report.CLAIMS:
         if claims[claim]["verdict"] == "not measured":
             continue
         ca, cb = (np.concatenate(x) for x in zip(*[expected_interval(fx, a, b, d) for d in DOMAINS]))
-        ref = paired_class_bootstrap(ca, cb, np.tile(TARGET, len(DOMAINS)))
+        target = np.tile(TARGET, len(DOMAINS))
+        keep = np.isin(target, emojidg.NEW_CLASSES) if images == "new" else np.ones(len(target), bool)
+        ref = paired_class_bootstrap(ca[keep], cb[keep], target[keep])
         expected = ("holds" if ref.diff > 0 else "reversed") if ref.resolved else "not resolved"
         assert verdicts[claim] == expected, claim
         assert str(ref) in claims[claim]["sentence"] and claims[claim]["sentence"] in md
