@@ -237,7 +237,8 @@ def main(argv: List[str] | None = None) -> int:
         if args.study:
             text = write_study(args.study, args.out or REPO / "docs" / "emojidg" / "v2")
         else:
-            text = write_v1(args.results or REPO / "output" / "emojidg" / "results", args.out or REPO / "docs" / "emojidg")
+            text = write_v1(args.results or REPO / "output" / "emojidg" / "results",
+                            args.out or REPO / "docs" / "emojidg")
     except ClipoodError as e:
         p.exit(2, f"report.py: error: {e}\n")
     print(text)

@@ -41,6 +41,12 @@ LABELS = {"zeroshot": "zero-shot", "erm": "ERM", "clipood": "CLIPood (MMS + BMA)
 SWEEPS = {"beta": "beta sweep (the BMA's Beta(beta, beta) weights over steps)",
           "lambda": "lambda sweep (the margin's scale)",
           "tau": "tau sweep (the margin against the temperature it is relative to)"}
+# the ablation tables: arms compared with CLIPood (the first), and each table's title
+ABLATIONS = {"loss": ("clipood", "ce_bma", "fixed_margin"),
+             "averaging": ("clipood", "clipood@ema", "clipood_uniform", "clipood@last")}
+TITLES = {"loss": "Ablation: loss (MMS vs CE vs fixed margin)",
+          "averaging": "Ablation: weight averaging (BMA vs EMA vs uniform vs last)",
+          **{f"{p}_sweep": f"Ablation: {what}" for p, what in SWEEPS.items()}}
 SWEEP_NAME = re.compile(r"clipood_(?P<param>beta|lambda|tau)(?P<value>.+)")
 # (A, B, images, the paper's claim that A beats B); the verdict comes from the interval of A - B averaged over
 # styles, on every image ("all") or on the new classes' images ("new": classes no fine-tune trained on).
@@ -160,10 +166,12 @@ def seeds_column(cells: Cells) -> str:
 
 def accuracy_markdown(arms: Dict[str, Cells], metric: str = "top1") -> str:
     cols = [*emojidg.DOMAINS, "avg"]
-    lines = [f"| method | {' | '.join(cols)} | seeds ({' / '.join(emojidg.DOMAINS)}) |", "|---" * (len(cols) + 2) + "|"]
+    lines = [f"| method | {' | '.join(cols)} | seeds ({' / '.join(emojidg.DOMAINS)}) |",
+             "|---" * (len(cols) + 2) + "|"]
     for name, cells in arms.items():
         values = metric_cells(cells, metric)
-        lines.append(f"| {label(name)} | " + " | ".join(fmt(values.get(c)) for c in cols) + f" | {seeds_column(cells)} |")
+        lines.append(f"| {label(name)} | " + " | ".join(fmt(values.get(c)) for c in cols)
+                     + f" | {seeds_column(cells)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -214,7 +222,8 @@ def plot_steps(curves: Dict[str, Dict[int, Dict]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharex=True)
-    for ax, metric, title in zip(axes, ("top1", "new_top1"), ("held-out style, all classes", "held-out style, new classes")):
+    for ax, metric, title in zip(axes, ("top1", "new_top1"),
+                                 ("held-out style, all classes", "held-out style, new classes")):
         for variant, curve in curves.items():
             points = [(steps, e[metric]) for steps, e in curve.items() if e[metric] is not None]
             if points:
@@ -248,16 +257,9 @@ def claim_sentence(claim: str, cells: Optional[Dict[str, PairedInterval]]) -> Tu
                      f"against it on {sum(c.resolved and c.diff < 0 for c in styles)} of {len(styles)} styles.")
 
 
-GROUPS = {"loss": "Ablation: loss (MMS vs CE vs fixed margin)",
-          "averaging": "Ablation: weight averaging (BMA vs EMA vs uniform vs last)",
-          **{f"{p}_sweep": f"Ablation: {what}" for p, what in SWEEPS.items()}}
-
-
 def build(study: Study, out: Path) -> Tuple[str, Dict]:
     """The report's markdown and results.json content; writes the plot into ``out``."""
-    groups = {"loss": ("clipood", "ce_bma", "fixed_margin"),
-              "averaging": ("clipood", "clipood@ema", "clipood_uniform", "clipood@last"),
-              **{f"{p}_sweep": ("clipood", *sweep_arms(study, p)) for p in SWEEPS}}
+    groups = {**ABLATIONS, **{f"{p}_sweep": ("clipood", *sweep_arms(study, p)) for p in SWEEPS}}
     arms = {n: arm(study, n) for n in dict.fromkeys([*HEADLINE, *(n for names in groups.values() for n in names)])}
     headline = {n: arms[n] for n in HEADLINE}
     pairs = [(m, "zeroshot") for m in HEADLINE[1:]] + [(m, "erm") for m in HEADLINE[2:]]
@@ -265,7 +267,8 @@ def build(study: Study, out: Path) -> Tuple[str, Dict]:
     group_diffs = {g: {(n, "clipood"): paired(arms[n], arms["clipood"]) for n in names[1:]}
                    for g, names in groups.items()}
     new_diffs = {(a, b): paired(arms[a], arms[b], emojidg.NEW_CLASSES) for a, b in pairs}
-    claims = [(claim, *claim_sentence(claim, paired(arms[a], arms[b], emojidg.NEW_CLASSES if images == "new" else None)))
+    claims = [(claim, *claim_sentence(claim, paired(arms[a], arms[b],
+                                                    emojidg.NEW_CLASSES if images == "new" else None)))
               for a, b, images, claim in CLAIMS]
     curves = {v: steps_curve(study, v) for v in ("erm", "clipood")}
     out.mkdir(parents=True, exist_ok=True)  # only now: a study the tables refuse leaves no folder behind
@@ -289,7 +292,7 @@ def build(study: Study, out: Path) -> Tuple[str, Dict]:
           "at 95% true-positive rate): lower is better. No intervals (the rows hold no per-image scores):\n",
           open_set_markdown(headline)]
     for group, names in groups.items():
-        md += [f"## {GROUPS[group]}\n\nHeld-out top-1 (%), {heading({n: arms[n] for n in names})}, at "
+        md += [f"## {TITLES[group]}\n\nHeld-out top-1 (%), {heading({n: arms[n] for n in names})}, at "
                "CLIPood's selected (lr, steps):\n", accuracy_markdown({n: arms[n] for n in names}),
                "Paired differences vs CLIPood (as above):\n", differences_markdown(group_diffs[group])]
     md += [f"## Accuracy against training steps\n\n![accuracy vs steps]({PLOT_FILE})\n\nGrid runs at each "
@@ -304,7 +307,8 @@ def build(study: Study, out: Path) -> Tuple[str, Dict]:
                     "images": images_phrase(held_out_rows(headline))},
         "held_out_top1": {n: metric_cells(c, "top1") for n, c in headline.items()},
         "held_out_differences": {f"{a} - {b}": interval_json(c) for (a, b), c in diffs.items()},
-        "base_new": {n: {m: metric_cells(c, m) for m in ("base_top1", "new_top1", "hm")} for n, c in headline.items()},
+        "base_new": {n: {m: metric_cells(c, m) for m in ("base_top1", "new_top1", "hm")}
+                     for n, c in headline.items()},
         "new_class_images_differences": {f"{a} - {b}": interval_json(c) for (a, b), c in new_diffs.items()},
         "open_set": {n: {m: metric_cells(c, m) for m in OPEN_SET} for n, c in headline.items()},
         "ablations": {g: {"top1": {n: metric_cells(arms[n], "top1") for n in names},
@@ -320,7 +324,8 @@ def base_new_markdown(arms: Dict[str, Cells]) -> str:
     lines = [f"| method | base | new | H | seeds ({' / '.join(emojidg.DOMAINS)}) |", "|---|---|---|---|---|"]
     for name, cells in arms.items():
         lines.append(f"| {label(name)} | " + " | ".join(fmt(metric_cells(cells, m).get("avg"))
-                                                       for m in ("base_top1", "new_top1", "hm")) + f" | {seeds_column(cells)} |")
+                                                       for m in ("base_top1", "new_top1", "hm"))
+                     + f" | {seeds_column(cells)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -338,7 +343,8 @@ def steps_markdown(curves: Dict[str, Dict[int, Dict]]) -> str:
     steps = sorted({s for c in curves.values() for s in c})
     if not steps:
         return "missing: no grid runs at a selected lr yet\n"
-    lines = ["| method | metric | " + " | ".join(f"{s} steps" for s in steps) + " |", "|---|---" + "|---" * len(steps) + "|"]
+    lines = ["| method | metric | " + " | ".join(f"{s} steps" for s in steps) + " |",
+             "|---|---" + "|---" * len(steps) + "|"]
     for variant, curve in curves.items():
         for metric, name in (("top1", "held-out top-1"), ("new_top1", "new-class top-1")):
             lines.append(f"| {label(variant)} | {name} | " + " | ".join(

@@ -115,7 +115,8 @@ def _predictions(row: dict, path: Path, weights: str) -> Tuple[Optional[str], Op
                and entry.get("weights", row.get("weights")) == row.get("weights")]
     if len(matches) != 1:
         raise ConfigError(f"{path} has {len(matches)} predictions for the {weights!r} row (model {row['model']!r}, "
-                          f"split {row['split']!r}, weights {row.get('weights')!r}): {matches or sorted(doc['models'])}; "
+                          f"split {row['split']!r}, weights {row.get('weights')!r}): "
+                          f"{matches or sorted(doc['models'])}; "
                           "one entry per row is needed (validate.py --predictions-file of the same call)")
     entry = doc["models"][matches[0]]
     target, correct = np.asarray(entry["target"]), np.equal(entry["prediction"], entry["target"])
