@@ -147,7 +147,7 @@ def data(tmp_path_factory):
 
 
 def argv(data, out, *extra):
-    return ["--data-dir", str(data), "--out", str(out), "--domains", "3d", "--variants", "erm", "clipood",
+    return ["--data-dir", str(data), "--out", str(out), "--domains", "3d", "--variants", "erm", "clipood", "wise_ft",
             "--lrs", "0.001", "--steps", "2", "3", "--grid-seeds", "0", "--headline-seeds", "0", "1",
             "--other-seeds", "0", "--ablation-seeds", "0", "--model", TINY_ARCH, "--model-config", TINY_CONFIG,
             "--random-init", "-b", "4", "--workers", "0", *extra]
@@ -165,19 +165,28 @@ def study(data, tmp_path_factory):
     return out
 
 
+def source_val_of_export(run_dir):
+    """Independently of the runner: the source val top-1 of the exported weights, from train.py's own records (the
+    chosen alpha's score for WiSE-FT, else the best evaluation's)."""
+    wise = json.loads((run_dir / "config.json").read_text())["pretrained_cfg"]["recipe"].get("wise_ft")
+    if wise:
+        return wise["scores"][str(float(wise["alpha"]))]
+    return json.loads((run_dir / "result.json").read_text())["best_source_top1"]
+
+
 def test_grid_phase_writes_the_layout_of_the_contract(study):
     results = study / "results"
     (zeroshot,) = json.loads((results / "zeroshot-3d.json").read_text())
     assert zeroshot["weights"] == "selected" and zeroshot["split"] == "test" and "ood_auroc_mcm" in zeroshot
     records = []
-    for variant in ("erm", "clipood"):
+    for variant in ("erm", "clipood", "wise_ft"):
         for steps in (2, 3):
             run_id = f"{variant}-3d-lr0.001-st{steps}-s0"
             record = json.loads((results / f"{run_id}.run.json").read_text())
             weights = ["selected", "last", "ema"] if variant == "clipood" else ["selected"]
             assert record == {
                 "run_id": run_id, "variant": variant, "domain": "3d", "lr": 0.001, "steps": steps, "seed": 0,
-                "source_val_top1": json.loads((study / "runs" / run_id / "result.json").read_text())["best_source_top1"],
+                "source_val_top1": source_val_of_export(study / "runs" / run_id),
                 "phase": "grid", "train_args": record["train_args"],
                 "weights": {w: f"runs/{run_id}" + ("" if w == "selected" else f"/{w}") for w in weights}}
             assert record["train_args"][0] == "train.py" and record["train_args"][record["train_args"].index("--steps") + 1] == str(steps)
@@ -195,28 +204,61 @@ def test_grid_phase_writes_the_layout_of_the_contract(study):
             records.append(record)
     selection = json.loads((study / "selection.json").read_text())
     assert selection == json.loads(json.dumps(select(records)))
-    assert set(selection) == {"erm", "clipood"} and selection["clipood"]["3d"]["seeds"] == [0]
+    assert set(selection) == {"erm", "clipood", "wise_ft"} and selection["clipood"]["3d"]["seeds"] == [0]
 
 
 def test_a_rerun_skips_finished_runs_and_dry_run_lists_exactly_what_is_left(study, data, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     assert rb.main(argv(data, study, "--phase", "grid"), runner=lambda cmd: pytest.fail(f"ran {cmd}")) == 0
-    assert "# phase grid: 4 runs, 10 optimizer steps; left: 0 runs, 0 optimizer steps" in capsys.readouterr().out
+    assert "# phase grid: 6 runs, 15 optimizer steps; left: 0 runs, 0 optimizer steps" in capsys.readouterr().out
     before = {p: p.stat().st_mtime_ns for p in (study / "results").iterdir()}
     assert rb.main(argv(data, study, "--dry-run"), runner=lambda cmd: pytest.fail(f"ran {cmd}")) == 0
     lines = capsys.readouterr().out.splitlines()
     selection = json.loads((study / "selection.json").read_text())
     clipood = selection["clipood"]["3d"]
-    seeds = [f"{v}-3d-lr{selection[v]['3d']['lr']:g}-st{selection[v]['3d']['steps']}-s1" for v in ("erm", "clipood")]
+    seeds = [f"{v}-3d-lr{selection[v]['3d']['lr']:g}-st{selection[v]['3d']['steps']}-s1"
+             for v in ("erm", "clipood", "wise_ft")]
     ablations = [f"{v}-3d-lr{clipood['lr']:g}-st{clipood['steps']}-s0" for v in rb.ABLATIONS]
     trained = [shlex.split(line) for line in lines if not line.startswith("#") and "train.py" in line]
     assert [c[c.index("--experiment") + 1] for c in trained] == seeds + ablations
     validated = [shlex.split(line) for line in lines if not line.startswith("#") and "validate.py" in line]
     assert [Path(c[c.index("--results-file") + 1]).stem for c in validated] == seeds + ablations
     assert len(lines) == 3 + 2 * len(seeds + ablations)
-    steps = sum(selection[v]["3d"]["steps"] for v in ("erm", "clipood"))
-    assert f"# phase seeds: 2 runs, {steps} optimizer steps; left: 2 runs, {steps} optimizer steps" in lines
+    steps = sum(selection[v]["3d"]["steps"] for v in ("erm", "clipood", "wise_ft"))
+    assert f"# phase seeds: 3 runs, {steps} optimizer steps; left: 3 runs, {steps} optimizer steps" in lines
     n = len(rb.ABLATIONS)
     assert (f"# phase ablation: {n} runs, {n * clipood['steps']} optimizer steps; left: {n} runs, "
             f"{n * clipood['steps']} optimizer steps") in lines
     assert {p: p.stat().st_mtime_ns for p in (study / "results").iterdir()} == before  # a dry run writes nothing
+    # a run validated but not yet recorded (killed in between) gets its record on the next pass, nothing re-run
+    record = study / "results" / "erm-3d-lr0.001-st2-s0.run.json"
+    text = record.read_text()
+    record.unlink()
+    assert rb.main(argv(data, study, "--phase", "grid"), runner=lambda cmd: pytest.fail(f"ran {cmd}")) == 0
+    assert record.read_text() == text
+
+
+def test_seeds_phase_runs_the_selected_configs_and_never_moves_the_selection(study, data, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    selection = (study / "selection.json").read_text()
+    assert rb.main(argv(data, study, "--phase", "seeds"), runner=in_process) == 0
+    assert (study / "selection.json").read_text() == selection
+    selected = json.loads(selection)
+    for variant in ("erm", "clipood", "wise_ft"):
+        cell = selected[variant]["3d"]
+        record = json.loads((study / "results" / f"{variant}-3d-lr{cell['lr']:g}-st{cell['steps']}-s1.run.json").read_text())
+        assert record["phase"] == "seeds" and record["seed"] == 1
+    capsys.readouterr()
+    assert rb.main(argv(data, study, "--dry-run", "--phase", "seeds"), runner=lambda cmd: pytest.fail(f"ran {cmd}")) == 0
+    assert capsys.readouterr().out == "# phase seeds: 3 runs, {0} optimizer steps; left: 0 runs, 0 optimizer steps\n".format(
+        sum(selected[v]["3d"]["steps"] for v in ("erm", "clipood", "wise_ft")))
+
+
+def test_ship_before_the_seed_runs_exist_and_missing_data_exit_2(study, data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        rb.main(argv(data, tmp_path / "empty", "--phase", "seeds", "--ship"), runner=lambda cmd: pytest.fail("ran"))
+    assert exc.value.code == 2
+    assert "run_benchmark.py: error: --ship: clipood has no selected config for held-out 3d yet" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        rb.main(argv(tmp_path / "nowhere", tmp_path / "out", "--dry-run"))
+    assert exc.value.code == 2 and "cannot read" in capsys.readouterr().err and not (tmp_path / "out").exists()
