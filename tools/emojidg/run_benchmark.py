@@ -36,7 +36,7 @@ Layout under ``--out`` (read by tools/emojidg/report.py; only ever extended)::
 with ``run_id = f"{variant}-{domain}-lr{lr:g}-st{steps}-s{seed}"``. Resumable: a run whose results file
 exists is skipped, an interrupted one resumed (clipood_zoo.sweep's rules). ``--dry-run`` prints the commands
 left and, per phase, the runs and optimizer steps in all and left (to size it for a CPU or a GPU).
-``--ship`` re-saves the first seed of the selected ERM and CLIPood runs as fp16 into ``weights/`` and
+``--ship`` re-saves the first seed of the selected ERM, CLIPood and WiSE-FT runs as fp16 into ``weights/`` and
 records their sha256 in ``clipood_zoo/models/shipped_weights.json``.
 """
 from __future__ import annotations
@@ -97,7 +97,7 @@ ABLATIONS: Dict[str, List[str]] = {
     **{f"clipood_lambda{m:g}": ["--method", "clipood", "--margin-lambda", f"{m:g}"] for m in LAMBDAS},
     **{f"clipood_tau{t:g}": ["--method", "clipood", "--temperature", f"{t:g}"] for t in TAUS},
 }
-SHIPPED_VARIANTS = ("clipood", "erm")
+SHIPPED_VARIANTS = ("clipood", "erm", "wise_ft")  # registered in clipood_zoo/models/emoji.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -357,7 +357,7 @@ def record_shipped(names: List[str]) -> None:
 
 
 def ship(selection: Selection, opts: StudyOptions, seed: int, domains: Sequence[str], info: dict) -> None:
-    """fp16 copies of the selected ERM and CLIPood runs (seed ``seed``) in weights/, with model cards (naming
+    """fp16 copies of the selected runs of SHIPPED_VARIANTS (seed ``seed``) in weights/, with model cards (naming
     the benchmark version of the data ``info`` describes, and the selected lr and steps), in the manifest."""
     names = []
     for variant in SHIPPED_VARIANTS:
@@ -410,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, nargs="+", default=list(GRID["steps"]), help="the grid's step counts")
     p.add_argument("--dry-run", action="store_true", help="print the commands left and each phase's runs and steps")
     p.add_argument("--ship", action="store_true",
-                   help="copy the selected ERM/CLIPood runs of the first headline seed into weights/")
+                   help="copy the selected ERM/CLIPood/WiSE-FT runs of the first headline seed into weights/")
     g = p.add_argument_group("smoke runs (another architecture, random init)")
     g.add_argument("--model", default="clip_vitt_emoji")
     g.add_argument("--model-config", default=None)
