@@ -62,7 +62,9 @@ from clipood_zoo import sweep  # noqa: E402
 from clipood_zoo.data import emojidg  # noqa: E402
 from clipood_zoo.fileio import write_text_atomic  # noqa: E402
 from clipood_zoo.hub import sha256_file  # noqa: E402
+from clipood_zoo.methods import METHODS  # noqa: E402
 from clipood_zoo.models.emoji import MANIFEST, RECIPE  # noqa: E402
+from train import EMA_DIR, LAST_DIR  # noqa: E402
 from emojidg.paths import repo_relative  # noqa: E402
 from emojidg.selection import Selection, best_of, select  # noqa: E402
 from emojidg.versions import card_section, held_out_split, version_of  # noqa: E402
@@ -122,13 +124,14 @@ class StudyRun:
 
     @property
     def weights(self) -> List[str]:
-        """The weights the run exports: its selection, the last weights of a BMA run, the --export-ema EMA."""
+        """The weights the run exports: its selection, the last weights of a run with a weight average (train.py
+        exports them into ``last/``), the --export-ema EMA (``ema/``)."""
         flags = self.flags
-        bma = flags[flags.index("--method") + 1] == "clipood"
-        return ["selected", *(["last"] if bma else []), *(["ema"] if "--export-ema" in flags else [])]
+        averaged = METHODS[flags[flags.index("--method") + 1]].default_bma  # no variant turns BMA off
+        return ["selected", *(["last"] if averaged else []), *(["ema"] if "--export-ema" in flags else [])]
 
 
-WEIGHTS_DIRS = {"selected": "", "last": "last", "ema": "ema"}  # sub-folder of the run folder (train.py's LAST/EMA_DIR)
+WEIGHTS_DIRS = {"selected": "", "last": LAST_DIR, "ema": EMA_DIR}  # sub-folder of the run folder
 
 
 # --- the plan ------------------------------------------------------------------------------------------
@@ -190,11 +193,9 @@ class StudyOptions:
 
     def common(self) -> List[str]:
         """Flags train.py and validate.py both take."""
-        out = ["--workers", str(self.workers)]
-        for flag, value in (("--model-config", self.model_config), ("--device", self.device)):
-            if value is not None:
-                out += [flag, repo_relative(value)]
-        return out
+        return (["--workers", str(self.workers)]
+                + (["--model-config", repo_relative(self.model_config)] if self.model_config else [])
+                + (["--device", self.device] if self.device else []))
 
 
 def train_command(run: StudyRun, opts: StudyOptions) -> List[str]:
