@@ -202,7 +202,8 @@ def score_split(model: torch.nn.Module, name: str, split: str, args: argparse.Na
                        base_classes=info.base_classes if subset is None else None,
                        new_classes=info.new_classes if subset is None else None,
                        amp_dtype=AMP_DTYPES[args.amp_dtype] if args.amp else None,
-                       channels_last=args.channels_last, logit_columns=subset, progress=True, desc=f"{name} {split}",
+                       channels_last=args.channels_last, logit_columns=subset, progress=True,
+                       desc=name if len(args.split) == 1 else f"{name} ({split} split)",
                        predictions=predictions, scores=in_scores, score_columns=base)
     elapsed = time.time() - start
     open_set: Dict[str, Any] = {}
