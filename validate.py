@@ -134,9 +134,9 @@ def weights_to_score(args: argparse.Namespace) -> List[Weights]:
     if names is None:
         names = [None] if len(checkpoints) == 1 else list(checkpoints)
     if len(names) != len(checkpoints):
+        given = "--checkpoint " + " ".join(args.checkpoint) if args.checkpoint else "the --pretrained or initial weights"
         raise ConfigError(f"--weights-names gives {len(names)} name(s) for {len(checkpoints)} set(s) of weights "
-                          f"({'--checkpoint ' + ' '.join(args.checkpoint) if args.checkpoint else 'the --pretrained or initial weights'}); "
-                          "give one name per --checkpoint")
+                          f"({given}); give one name per --checkpoint")
     if len(set(names)) != len(names):
         raise ConfigError(f"--weights-names must differ from each other, got {names}")
     return [Weights(c, n) for c, n in zip(checkpoints, names)]
