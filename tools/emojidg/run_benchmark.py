@@ -28,7 +28,9 @@ Layout under ``--out`` (read by tools/emojidg/report.py; only ever extended)::
     runs/<run_id>/                     train.py's run folder (exported model; last/ and ema/ beside it)
     results/zeroshot-<domain>.json     validate.py rows of the base model (weights "selected")
     results/<run_id>.json              validate.py rows of the run, one per weights ("weights" field)
-    results/<run_id>.predictions.json  validate.py --predictions-file of the same call (keys: validate.py's docstring)
+    results/<run_id>.predictions.json  validate.py --predictions-file of the same call: {"split": "test", "models":
+                                        {"<model>|weights=<selected|last|ema>": {target, domain, prediction, split,
+                                        weights}}} (one split per call; validate.py's docstring has the format)
     results/<run_id>.run.json          {run_id, variant, domain, lr, steps, seed, source_val_top1, phase,
                                         train_args, weights: {selected, last?, ema?: paths relative to --out}}
     selection.json                     {variant: {domain: {lr, steps, source_val_top1, seeds, candidates}}}
