@@ -87,6 +87,7 @@ def evaluate(
     desc: str = "eval",
     predictions: Optional[List[torch.Tensor]] = None,
     scores: Optional[List[torch.Tensor]] = None,
+    score_columns: Optional[Sequence[int]] = None,
 ) -> Dict[str, float]:
     """top1/top5, per-domain top1 and (with a base/new split) base/new/hm of ``model`` over ``loader``.
 
@@ -96,12 +97,15 @@ def evaluate(
     ``predictions``, when given, receives a [B, 3] CPU tensor per batch of this rank's samples: target,
     domain and top-1 prediction (class indices of the dataset), for paired comparisons of two models
     on the same images (:mod:`clipood_zoo.stats`). ``scores``, when given, receives a [B, 2] CPU tensor per
-    batch: the open-set scores of :func:`clipood_zoo.metrics.ood_scores` over the (restricted) logits.
+    batch: the open-set scores of :func:`clipood_zoo.metrics.ood_scores` over the (restricted) logits, or over
+    only ``score_columns`` of them (positions in the restricted logits): a base-class model's open-set scores
+    taken in the same pass that scores every class.
     """
     was_training = model.training
     model.eval()
     meter = AccuracyMeter(len(domain_names), base_classes, new_classes, device=device)
     columns = None if logit_columns is None else torch.as_tensor(list(logit_columns), device=device)
+    scored = None if score_columns is None else torch.as_tensor(list(score_columns), device=device)
     batches = tqdm(loader, desc=desc, total=len(loader), leave=False) if progress else loader
     for images, target, domain in batches:
         images = images.to(device, non_blocking=True)
@@ -117,7 +121,7 @@ def evaluate(
             pair = columns[pair] if columns is not None else pair
             predictions.append(torch.stack([pair[0].cpu(), domain.cpu(), pair[1].cpu()], 1))
         if scores is not None:
-            scores.append(ood_scores(logits).cpu())
+            scores.append(ood_scores(logits if scored is None else logits[:, scored]).cpu())
     meter.all_reduce()
     model.train(was_training)
     if int(meter.counts[0]) == 0:  # the loader had samples to give (it checks), so every one was skipped

@@ -201,7 +201,7 @@ def run_sweep(jobs: Sequence[Job], table: int, label: str, opts: SweepOptions, d
         for cmd in commands:
             print(shlex.join(cmd), flush=True)
             if not dry_run:
-                _check(runner(cmd), cmd, job)
+                check_exit(runner(cmd), cmd, job)
     stem = opts.output / f"table{table}_{label}"
     summary = [stem.with_suffix(".csv"), stem.with_suffix(".md")]
     tables_cmd = [opts.python, _script("tools/paper_tables.py"), f"{opts.method}={summary[0]}", "--table", str(table),
@@ -212,11 +212,12 @@ def run_sweep(jobs: Sequence[Job], table: int, label: str, opts: SweepOptions, d
         return None
     rows = [{**row, **job.fields} for job in jobs for row in json.loads(job.result.read_text(encoding="utf-8"))]
     write_text_atomic(summary[0], format_results(rows, "csv"))
-    _check(runner(tables_cmd), tables_cmd, None)
+    check_exit(runner(tables_cmd), tables_cmd, None)
     return summary[1].read_text(encoding="utf-8")
 
 
-def _check(returncode: int, cmd: Sequence[str], job: Optional[Job]) -> None:
+def check_exit(returncode: int, cmd: Sequence[str], job: Optional[Job]) -> None:
+    """A failed command stops the sweep with the command and how to carry on (finished runs are kept)."""
     if returncode != 0:
         where = f" for {job.name}" if job else ""
         raise TrainingError(f"command{where} exited with {returncode}: {shlex.join(cmd)}\nFix the cause and "

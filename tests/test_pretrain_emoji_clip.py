@@ -291,27 +291,22 @@ def test_recorded_commands_make_repository_paths_relative_and_drop_slice_flags()
 
 
 def test_benchmark_commands_hold_no_machine_paths():
-    from emojidg import report, run_benchmark
+    from emojidg import run_benchmark as rb
+    from emojidg.versions import held_out_split
 
-    cmd = run_benchmark.train_command("clipood", "mono", 0, P.REPO / "data" / "emojidg", P.REPO / "output" / "runs")
+    # v2 data: the held-out style is scored on its `test` split (every render)
+    opts = rb.StudyOptions(P.REPO / "data" / "emojidg", P.REPO / "output",
+                           held_out_split({"benchmark_version": "v2", "splits": {}}))
+    run = rb.StudyRun("clipood", "mono", 1e-4, 300, 0, "grid")
+    cmd = rb.train_command(run, opts)
     assert cmd[cmd.index("--data-dir") + 1] == "data/emojidg" and cmd[cmd.index("--output") + 1] == "output/runs"
     assert not any(a.startswith("/") for a in cmd)
     results = P.REPO / "output" / "results"
-    cmd = run_benchmark.validate_command("x", results.parent / "runs" / "r", P.REPO / "data", "mono",
-                                         results / "clipood-mono-s0.json")
-    assert cmd[cmd.index("--predictions-file") + 1] == "output/results/clipood-mono-s0.predictions.json"
-    assert cmd[-2:] == ["--checkpoint", "output/runs/r"] and not any(a.startswith("/") for a in cmd)
-    # v2 data: the held-out style is scored on its `test` split (every render), by validate.py and train.py
-    from emojidg.versions import held_out_split
-
-    split = held_out_split({"benchmark_version": "v2", "splits": {}})
-    test_cmd = run_benchmark.validate_command("x", None, P.REPO / "data", "mono", results / "a.json", split)
-    assert test_cmd[test_cmd.index("--split") + 1] == "test" and cmd[cmd.index("--split") + 1] == "val"
-    train_v2 = run_benchmark.train_command("erm", "mono", 0, P.REPO / "data", P.REPO / "output", split)
-    assert train_v2[-2:] == ["--eval-split", "test"]
-    assert "--eval-split" not in run_benchmark.train_command("erm", "mono", 0, P.REPO / "data", P.REPO / "output")
-    # report.py finds the predictions beside the row under the name it pairs by
-    assert report.RESULT_NAME.fullmatch(Path(cmd[-3]).name.removesuffix(report.PREDICTIONS_SUFFIX))["variant"] == "clipood"
+    cmd = rb.validate_command("mono", {"selected": P.REPO / "output" / "runs" / "r"},
+                              results / f"{run.run_id}.json", opts)
+    assert cmd[cmd.index("--predictions-file") + 1] == f"output/results/{run.run_id}.predictions.json"
+    assert cmd[cmd.index("--checkpoint") + 1] == "output/runs/r" and not any(a.startswith("/") for a in cmd)
+    assert cmd[cmd.index("--split") + 1] == "test"
 
 
 @pytest.mark.parametrize("card", sorted((P.REPO / "weights").glob("*/README.md")), ids=lambda p: p.parent.name)

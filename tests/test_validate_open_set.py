@@ -78,7 +78,9 @@ def test_ood_classes_new_scores_both_sides_over_the_base_classes(setup):
     in_scores = hand_scores(setup, setup / "in", setup / "ckpt", {0, 1}, [0, 1])
     out_scores = hand_scores(setup, setup / "in", setup / "ckpt", {2, 3}, [0, 1])
     check(row, in_scores, out_scores)
-    assert row["classes"] == "base" and row["ood"] == "new classes"
+    assert row["classes"] == "all" and row["ood"] == "new classes"
+    assert row["num_samples"] == 3 * 4 * 3 and {"base_top1", "new_top1", "hm"} <= set(row)  # accuracy: every class
+    assert row == {**run_validate(setup), **{k: row[k] for k in row if k.startswith("ood")}}  # the same pass
 
 
 def test_open_set_errors_exit_2_with_the_reason(setup, capsys):
@@ -86,6 +88,9 @@ def test_open_set_errors_exit_2_with_the_reason(setup, capsys):
         run_validate(setup, "--ood-classes", "new", "--classes", "new")
     assert exc.value.code == 2
     assert "validate.py: error: --ood-classes new treats the new classes as the open set" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        run_validate(setup, "--ood-classes", "new", "--classes", "base")
+    assert exc.value.code == 2 and "drop --classes" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         run_validate(setup, "--ood-classes", "new", "--ood-data", str(setup / "out"))
     assert exc.value.code == 2

@@ -1,10 +1,11 @@
-"""The shipped small family: a CLIP pretrained here on emoji styles, and CLIPood/ERM fine-tunes of it.
+"""The shipped small family: a CLIP pretrained here on emoji styles, and CLIPood/ERM/WiSE-FT fine-tunes of it.
 
 - ``clip_vitt_emoji``: the zero-shot base, a ViT (patch 8, 40 px) image tower trained LiT-style
   against a locked all-MiniLM-L6-v2 text tower on eight pretraining emoji styles
   (tools/pretrain_emoji_clip.py); its head holds the 444 EmojiDG class embeddings.
-- ``clipood_vitt_emojidg_<domain>`` / ``erm_vitt_emojidg_<domain>``: fine-tuned with train.py on the
-  other three downstream styles' base classes, ``<domain>`` held out (tools/emojidg/run_benchmark.py).
+- ``clipood_vitt_emojidg_<domain>`` / ``erm_vitt_emojidg_<domain>`` / ``wise_ft_vitt_emojidg_<domain>``: fine-tuned
+  with train.py on the other three downstream styles' base classes, ``<domain>`` held out, the (lr, steps)
+  selected on the source styles' val split (tools/emojidg/run_benchmark.py).
 
 Weights live in the repo's ``weights/<name>/``; their sha256 is recorded in ``shipped_weights.json``
 (tools/emojidg/run_benchmark.py writes it), and a name without an entry has no weights yet.
@@ -24,6 +25,7 @@ ARCH = "ViT-T-8-40-MiniLM"
 TEMPLATES = ("a photo of a {}.", "an emoji of a {}.", "a {} emoji.", "a {} icon.", "an icon of a {}.", "a drawing of a {}.")
 MANIFEST = Path(__file__).parent / "shipped_weights.json"
 SHIPPED: Dict[str, Dict] = json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {}
+METHOD_LABELS = {"clipood": "CLIPood", "erm": "ERM", "wise_ft": "WiSE-FT (on ERM)"}  # the shipped fine-tunes
 RECIPE = dict(lr=1e-4, steps=300, batch_size=64, warmup_steps=30, opt="adamw", weight_decay=0.1, sched="cosine",
               train_classes="base")
 
@@ -41,7 +43,7 @@ def _cfg(name: str, heldout: str = None, method: str = None) -> ZooPretrainedCfg
         label_names=emojidg.CLASS_NAMES, templates=TEMPLATES, logit_scale=shipped.get("logit_scale", 20.0),
         dataset="emojidg", heldout_domain=heldout, recipe=recipe if method else {}, train_command=command,
         license="cc-by-sa-4.0", description=(
-            f"{method.upper() if method != 'clipood' else 'CLIPood'} fine-tune of clip_vitt_emoji on EmojiDG, "
+            f"{METHOD_LABELS[method]} fine-tune of clip_vitt_emoji on EmojiDG, "
             f"'{heldout}' held out." if method else
             "A small CLIP (ViT patch 8, 40 px; locked all-MiniLM-L6-v2 text) pretrained on eight emoji styles."),
     )
@@ -50,6 +52,6 @@ def _cfg(name: str, heldout: str = None, method: str = None) -> ZooPretrainedCfg
 default_cfgs: Dict = generate_default_cfgs({
     "clip_vitt_emoji": _cfg("clip_vitt_emoji"),
     **{f"{method}_vitt_emojidg_{d}": _cfg(f"{method}_vitt_emojidg_{d}", d, method)
-       for method in ("clipood", "erm") for d in emojidg.DOMAINS},
+       for method in METHOD_LABELS for d in emojidg.DOMAINS},
 })
 register_entrypoints(__name__, build_zoo_model)

@@ -1,16 +1,23 @@
 #!/usr/bin/env python
 """EmojiDG tables and plots from validate.py result files (the README's numbers come from here).
 
-    python tools/emojidg/report.py --results output/emojidg/results --out docs/emojidg
+    python tools/emojidg/report.py --study output/emojidg_v2 --out docs/emojidg/v2   # the v2 study
+    python tools/emojidg/report.py --results output/emojidg/results --out docs/emojidg   # v1
 
-Reads ``zeroshot-<domain>.json`` and ``<variant>-<domain>-s<seed>.json`` (written by
-run_benchmark.py through validate.py), averages seeds, and writes ``results.json``, ``results.md``,
+``--study OUT`` reads the v2 study folder tools/emojidg/run_benchmark.py writes (runs named
+``<variant>-<domain>-lr<lr>-st<steps>-s<seed>``, ``selection.json``; :mod:`emojidg.study_results` says
+how) and writes ``results.md``, ``results.json`` and ``accuracy_vs_steps.png``: held-out top-1 of every
+method at its selected configuration, base / new / H, open-set AUROC / FPR95, the paper's ablations,
+accuracy against training steps and the claims the intervals resolve (:mod:`emojidg.study_report`).
+
+``--results DIR`` (v1) reads ``zeroshot-<domain>.json`` and ``<variant>-<domain>-s<seed>.json`` (written by
+the v1 run_benchmark.py through validate.py), averages seeds, and writes ``results.json``, ``results.md``,
 ``accuracy_per_domain.png`` and ``bma_weights.png`` (the Beta weights of the recipe's run).
 
-Every comparison the tables make (CLIPood vs ERM, each vs zero-shot, each ablation vs CLIPood) also
-gets a paired, class-clustered bootstrap interval (:mod:`clipood_zoo.stats`) from the per-image
-predictions beside each result (``<name>.predictions.json``, validate.py ``--predictions-file``);
-per image, correctness is averaged over a variant's seeds.
+Every comparison the tables make also gets a paired, class-clustered bootstrap interval
+(:mod:`clipood_zoo.stats`) from the per-image predictions beside each result (``<name>.predictions.json``,
+validate.py ``--predictions-file``); per image, correctness is averaged over a variant's seeds. The
+headings state the split and the number of images per style as the rows record them.
 """
 from __future__ import annotations
 
@@ -27,11 +34,15 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tools"))
 
 from clipood_zoo import ClipoodError, ConfigError, bma_weights  # noqa: E402
 from clipood_zoo.data import emojidg  # noqa: E402
 from clipood_zoo.models.emoji import RECIPE  # noqa: E402
+from clipood_zoo.fileio import write_text_atomic  # noqa: E402
 from clipood_zoo.stats import PairedInterval, paired_class_bootstrap  # noqa: E402
+from emojidg import study_report  # noqa: E402
+from emojidg.study_results import PREDICTIONS_SUFFIX, load_study, seed_averaged_correctness  # noqa: E402
 
 METRICS = ("top1", "base_top1", "new_top1", "hm")
 LABELS = {"zeroshot": "zero-shot", "erm": "ERM (CE, last weights)", "clipood": "CLIPood (MMS + BMA)",
@@ -43,20 +54,21 @@ LABELS = {"zeroshot": "zero-shot", "erm": "ERM (CE, last weights)", "clipood": "
 COMPARISONS = (("clipood", "erm"), ("clipood", "zeroshot"), ("erm", "zeroshot"), ("ce_bma", "clipood"),
                ("fixed_margin", "clipood"), ("clipood_ema", "clipood"), ("clipood_last", "clipood"))
 RESULT_NAME = re.compile(r"(?P<variant>[a-z_]+)-(?P<domain>[a-z0-9]+)(-s\d+)?")
-PREDICTIONS_SUFFIX = ".predictions.json"
 
 
-def load(results: Path) -> Dict[str, Dict[str, Dict[str, List[float]]]]:
-    """variant -> domain -> metric -> values over seeds."""
+def load(results: Path) -> Tuple[Dict[str, Dict[str, Dict[str, List[float]]]], List[Tuple[str, dict]]]:
+    """(variant -> domain -> metric -> values over seeds, every (domain, row) read)."""
     table: Dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    rows = []
     for path in sorted(results.glob("*.json")):
         match = RESULT_NAME.fullmatch(path.stem)
         if not match:
             continue
         (row,) = json.loads(path.read_text())
+        rows.append((match["domain"], row))
         for metric in METRICS:
             table[match["variant"]][match["domain"]][metric].append(row[metric])
-    return table
+    return table, rows
 
 
 def load_correctness(results: Path) -> Dict[str, Dict[str, Tuple[np.ndarray, np.ndarray]]]:
@@ -70,13 +82,8 @@ def load_correctness(results: Path) -> Dict[str, Dict[str, Tuple[np.ndarray, np.
     out: Dict = defaultdict(dict)
     for variant, domains in runs.items():
         for domain, seeds in domains.items():
-            target = np.asarray(seeds[0][1]["target"])
-            for path, model in seeds:
-                if not np.array_equal(model["target"], target):
-                    raise ConfigError(f"{path} scored other images (or another order) than {seeds[0][0]}; "
-                                      "re-run validate.py on the same data with the same --workers")
-            correct = np.mean([np.equal(m["prediction"], target) for _, m in seeds], axis=0)
-            out[variant][domain] = (target, correct)
+            out[variant][domain] = seed_averaged_correctness(
+                [(path, np.asarray(m["target"]), np.equal(m["prediction"], m["target"])) for path, m in seeds])
     return out
 
 
@@ -138,13 +145,16 @@ def cell(summary: Dict, variant: str, domain: str, metric: str) -> str:
     return f"{value['mean']:.1f}" + (f" ± {value['std']:.1f}" if value.get("n", 1) > 1 else "")
 
 
-def markdown(summary: Dict) -> str:
+def markdown(summary: Dict, rows: List[Tuple[str, dict]]) -> str:
+    """The v1 tables; the heading's split and images per domain are those of ``rows`` (domain, row)."""
     domains = [*emojidg.DOMAINS, "avg"]
-    lines = ["Held-out domain top-1 (%), 444-way, val split (444 images per domain):", "",
+    lines = [f"Held-out domain top-1 (%), {len(emojidg.CLASS_NAMES)}-way, {study_report.split_phrase(rows)} "
+             f"({study_report.images_phrase(rows, per='domain')}):", "",
              "| method | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
     for variant in ("zeroshot", "erm", "clipood"):
         lines.append(f"| {LABELS[variant]} | " + " | ".join(cell(summary, variant, d, "top1") for d in domains) + " |")
-    lines += ["", "Base / new / harmonic mean on the held-out domain (each subset scored over its own 222 classes), "
+    lines += ["", "Base / new / harmonic mean on the held-out domain (each subset scored over its own "
+              f"{len(emojidg.BASE_CLASSES)} classes), "
               "average over the four held-out domains:", "", "| method | base | new | H |", "|---|---|---|---|"]
     for variant in LABELS:
         if variant in summary:
@@ -189,27 +199,48 @@ def plots(summary: Dict, out: Path) -> None:
     fig.savefig(out / "bma_weights.png", dpi=120)
 
 
-def main(argv: List[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results", type=Path, default=REPO / "output" / "emojidg" / "results")
-    p.add_argument("--out", type=Path, default=REPO / "docs" / "emojidg")
-    args = p.parse_args(argv)
-    summary = summarise(load(args.results))
+def write_v1(results: Path, out: Path) -> str:
+    """The v1 report of the result files in ``results`` into ``out``; returns its markdown."""
+    table, rows = load(results)
+    summary = summarise(table)
     if not summary:
-        p.exit(2, f"no result files in {args.results}; run tools/emojidg/run_benchmark.py first\n")
-    try:
-        paired = paired_differences(load_correctness(args.results))
-    except ClipoodError as e:
-        p.exit(2, f"report.py: error: {e}\n")
+        raise ConfigError(f"no result files in {results}; run tools/emojidg/run_benchmark.py first")
+    paired = paired_differences(load_correctness(results))
     intervals = {name: {d: {"diff": round(c.diff, 2), "low": round(c.low, 2), "high": round(c.high, 2),
                             "resolved": c.resolved} for d, c in cells.items()} for name, cells in paired.items()}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({**summary, "paired_differences": intervals}, indent=2) + "\n")
-    text = markdown(summary) + "\n" + (paired_markdown(paired) if paired else
-                                       "No paired intervals: the results have no per-image predictions "
-                                       f"(*{PREDICTIONS_SUFFIX}, validate.py --predictions-file).\n")
-    (args.out / "results.md").write_text(text)
-    plots(summary, args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "results.json", json.dumps({**summary, "paired_differences": intervals}, indent=2) + "\n")
+    text = markdown(summary, rows) + "\n" + (paired_markdown(paired) if paired else
+                                             "No paired intervals: the results have no per-image predictions "
+                                             f"(*{PREDICTIONS_SUFFIX}, validate.py --predictions-file).\n")
+    write_text_atomic(out / "results.md", text)
+    plots(summary, out)
+    return text
+
+
+def write_study(study: Path, out: Path) -> str:
+    """The v2 study's report of the folder ``study`` into ``out``; returns its markdown."""
+    text, results = study_report.build(load_study(study), out)
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
+    write_text_atomic(out / "results.md", text)
+    return text
+
+
+def main(argv: List[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--study", type=Path, help="a v2 study folder (run_benchmark.py --out)")
+    source.add_argument("--results", type=Path, help="a v1 results folder (default: output/emojidg/results)")
+    p.add_argument("--out", type=Path, help="default: docs/emojidg/v2 with --study, docs/emojidg otherwise")
+    args = p.parse_args(argv)
+    try:
+        if args.study:
+            text = write_study(args.study, args.out or REPO / "docs" / "emojidg" / "v2")
+        else:
+            text = write_v1(args.results or REPO / "output" / "emojidg" / "results",
+                            args.out or REPO / "docs" / "emojidg")
+    except ClipoodError as e:
+        p.exit(2, f"report.py: error: {e}\n")
     print(text)
     return 0
 

@@ -1,26 +1,55 @@
 #!/usr/bin/env python
-"""Run the EmojiDG leave-one-domain-out study with train.py and validate.py, then ship the weights.
+"""The EmojiDG study: CLIPood and its peers tuned, seeded and ablated on the same data, budget and protocol.
 
-    python tools/emojidg/run_benchmark.py --data-dir data/emojidg --out output/emojidg --seeds 0 1 2 --ship
+    python tools/emojidg/run_benchmark.py --data-dir data/emojidg_v2 --out output/emojidg_v2 --dry-run
+    python tools/emojidg/run_benchmark.py --data-dir data/emojidg_v2 --out output/emojidg_v2 [--phase grid] [--ship]
 
-For every held-out domain and seed: zero-shot (validate only), ERM and CLIPood, and the paper's
-ablations (MMS vs CE, adaptive vs fixed margin, BMA vs EMA vs last weights), each fine-tuned from
-``clip_vitt_emoji`` on the other domains' *base* classes with the same budget, selected on the source
-domains' ``val`` split, and scored by validate.py on the held-out domain's ``val`` split in benchmark v1,
-its ``test`` split (every render) from v2 (all 444 classes, plus base/new restricted; the version is
-read from the data's ``_info.json``). Every result is a validate.py JSON file under ``OUT/results``;
-``tools/emojidg/report.py`` turns them into the README table and plots. Finished runs are skipped, so
-the command can be re-run after an interruption. ``--ship`` re-saves the first seed's CLIPood and ERM
-models as fp16 into ``weights/`` and records their sha256 in ``clipood_zoo/models/shipped_weights.json``.
+Every run fine-tunes ``clip_vitt_emoji`` with train.py on three styles' *base* classes, one style held out,
+then ONE validate.py call scores its weights (``selected``: the run's export; ``last`` and ``ema`` where the run
+exported them) on the held-out style's split of the data's benchmark version (``test``, every render, from v2),
+with accuracy over every class, base / new / H, and open-set detection of the new classes
+(``--ood-classes new``), plus per-image predictions for report.py's paired intervals.
+
+Phases (``--phase``, default ``all``; each runs what is left of it):
+
+- ``grid``: zero-shot (validate only), then every variant of :data:`GRID_VARIANTS` at every (lr, steps) of
+  :data:`GRID` on ``--grid-seeds``;
+- selection (:mod:`emojidg.selection`): per (variant, domain), the (lr, steps) with the best mean source-val
+  top-1 over the grid seeds (``source_val_top1``: train.py's ``best_source_top1``; for WiSE-FT variants the
+  source val of the chosen alpha); never a held-out number. Made on the grid seeds only, so later seeds never
+  change it; a cell is selected once all its grid runs are done; written to ``OUT/selection.json``;
+- ``seeds``: the selected config on ``--headline-seeds`` for ERM, CLIPood, WiSE-FT and the best peer (the peer
+  of :data:`PEERS` with the best mean selected source val over the domains), ``--other-seeds`` for the rest;
+- ``ablation``: at CLIPood's selected (lr, steps) per domain, :data:`ABLATIONS` on ``--ablation-seeds``
+  (EMA and last weights are not runs: they are the clipood runs' own ``ema``/``last`` rows).
+
+Layout under ``--out`` (read by tools/emojidg/report.py; only ever extended)::
+
+    runs/<run_id>/                     train.py's run folder (exported model; last/ and ema/ beside it)
+    results/zeroshot-<domain>.json     validate.py rows of the base model (weights "selected")
+    results/<run_id>.json              validate.py rows of the run, one per weights ("weights" field)
+    results/<run_id>.predictions.json  validate.py --predictions-file of the same call: {"split": "test", "models":
+                                        {"<model>|weights=<selected|last|ema>": {target, domain, prediction, split,
+                                        weights}}} (one split per call; validate.py's docstring has the format)
+    results/<run_id>.run.json          {run_id, variant, domain, lr, steps, seed, source_val_top1, phase,
+                                        train_args, weights: {selected, last?, ema?: paths relative to --out}}
+    selection.json                     {variant: {domain: {lr, steps, source_val_top1, seeds, candidates}}}
+
+with ``run_id = f"{variant}-{domain}-lr{lr:g}-st{steps}-s{seed}"``. Resumable: a run whose results file
+exists is skipped, an interrupted one resumed (clipood_zoo.sweep's rules). ``--dry-run`` prints the commands
+left and, per phase, the runs and optimizer steps in all and left (to size it for a CPU or a GPU).
+``--ship`` re-saves the first seed of the selected ERM, CLIPood and WiSE-FT runs as fp16 into ``weights/`` and
+records their sha256 in ``clipood_zoo/models/shipped_weights.json``.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import subprocess
+import shlex
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from safetensors.torch import load_file
@@ -30,69 +59,295 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
 
 import clipood_zoo  # noqa: E402
+from clipood_zoo import ClipoodError, ConfigError  # noqa: E402
+from clipood_zoo import sweep  # noqa: E402
 from clipood_zoo.data import emojidg  # noqa: E402
+from clipood_zoo.fileio import write_text_atomic  # noqa: E402
 from clipood_zoo.hub import sha256_file  # noqa: E402
+from clipood_zoo.methods import METHODS  # noqa: E402
 from clipood_zoo.models.emoji import MANIFEST, RECIPE  # noqa: E402
+from train import EMA_DIR, LAST_DIR  # noqa: E402
 from emojidg.paths import repo_relative  # noqa: E402
+from emojidg.selection import Selection, best_of, select  # noqa: E402
 from emojidg.versions import card_section, held_out_split, version_of  # noqa: E402
 
-# variant -> train.py flags; 'zeroshot' trains nothing
-VARIANTS: Dict[str, List[str]] = {
+# The one grid every variant is tuned on: learning rates around the recipe's 1e-4, and the issue's steps.
+GRID = {"lr": (3e-5, 1e-4, 3e-4), "steps": (300, 1000, 3000)}
+WARMUP_SHARE = RECIPE["warmup_steps"] / RECIPE["steps"]  # the recipe's 30 of 300 steps, kept at every length
+LP_SHARE = 0.2  # lp_ft: the share of the steps that trains only the head
+EMA_DECAY = 0.99  # the EMA every clipood run exports beside its BMA (a 100-step horizon: shorter than any run)
+WISE_FT_ALPHAS = ("0", "0.25", "0.5", "0.75", "1")
+PHASES = ("grid", "seeds", "ablation")
+
+# variant -> train.py flags (lr, steps, seed and data come from the run)
+GRID_VARIANTS: Dict[str, List[str]] = {
     "erm": ["--method", "erm"],
-    "clipood": ["--method", "clipood"],
+    "clipood": ["--method", "clipood", "--export-ema", str(EMA_DECAY)],
+    "wise_ft": ["--method", "wise_ft"],
+    "clipood_wise_ft": ["--method", "clipood", "--wise-ft-alphas", *WISE_FT_ALPHAS],
+    "lp_ft": ["--method", "lp_ft"],  # --lp-steps: LP_SHARE of the run's steps
+    "flyp": ["--method", "flyp"],
+    "car_ft": ["--method", "car_ft"],
+    "croft": ["--method", "croft"],
+}
+HEADLINE = ("erm", "clipood", "wise_ft")  # >= 5 seeds, with zero-shot and the best peer
+PEERS = ("lp_ft", "flyp", "car_ft", "croft")
+BETAS, LAMBDAS, TAUS = (0.1, 0.25, 2.0), (0.1, 0.6, 1.0), (0.02, 0.1)  # recipe: beta 0.5, lambda 0.3, tau 1/20
+ABLATIONS: Dict[str, List[str]] = {
     "ce_bma": ["--method", "clipood", "--margin-lambda", "0"],
     "fixed_margin": ["--method", "clipood", "--fixed-margin"],
-    "clipood_ema": ["--method", "clipood", "--model-ema", "--model-ema-decay", "0.99"],
-    "clipood_last": ["--method", "clipood", "--no-bma"],
+    "clipood_uniform": ["--method", "clipood", "--bma-beta", "1"],
+    **{f"clipood_beta{b:g}": ["--method", "clipood", "--bma-beta", f"{b:g}"] for b in BETAS},
+    **{f"clipood_lambda{m:g}": ["--method", "clipood", "--margin-lambda", f"{m:g}"] for m in LAMBDAS},
+    **{f"clipood_tau{t:g}": ["--method", "clipood", "--temperature", f"{t:g}"] for t in TAUS},
 }
-SHIPPED_VARIANTS = ("clipood", "erm")
+SHIPPED_VARIANTS = ("clipood", "erm", "wise_ft")  # registered in clipood_zoo/models/emoji.py
 
 
-def run(cmd: List[str]) -> None:
-    """Run ``cmd`` from the repository root (so its repository-relative paths resolve)."""
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=REPO, check=True)
+@dataclasses.dataclass(frozen=True)
+class StudyRun:
+    """One fine-tune of the study."""
+
+    variant: str
+    domain: str
+    lr: float
+    steps: int
+    seed: int
+    phase: str
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.variant}-{self.domain}-lr{self.lr:g}-st{self.steps}-s{self.seed}"
+
+    @property
+    def flags(self) -> List[str]:
+        flags = GRID_VARIANTS.get(self.variant) or ABLATIONS[self.variant]
+        return flags + (["--lp-steps", str(int(self.steps * LP_SHARE))] if self.variant == "lp_ft" else [])
+
+    @property
+    def weights(self) -> List[str]:
+        """The weights the run exports: its selection, the last weights of a run with a weight average (train.py
+        exports them into ``last/``), the --export-ema EMA (``ema/``)."""
+        flags = self.flags
+        averaged = METHODS[flags[flags.index("--method") + 1]].default_bma  # no variant turns BMA off
+        return ["selected", *(["last"] if averaged else []), *(["ema"] if "--export-ema" in flags else [])]
 
 
-def data_info(data_dir: Path) -> dict:
-    """The shards' ``_info.json`` (its benchmark version decides the held-out split)."""
-    return json.loads((data_dir / "_info.json").read_text())
+WEIGHTS_DIRS = {"selected": "", "last": LAST_DIR, "ema": EMA_DIR}  # sub-folder of the run folder
 
 
-def validate_command(model: str, checkpoint: Path | None, data_dir: Path, domain: str, out: Path,
-                     split: str = "val") -> List[str]:
-    """validate.py's argv for the held-out ``domain`` scored on ``split``: the row in ``out`` and, beside
-    it, the per-image predictions report.py pairs for its intervals."""
-    cmd = ["validate.py", "--model", model, "--data-dir", repo_relative(data_dir), "--split", split,
-           "--domains", domain, "--results-file", repo_relative(out), "--workers", "2",
-           "--predictions-file", repo_relative(out.with_suffix(".predictions.json"))]
-    return cmd + (["--pretrained"] if checkpoint is None else ["--checkpoint", repo_relative(checkpoint)])
+# --- the plan ------------------------------------------------------------------------------------------
+def grid_runs(variants: Sequence[str], domains: Sequence[str], seeds: Sequence[int],
+              grid: Dict[str, Sequence] = GRID) -> List[StudyRun]:
+    return [StudyRun(v, d, lr, steps, s, "grid") for d in domains for v in variants
+            for lr in grid["lr"] for steps in grid["steps"] for s in seeds]
 
 
-def validate(model: str, checkpoint: Path | None, data_dir: Path, domain: str, out: Path) -> None:
-    run([sys.executable, *validate_command(model, checkpoint, data_dir, domain, out,
-                                           held_out_split(data_info(data_dir)))])
+def seeds_runs(selection: Selection, variants: Sequence[str], domains: Sequence[str], grid_seeds: Sequence[int],
+               headline_seeds: Sequence[int], other_seeds: Sequence[int]) -> Tuple[List[StudyRun], int, int]:
+    """The seeds phase: the selected config of each (variant, domain) on its seeds the grid has not run.
+
+    ERM, CLIPood, WiSE-FT and the best peer get ``headline_seeds``, the others ``other_seeds``. Returns the runs
+    that can be planned now, and the (variant, domain) cells and runs that wait for the selection (a peer waits
+    until every peer is selected in every domain: only then is the best peer known).
+    """
+    peers = [v for v in PEERS if v in variants]
+    best = best_of(selection, peers, domains) if peers else None
+    undecided = bool(peers) and best is None
+
+    def extra(seeds: Sequence[int]) -> List[int]:
+        return [s for s in seeds if s not in grid_seeds]
+
+    runs: List[StudyRun] = []
+    waiting_cells = waiting_runs = 0
+    for d in domains:
+        for v in variants:
+            seeds = extra(headline_seeds if v in HEADLINE or v == best else other_seeds)
+            cell = selection.get(v, {}).get(d)
+            if cell is None or (undecided and v in peers):
+                waiting_cells, waiting_runs = waiting_cells + 1, waiting_runs + len(seeds)
+            else:
+                runs += [StudyRun(v, d, cell["lr"], cell["steps"], s, "seeds") for s in seeds]
+    if undecided:  # one of the waiting peers will be the best: its domains run the headline seeds
+        waiting_runs += (len(extra(headline_seeds)) - len(extra(other_seeds))) * len(domains)
+    return runs, waiting_cells, waiting_runs
 
 
-def train_command(variant: str, domain: str, seed: int, data_dir: Path, runs: Path,
-                  eval_split: str = "val") -> List[str]:
-    """train.py's argv for one run; paths inside the repository are relative, because train.py writes
-    its command into the model card, and a card's command must run from a clone. ``eval_split`` is the
-    held-out domain's reported split (named only when it is not train.py's default ``val``)."""
-    return ["train.py", "--model", "clip_vitt_emoji", "--pretrained", "--data-dir", repo_relative(data_dir),
-            "--holdout", domain, "--train-classes", RECIPE["train_classes"], "--steps", str(RECIPE["steps"]),
-            "-b", str(RECIPE["batch_size"]), "--lr", str(RECIPE["lr"]), "--warmup-steps", str(RECIPE["warmup_steps"]),
+def ablation_runs(selection: Selection, domains: Sequence[str], seeds: Sequence[int]) -> List[StudyRun]:
+    """Every ablation at CLIPood's selected (lr, steps) of each domain where CLIPood is selected."""
+    return [StudyRun(v, d, cell["lr"], cell["steps"], s, "ablation") for d in domains
+            if (cell := selection.get("clipood", {}).get(d)) for v in ABLATIONS for s in seeds]
+
+
+# --- commands ------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class StudyOptions:
+    data_dir: Path
+    out: Path
+    split: str  # the held-out domain's scored split (the data's version decides)
+    model: str = "clip_vitt_emoji"
+    model_config: Optional[str] = None
+    pretrained: bool = True  # False: random init (smoke runs with a tiny architecture)
+    batch_size: int = RECIPE["batch_size"]
+    workers: int = 2
+    device: Optional[str] = None
+    python: str = sys.executable
+
+    def common(self) -> List[str]:
+        """Flags train.py and validate.py both take."""
+        return (["--workers", str(self.workers)]
+                + (["--model-config", repo_relative(self.model_config)] if self.model_config else [])
+                + (["--device", self.device] if self.device else []))
+
+
+def train_command(run: StudyRun, opts: StudyOptions) -> List[str]:
+    """train.py's argv; paths inside the repository are relative, because train.py writes its command into the
+    model card, and a card's command must run from a clone."""
+    export = f"{run.variant}_vitt_emojidg_{run.domain}"
+    return ["train.py", "--model", opts.model, *(["--pretrained"] if opts.pretrained else []),
+            "--data-dir", repo_relative(opts.data_dir), "--holdout", run.domain,
+            "--train-classes", RECIPE["train_classes"], "--steps", str(run.steps), "-b", str(opts.batch_size),
+            "--lr", f"{run.lr:g}", "--warmup-steps", str(round(run.steps * WARMUP_SHARE)),
             "--weight-decay", str(RECIPE["weight_decay"]), "--eval-interval", "4", "--log-interval", "100",
-            "--seed", str(seed), "--output", repo_relative(runs), "--experiment", f"{variant}-{domain}-s{seed}",
-            "--workers", "1", "--export-name", f"{variant}_vitt_emojidg_{domain}", *VARIANTS[variant],
-            *(["--eval-split", eval_split] if eval_split != "val" else [])]
+            "--seed", str(run.seed), "--output", repo_relative(opts.out / "runs"), "--experiment", run.run_id,
+            "--export-name", export if clipood_zoo.is_model(export) else opts.model, *run.flags, *opts.common()]
 
 
-def train(variant: str, domain: str, seed: int, data_dir: Path, runs: Path) -> Path:
-    run([sys.executable, *train_command(variant, domain, seed, data_dir, runs, held_out_split(data_info(data_dir)))])
-    return runs / f"{variant}-{domain}-s{seed}"
+def validate_command(domain: str, weights: Dict[str, Optional[Path]], result: Path, opts: StudyOptions) -> List[str]:
+    """validate.py's argv scoring every named weights (None: the model's registered weights) on the held-out
+    ``domain``: the rows in ``result``, the per-image predictions beside it."""
+    paths = [p for p in weights.values() if p is not None]
+    return ["validate.py", "--model", opts.model, "--data-dir", repo_relative(opts.data_dir), "--split", opts.split,
+            "--domains", domain, "--ood-classes", "new", "--results-file", repo_relative(result),
+            "--predictions-file", repo_relative(predictions_path(result)), *opts.common(),
+            *(["--checkpoint", *map(repo_relative, paths)] if paths else
+              ["--pretrained"] if opts.pretrained else []),
+            "--weights-names", *weights]
 
 
+def predictions_path(result: Path) -> Path:
+    return result.with_name(result.name.removesuffix(".json") + ".predictions.json")
+
+
+def record_path(result: Path) -> Path:
+    return result.with_name(result.name.removesuffix(".json") + ".run.json")
+
+
+def job(run: StudyRun, opts: StudyOptions) -> sweep.Job:
+    run_dir = opts.out / "runs" / run.run_id
+    result = opts.out / "results" / f"{run.run_id}.json"
+    weights = {w: run_dir / WEIGHTS_DIRS[w] for w in run.weights}
+    return sweep.Job(run.run_id, run_dir, result, [opts.python, *train_command(run, opts)],
+                     [opts.python, *validate_command(run.domain, weights, result, opts)], {})
+
+
+def zeroshot_job(domain: str, opts: StudyOptions) -> sweep.Job:
+    result = opts.out / "results" / f"zeroshot-{domain}.json"
+    return sweep.Job(f"zeroshot-{domain}", opts.out / "runs", result, [],
+                     [opts.python, *validate_command(domain, {"selected": None}, result, opts)], {})
+
+
+# --- records and selection -----------------------------------------------------------------------------
+def source_val_top1(train_result: Dict) -> float:
+    """What selection reads of a finished run: the source val top-1 of the exported weights (for WiSE-FT the
+    chosen alpha's, which train.py evaluates last; otherwise the best evaluation's)."""
+    return train_result["source_top1"] if "wise_ft_alpha" in train_result else train_result["best_source_top1"]
+
+
+def write_record(run: StudyRun, j: sweep.Job, opts: StudyOptions) -> None:
+    """``results/<run_id>.run.json`` of a validated run (written once, after validate.py's rows)."""
+    train_result = json.loads((j.run_dir / "result.json").read_text(encoding="utf-8"))
+    record = {"run_id": run.run_id, "variant": run.variant, "domain": run.domain, "lr": run.lr, "steps": run.steps,
+              "seed": run.seed, "source_val_top1": source_val_top1(train_result), "phase": run.phase,
+              "train_args": j.train[1:],
+              "weights": {w: (Path("runs") / run.run_id / WEIGHTS_DIRS[w]).as_posix().rstrip("/") for w in run.weights}}
+    write_text_atomic(record_path(j.result), json.dumps(record, indent=2) + "\n")
+
+
+def finished_records(runs: Sequence[StudyRun], opts: StudyOptions) -> List[Dict]:
+    out = []
+    for run in runs:
+        path = record_path(opts.out / "results" / f"{run.run_id}.json")
+        if path.is_file():
+            out.append(json.loads(path.read_text(encoding="utf-8")))
+    return out
+
+
+def current_selection(grid: Sequence[StudyRun], opts: StudyOptions) -> Selection:
+    """The selection of every (variant, domain) whose grid runs are all finished."""
+    records = finished_records(grid, opts)
+    planned: Dict[tuple, int] = {}
+    for run in grid:
+        planned[run.variant, run.domain] = planned.get((run.variant, run.domain), 0) + 1
+    done: Dict[tuple, int] = {}
+    for r in records:
+        done[r["variant"], r["domain"]] = done.get((r["variant"], r["domain"]), 0) + 1
+    return select(r for r in records if done[r["variant"], r["domain"]] == planned[r["variant"], r["domain"]])
+
+
+# --- running -------------------------------------------------------------------------------------------
+def run_phase(phase: str, runs: Sequence[StudyRun], opts: StudyOptions, dry_run: bool,
+              runner: Optional[Callable[[Sequence[str]], int]] = None, zeroshot: Sequence[sweep.Job] = ()) -> None:
+    """Run (or with ``dry_run`` print) what is left of a phase: its zero-shot evaluations, then each run's train and
+    validate commands (clipood_zoo.sweep's resume rules), recording each run once it is validated."""
+    runner = runner or sweep.run_subprocess
+    jobs = [(run, job(run, opts)) for run in runs]
+    left = [run for run, j in jobs if not j.result.is_file()]
+    zeroshot_left = [j for j in zeroshot if not j.result.is_file()]
+    print(f"# phase {phase}: {len(runs)} runs, {sum(r.steps for r in runs)} optimizer steps; left: {len(left)} runs, "
+          f"{sum(r.steps for r in left)} optimizer steps"
+          + (f"; zero-shot evaluations left: {len(zeroshot_left)}" if zeroshot else ""), flush=True)
+    for j in zeroshot_left:
+        run_commands([j.validate], j, dry_run, runner)
+    for run, j in jobs:
+        run_commands(sweep.pending_commands(j), j, dry_run, runner)
+        if not dry_run and not record_path(j.result).is_file():
+            write_record(run, j, opts)
+
+
+def run_commands(commands: Sequence[List[str]], j: sweep.Job, dry_run: bool,
+                 runner: Callable[[Sequence[str]], int]) -> None:
+    for cmd in commands:
+        print(shlex.join(cmd), flush=True)
+        if not dry_run:
+            sweep.check_exit(runner(cmd), cmd, j)
+
+
+def print_pending(phase: str, cells: int, runs: int, steps: Sequence[int]) -> None:
+    """A phase that waits for the selection: how big it will be (steps depend on the configs selected)."""
+    print(f"# phase {phase}: waits for the selection of {cells} (variant, domain) cells: {runs} runs, between "
+          f"{runs * min(steps)} and {runs * max(steps)} optimizer steps", flush=True)
+
+
+def run_study(args: argparse.Namespace, opts: StudyOptions,
+              runner: Optional[Callable[[Sequence[str]], int]] = None) -> Selection:
+    """Run (or print) the asked phases in order; the selection in between. Returns the selection."""
+    phases = PHASES if args.phase == "all" else (args.phase,)
+    steps = tuple(args.steps)
+    grid = grid_runs(args.variants, args.domains, args.grid_seeds, {"lr": tuple(args.lrs), "steps": steps})
+    if "grid" in phases:
+        run_phase("grid", grid, opts, args.dry_run, runner, [zeroshot_job(d, opts) for d in args.domains])
+    selection = current_selection(grid, opts)
+    if selection and not args.dry_run:
+        write_text_atomic(opts.out / "selection.json", json.dumps(selection, indent=2) + "\n")
+    if "seeds" in phases:
+        runs, cells, waiting = seeds_runs(selection, args.variants, args.domains, args.grid_seeds,
+                                          args.headline_seeds, args.other_seeds)
+        if runs or not cells:
+            run_phase("seeds", runs, opts, args.dry_run, runner)
+        if cells:
+            print_pending("seeds", cells, waiting, steps)
+    if "ablation" in phases:
+        runs = ablation_runs(selection, args.domains, args.ablation_seeds)
+        waiting = [d for d in args.domains if d not in selection.get("clipood", {})]
+        if runs or not waiting:
+            run_phase("ablation", runs, opts, args.dry_run, runner)
+        if waiting:
+            print_pending("ablation", len(waiting), len(waiting) * len(ABLATIONS) * len(args.ablation_seeds), steps)
+    return selection
+
+
+# --- shipping ------------------------------------------------------------------------------------------
 def record_shipped(names: List[str]) -> None:
     """Write each ``weights/<name>/model.safetensors``'s sha256 and logit scale into the manifest the registry
     reads (so that the registered cfg says the scale the weights hold)."""
@@ -104,21 +359,34 @@ def record_shipped(names: List[str]) -> None:
     MANIFEST.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
-def ship(runs: Path, results: Path, seed: int, info: dict) -> None:
-    """fp16 copies of the selected models in weights/, with model cards (naming the benchmark version of
-    the data ``info`` describes), recorded in the manifest."""
-    names, split = [], held_out_split(info)
+def ship(selection: Selection, opts: StudyOptions, seed: int, domains: Sequence[str], info: dict) -> None:
+    """fp16 copies of the selected runs of SHIPPED_VARIANTS (seed ``seed``) in weights/, with model cards (naming
+    the benchmark version of the data ``info`` describes, and the selected lr and steps), in the manifest."""
+    names = []
     for variant in SHIPPED_VARIANTS:
-        for domain in emojidg.DOMAINS:
+        for domain in domains:
+            if domain not in selection.get(variant, {}):
+                raise ConfigError(f"--ship: {variant} has no selected config for held-out {domain} yet; run the "
+                                  "grid phase to the end first")
+            cell = selection[variant][domain]
+            run = StudyRun(variant, domain, cell["lr"], cell["steps"], seed, "seeds")
+            result = opts.out / "results" / f"{run.run_id}.json"
+            if not result.is_file():
+                raise ConfigError(f"--ship: {result} is missing; run the seeds phase (seed {seed}) first")
             name = f"{variant}_vitt_emojidg_{domain}"
-            model = clipood_zoo.create_model(name, checkpoint_path=runs / f"{variant}-{domain}-s{seed}")
-            row = json.loads((results / f"{variant}-{domain}-s{seed}.json").read_text())[0]
-            card = (runs / f"{variant}-{domain}-s{seed}" / "README.md").read_text().split("## Training", 1)[-1]
+            run_dir = opts.out / "runs" / run.run_id
+            model = clipood_zoo.create_model(name, checkpoint_path=run_dir)
+            (row,) = [r for r in json.loads(result.read_text()) if r["weights"] == "selected"]
+            card = (run_dir / "README.md").read_text().split("## Training", 1)[-1]
             sections = {
                 **card_section(version_of(info)),
-                "Training": card.split("## Results", 1)[0].strip(),
-                f"Results (validate.py, held-out domain, {split} split)": "\n".join(
-                    f"- {k}: {row[k]}" for k in ("top1", "base_top1", "new_top1", "hm", "num_samples")),
+                "Training": card.split("## Results", 1)[0].strip() + (
+                    f"\n\nSelected on the source styles' val split (mean top-1 {cell['source_val_top1']:.2f} over "
+                    f"seeds {cell['seeds']}) from lr x steps {sorted({c['lr'] for c in cell['candidates']})} x "
+                    f"{sorted({c['steps'] for c in cell['candidates']})}."),
+                f"Results (validate.py, held-out domain, {opts.split} split)": "\n".join(
+                    f"- {k}: {row[k]}" for k in ("top1", "base_top1", "new_top1", "hm", "ood_auroc_mcm", "num_samples")
+                    if k in row),
                 "Data and licences": "EmojiDG images are rendered from openly licensed emoji sets; see "
                                      "datasets/emojidg-mini/licenses/ATTRIBUTION.md.",
             }
@@ -128,33 +396,56 @@ def ship(runs: Path, results: Path, seed: int, info: dict) -> None:
     record_shipped(names)
 
 
-def main(argv: List[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", type=Path, default=REPO / "data" / "emojidg")
     p.add_argument("--out", type=Path, default=REPO / "output" / "emojidg")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--phase", choices=(*PHASES, "all"), default="all")
     p.add_argument("--domains", nargs="+", default=list(emojidg.DOMAINS))
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--ship", action="store_true", help="copy the first seed's CLIPood/ERM models into weights/")
-    args = p.parse_args(argv)
-    args.data_dir, args.out = args.data_dir.resolve(), args.out.resolve()  # the runs start in REPO, not here
-    results, runs = args.out / "results", args.out / "runs"
-    results.mkdir(parents=True, exist_ok=True)
-    record_shipped(["clip_vitt_emoji"])  # the starting point every run loads with --pretrained
-    for domain in args.domains:
-        zeroshot = results / f"zeroshot-{domain}.json"
-        if not zeroshot.exists():
-            validate("clip_vitt_emoji", None, args.data_dir, domain, zeroshot)
-        for seed in args.seeds:
-            for variant in args.variants:
-                out = results / f"{variant}-{domain}-s{seed}.json"
-                if out.exists():
-                    continue
-                run_dir = train(variant, domain, seed, args.data_dir, runs)
-                validate(f"{variant}_vitt_emojidg_{domain}" if variant in SHIPPED_VARIANTS else "clip_vitt_emoji",
-                         run_dir, args.data_dir, domain, out)
-    if args.ship:
-        ship(runs, results, args.seeds[0], data_info(args.data_dir))
+    p.add_argument("--variants", nargs="+", default=list(GRID_VARIANTS), choices=list(GRID_VARIANTS),
+                   help="grid variants (the ablations run at CLIPood's selected config)")
+    p.add_argument("--grid-seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--headline-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                   help="seeds of the selected ERM, CLIPood, WiSE-FT and best-peer configs")
+    p.add_argument("--other-seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the other variants")
+    p.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--lrs", type=float, nargs="+", default=list(GRID["lr"]), help="the grid's learning rates")
+    p.add_argument("--steps", type=int, nargs="+", default=list(GRID["steps"]), help="the grid's step counts")
+    p.add_argument("--dry-run", action="store_true", help="print the commands left and each phase's runs and steps")
+    p.add_argument("--ship", action="store_true",
+                   help="copy the selected ERM/CLIPood/WiSE-FT runs of the first headline seed into weights/")
+    g = p.add_argument_group("smoke runs (another architecture, random init)")
+    g.add_argument("--model", default="clip_vitt_emoji")
+    g.add_argument("--model-config", default=None)
+    g.add_argument("--random-init", action="store_true", help="no --pretrained: start from random weights")
+    g.add_argument("-b", "--batch-size", type=int, default=RECIPE["batch_size"])
+    g.add_argument("--workers", type=int, default=2)
+    g.add_argument("--device", default=None)
+    return p
+
+
+def main(argv: Optional[List[str]] = None, runner: Optional[Callable[[Sequence[str]], int]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = args.out.resolve()  # the runs start in REPO, not here
+    try:
+        info = json.loads((args.data_dir / "_info.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        parser.exit(2, f"run_benchmark.py: error: cannot read {args.data_dir / '_info.json'} ({e}); pass --data-dir "
+                       "with the EmojiDG shards (tools/emojidg/make_shards.py)\n")
+    opts = StudyOptions(args.data_dir.resolve(), out, held_out_split(info), model=args.model,
+                        model_config=args.model_config, pretrained=not args.random_init, batch_size=args.batch_size,
+                        workers=args.workers, device=args.device)
+    try:
+        if not args.dry_run:
+            (out / "results").mkdir(parents=True, exist_ok=True)
+            if opts.pretrained and args.model == "clip_vitt_emoji":
+                record_shipped(["clip_vitt_emoji"])  # the starting point every run loads with --pretrained
+        selection = run_study(args, opts, runner)
+        if args.ship and not args.dry_run:
+            ship(selection, opts, args.headline_seeds[0], args.domains, info)
+    except ClipoodError as e:
+        parser.exit(2, f"run_benchmark.py: error: {e}\n")
     return 0
 
 

@@ -1,0 +1,351 @@
+"""tools/emojidg/report.py --study: every table of the v2 study checked against numpy on a fixture study folder
+built from known per-image predictions (several methods, domains, seeds, weights rows, grid steps)."""
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipood_zoo.data import emojidg
+from clipood_zoo.errors import ConfigError
+from clipood_zoo.stats import paired_class_bootstrap
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+from emojidg import report, study_report  # noqa: E402
+from emojidg.study_results import load_study  # noqa: E402
+
+DOMAINS = emojidg.DOMAINS
+TARGET = np.repeat(np.arange(16), 3)  # 16 classes, 3 images each: the same images in every file of a domain
+LRS, STEPS = (1e-4, 1e-5), (300, 1000, 3000)
+# the selected (lr, steps) per variant and domain; ERM picks another config on "line"
+SELECTED = {"erm": {d: (1e-5, 300) if d == "line" else (1e-4, 1000) for d in DOMAINS},
+            "clipood": {d: (1e-4, 1000) for d in DOMAINS},
+            "lp_ft": {d: (1e-4, 300) for d in DOMAINS[:3]}}  # lp_ft has no results on the last style
+# probability of a correct image per variant (and weights); the ablations run at CLIPood's config
+ACCURACY = {"zeroshot": 0.2, "erm": 0.45, "clipood": 0.8, "clipood@ema": 0.75, "clipood@last": 0.6, "lp_ft": 0.5,
+            "ce_bma": 0.78, "fixed_margin": 0.97, "clipood_beta1.5": 0.7, "clipood_beta0.2": 0.65,
+            "clipood_lambda0.1": 0.79, "clipood_tau0.05": 0.5}
+
+
+class Fixture:
+    """Writes the study folder and keeps, per (variant@weights, domain, lr, steps, seed, phase), what it wrote."""
+
+    def __init__(self, out: Path):
+        self.results = out / "results"
+        self.results.mkdir(parents=True)
+        self.rng = np.random.default_rng(0)
+        self.written = []  # dicts: name, domain, lr, steps, seed, phase, correct, row, open_set
+
+    def rows(self, domain: str, correct_p: float):
+        """A held-out row and its predictions (validate.py's fields), and open-set numbers."""
+        correct = self.rng.random(len(TARGET)) < correct_p
+        prediction = np.where(correct, TARGET, (TARGET + 1) % 16)
+        base, new = self.rng.uniform(20, 80, size=2).round(3)
+        row = {"model": "clip_vitt_emoji", "top1": round(100 * correct.mean(), 3), "base_top1": base,
+               "new_top1": new, "hm": round(2 * base * new / (base + new), 3), "num_samples": len(TARGET),
+               "split": "test", "classes": "all"}
+        row[f"top1_{domain}"] = row["top1"]
+        ood = dict(zip(study_report.OPEN_SET, self.rng.uniform(40, 95, size=4).round(3)))
+        return row, ood, {"target": TARGET.tolist(), "domain": [0] * len(TARGET), "prediction": prediction.tolist()}
+
+    def run(self, variant: str, domain: str, lr, steps, seed: int, phase: str, weights=("selected",), ood=True):
+        """A run as the runner writes it: one validate.py call scoring the named weights on the source val split
+        and the held-out test split, open-set numbers in the held-out row, predictions keyed
+        model|weights=<w>|split=<s>. Zero-shot is written as an older single-split call: no weights names,
+        predictions keyed by the model, the open-set numbers in a second row scored over the base classes."""
+        zeroshot = variant == "zeroshot"
+        run_id = f"{variant}-{domain}" if zeroshot else f"{variant}-{domain}-lr{lr:g}-st{steps}-s{seed}"
+        rows, models = [], {}
+        for w in weights:
+            name = variant if w == "selected" else f"{variant}@{w}"
+            p = ACCURACY[name] - (0.1 if steps == 3000 else 0.0) - (0.05 if lr == 1e-5 else 0.0)
+            row, ood_row, pred = self.rows(domain, p)
+            if zeroshot:
+                rows += [row, {"model": "clip_vitt_emoji", "top1": 50.0, f"top1_{domain}": 50.0, "classes": "base",
+                               "split": "test", "num_samples": 24, **ood_row}]
+                models["clip_vitt_emoji"] = pred
+            else:
+                # the source styles' val split, scored in the same call: never a held-out row
+                source = {"model": "clip_vitt_emoji", "top1": 0.0, "split": "val", "classes": "all", "weights": w,
+                          "num_samples": 2, **{f"top1_{d}": 0.0 for d in DOMAINS if d != domain}}
+                rows += [source, {**row, "weights": w, **(ood_row if ood else {})}]
+                models[f"clip_vitt_emoji|weights={w}|split=val"] = {"target": [0, 1], "domain": [0, 1],
+                                                                     "prediction": [1, 0], "split": "val", "weights": w}
+                models[f"clip_vitt_emoji|weights={w}|split=test"] = {**pred, "split": "test", "weights": w}
+            self.written.append(dict(name=name, domain=domain, lr=lr, steps=steps, seed=seed, phase=phase,
+                                     correct=np.equal(pred["prediction"], TARGET), row=row,
+                                     open_set=ood_row if ood else None))
+        (self.results / f"{run_id}.json").write_text(json.dumps(rows))
+        (self.results / f"{run_id}.predictions.json").write_text(json.dumps(
+            {"split": "test" if zeroshot else ["val", "test"], "models": models}))
+        if not zeroshot:
+            (self.results / f"{run_id}.run.json").write_text(json.dumps(
+                {"run_id": run_id, "variant": variant, "domain": domain, "lr": lr, "steps": steps, "seed": seed,
+                 "source_val_top1": 50.0, "phase": phase, "train_args": [], "weights": {}}))
+
+    def cell(self, name: str, domain: str, **match):
+        return [w for w in self.written if w["name"] == name and w["domain"] == domain
+                and all(w[k] == v for k, v in match.items())]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    fx = Fixture(out)
+    for d in DOMAINS:
+        fx.run("zeroshot", d, None, None, 0, "zeroshot")
+        for variant in ("erm", "clipood"):
+            weights = ("selected", "ema", "last") if variant == "clipood" else ("selected",)
+            for lr in LRS:
+                for steps in STEPS:
+                    for seed in (0, 1):
+                        fx.run(variant, d, lr, steps, seed, "grid", weights)
+            fx.run(variant, d, *SELECTED[variant][d], 2, "seeds", weights)  # a third seed at the selected config
+        if d in SELECTED["lp_ft"]:
+            fx.run("lp_ft", d, *SELECTED["lp_ft"][d], 0, "grid", ood=False)
+        lr, steps = SELECTED["clipood"][d]
+        for variant in ("ce_bma", "fixed_margin", "clipood_beta1.5", "clipood_beta0.2", "clipood_lambda0.1",
+                        "clipood_tau0.05"):
+            for seed in (0, 1):
+                fx.run(variant, d, lr, steps, seed, "ablation")
+        fx.run("ce_bma", d, 1e-5, 3000, 0, "ablation")  # not at CLIPood's configuration: never read
+    selection = {v: {d: {"lr": lr, "steps": st, "source_val_top1": 50.0, "seeds": [0, 1], "candidates": []}
+                     for d, (lr, st) in cfg.items()} for v, cfg in SELECTED.items()}
+    (out / "selection.json").write_text(json.dumps(selection))
+    report_dir = out / "report"
+    assert report.main(["--study", str(out), "--out", str(report_dir)]) == 0
+    return fx, out, json.loads((report_dir / "results.json").read_text()), (report_dir / "results.md").read_text()
+
+
+def selected_cell(fx, name, domain):
+    """The fixture's own record of what the report must read for ``name`` on ``domain``."""
+    variant = name.split("@")[0]
+    if variant == "zeroshot":
+        return fx.cell(name, domain)
+    lr, steps = SELECTED.get(variant, SELECTED["clipood"]).get(domain, (None, None))
+    return fx.cell(name, domain, lr=lr, steps=steps)
+
+
+def expected_top1(fx, name):
+    cells = {d: [w["row"]["top1"] for w in selected_cell(fx, name, d)] for d in DOMAINS}
+    out = {d: {"mean": round(np.mean(v), 2), "std": round(np.std(v, ddof=1), 2) if len(v) > 1 else 0.0, "n": len(v)}
+           for d, v in cells.items() if v}
+    if len(out) == len(DOMAINS):
+        out["avg"] = {"mean": pytest.approx(np.mean([np.mean(cells[d]) for d in DOMAINS]), abs=0.0051)}
+    return out
+
+
+def expected_interval(fx, a, b, domain):
+    ca = np.mean([w["correct"] for w in selected_cell(fx, a, domain)], axis=0)
+    cb = np.mean([w["correct"] for w in selected_cell(fx, b, domain)], axis=0)
+    return ca, cb
+
+
+def assert_interval(got, fx, a, b, classes=None):
+    """``got`` (results.json's intervals of A - B) against numpy on the fixture's own per-image records."""
+    keep = np.isin(TARGET, classes) if classes is not None else np.ones(len(TARGET), bool)
+    pooled = [tuple(x[keep] for x in expected_interval(fx, a, b, d)) for d in DOMAINS]
+    for d, (ca, cb) in zip(DOMAINS, pooled):
+        assert got[d]["diff"] == pytest.approx(round(100 * (ca.mean() - cb.mean()), 2))
+        ref = paired_class_bootstrap(ca, cb, TARGET[keep])
+        assert (got[d]["low"], got[d]["high"], got[d]["resolved"]) == (round(ref.low, 2), round(ref.high, 2),
+                                                                       ref.low > 0 or ref.high < 0)
+    assert got["avg"]["diff"] == pytest.approx(round(np.mean([100 * (ca.mean() - cb.mean()) for ca, cb in pooled]), 2),
+                                               abs=0.011)
+    assert got["avg"]["num_images"] == 4 * keep.sum() and got["avg"]["num_classes"] == len(set(TARGET[keep]))
+
+
+def test_held_out_table_reads_each_methods_selected_config_and_averages_seeds(study):
+    fx, _, results, md = study
+    for name in ("zeroshot", "erm", "clipood", "lp_ft"):
+        assert results["held_out_top1"][name] == expected_top1(fx, name), name
+    assert results["held_out_top1"]["erm"]["3d"]["n"] == 3  # two grid seeds and the seeds phase's third
+    assert "avg" not in results["held_out_top1"]["lp_ft"]  # no results on the last style: no average
+    assert results["held_out_top1"]["flyp"] == {}
+    flyp = next(li for li in md.splitlines() if li.startswith("| FLYP |"))
+    assert flyp == "| FLYP | missing | missing | missing | missing | missing | 0 / 0 / 0 / 0 |"
+    lp_ft = next(li for li in md.splitlines() if li.startswith("| LP-FT |"))
+    assert lp_ft.endswith("| missing | 1 / 1 / 1 / 0 |")
+    erm = next(li for li in md.splitlines() if li.startswith("| ERM |"))
+    assert erm.endswith("| 3 / 3 / 3 / 3 |") and f"{results['held_out_top1']['erm']['avg']['mean']:.1f} |" in erm
+
+
+def test_differences_pair_seed_averaged_correctness_against_zero_shot_and_erm(study):
+    fx, _, results, md = study
+    diffs = results["held_out_differences"]
+    assert set(diffs) == {f"{m} - zeroshot" for m in study_report.HEADLINE[1:]} | {
+        f"{m} - erm" for m in study_report.HEADLINE[2:]}
+    assert_interval(diffs["clipood - erm"], fx, "clipood", "erm")
+    assert_interval(diffs["erm - zeroshot"], fx, "erm", "zeroshot")
+    assert set(diffs["lp_ft - zeroshot"]) == set(DOMAINS[:3]) and diffs["flyp - erm"] == {}
+    new_classes = results["new_class_images_differences"]
+    assert set(new_classes) == set(diffs)
+    assert_interval(new_classes["clipood - erm"], fx, "clipood", "erm", emojidg.NEW_CLASSES)
+    assert new_classes["clipood - erm"]["avg"]["num_classes"] == 8  # the fixture's 16 classes: 8 base, 8 new
+    line = next(li for li in md.splitlines() if li.startswith("| CLIPood (MMS + BMA) - ERM |"))
+    assert line.count(" *") == sum(c["resolved"] for c in diffs["clipood - erm"].values()) == 5
+
+
+def test_base_new_and_open_set_are_seed_then_domain_means(study):
+    fx, _, results, md = study
+    for metric in ("base_top1", "new_top1", "hm"):
+        for name in ("erm", "clipood"):
+            per_domain = [np.mean([w["row"][metric] for w in selected_cell(fx, name, d)]) for d in DOMAINS]
+            assert results["base_new"][name][metric]["avg"]["mean"] == pytest.approx(np.mean(per_domain), abs=0.0051)
+    for metric in study_report.OPEN_SET:
+        per_domain = [np.mean([w["open_set"][metric] for w in selected_cell(fx, "clipood", d)]) for d in DOMAINS]
+        assert results["open_set"]["clipood"][metric]["3d"]["n"] == 3
+        assert results["open_set"]["clipood"][metric]["avg"]["mean"] == pytest.approx(np.mean(per_domain), abs=0.0051)
+    assert results["open_set"]["lp_ft"]["ood_auroc_mcm"] == {}  # no open-set rows
+    assert "AUROC: higher is better" in md and "lower is better" in md
+    assert next(li for li in md.splitlines() if li.startswith("| LP-FT | missing | missing | missing | missing |"))
+
+
+def test_ablations_read_clipoods_config_and_its_ema_and_last_rows(study):
+    fx, _, results, md = study
+    ab = results["ablations"]
+    assert list(ab["loss"]["top1"]) == ["clipood", "ce_bma", "fixed_margin"]
+    assert ab["loss"]["top1"]["ce_bma"] == expected_top1(fx, "ce_bma")  # the off-config ce_bma run is not read
+    assert ab["loss"]["top1"]["ce_bma"]["3d"]["n"] == 2
+    assert ab["averaging"]["top1"]["clipood@ema"] == expected_top1(fx, "clipood@ema")
+    assert ab["averaging"]["top1"]["clipood@last"] == expected_top1(fx, "clipood@last")
+    assert ab["averaging"]["top1"]["clipood_uniform"] == {}
+    assert_interval(ab["averaging"]["differences"]["clipood@last - clipood"], fx, "clipood@last", "clipood")
+    assert list(ab["beta_sweep"]["top1"]) == ["clipood", "clipood_beta0.2", "clipood_beta1.5"]  # sorted by value
+    assert_interval(ab["tau_sweep"]["differences"]["clipood_tau0.05 - clipood"], fx, "clipood_tau0.05", "clipood")
+    assert ab["lambda_sweep"]["top1"]["clipood_lambda0.1"] == expected_top1(fx, "clipood_lambda0.1")
+    assert "| MMS + uniform average (beta 1) | missing | missing | missing | missing | missing | 0 / 0 / 0 / 0 |" in md
+
+
+def test_steps_curve_uses_grid_runs_at_each_domains_selected_lr(study):
+    fx, out, results, md = study
+    for variant in ("erm", "clipood"):
+        for steps in STEPS:
+            got = results["steps_curve"][variant][str(steps)]
+            for metric in ("top1", "new_top1"):
+                per_domain = [np.mean([w["row"][metric] for w in fx.cell(
+                    variant, d, lr=SELECTED[variant][d][0], steps=steps, phase="grid")]) for d in DOMAINS]
+                assert got[metric] == pytest.approx(np.mean(per_domain), abs=0.0051), (variant, steps, metric)
+            assert got["seeds"] == {d: 2 for d in DOMAINS}  # the seeds phase's run is not a grid run
+    png = (out / "report" / study_report.PLOT_FILE).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_heading_states_split_and_images_from_the_rows(study):
+    _, _, results, md = study
+    assert results["heading"] == {"classes": 444, "split": "test split", "images": "48 images per style"}
+    assert md.splitlines()[2].startswith("Held-out style top-1 (%), 444-way, test split, 48 images per style;")
+    rows = [("3d", {"split": "test", "num_samples": 4440}), ("flat", {"split": "test", "num_samples": 4438}),
+            ("3d", {"split": "val", "num_samples": 444})]
+    assert study_report.split_phrase(rows) == "test + val splits"
+    assert study_report.images_phrase(rows) == "images per style: 3d 444 or 4,440, flat 4,438"
+
+
+def test_claims_are_generated_from_the_intervals(study):
+    fx, _, results, md = study
+    claims = {c["claim"]: c for c in results["claims"]}
+    verdicts = {claim: claims[claim]["verdict"] for *_, claim in study_report.CLAIMS}
+    assert len(claims) == len(study_report.CLAIMS) == 8
+    for a, b, images, claim in study_report.CLAIMS:
+        if claims[claim]["verdict"] == "not measured":
+            continue
+        ca, cb = (np.concatenate(x) for x in zip(*[expected_interval(fx, a, b, d) for d in DOMAINS]))
+        target = np.tile(TARGET, len(DOMAINS))
+        keep = np.isin(target, emojidg.NEW_CLASSES) if images == "new" else np.ones(len(target), bool)
+        ref = paired_class_bootstrap(ca[keep], cb[keep], target[keep])
+        expected = ("holds" if ref.diff > 0 else "reversed") if ref.resolved else "not resolved"
+        assert verdicts[claim] == expected, claim
+        assert str(ref) in claims[claim]["sentence"] and claims[claim]["sentence"] in md
+    assert verdicts["CLIPood beats ERM fine-tuning on unseen styles"] == "holds"
+    assert verdicts["the class-adaptive margin beats a fixed margin"] == "reversed"
+    assert verdicts["BMA beats a uniform average of the weights"] == "not measured"
+
+
+def test_cli_refuses_a_folder_without_results(tmp_path):
+    (tmp_path / "results").mkdir()
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "emojidg" / "report.py"), "--study", str(tmp_path),
+                           "--out", str(tmp_path / "report")], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2
+    assert proc.stderr == (f"report.py: error: no result files in {tmp_path / 'results'} (zeroshot-<domain>.json, "
+                           "<run_id>.run.json with its <run_id>.json); run tools/emojidg/run_benchmark.py first\n")
+    assert not (tmp_path / "report").exists()
+
+
+def test_runs_without_selection_and_predictions_of_other_weights_are_refused(study, tmp_path, capsys):
+    fx, out, *_ = study
+    (tmp_path / "results").mkdir()
+    for path in (out / "results").glob("erm-3d-lr0.0001-st1000-s0.*"):
+        (tmp_path / "results" / path.name).write_bytes(path.read_bytes())
+    with pytest.raises(SystemExit) as exit_:
+        report.main(["--study", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (f"report.py: error: {tmp_path / 'selection.json'} is missing: the runner writes "
+                                       "it from the grid runs' source-domain val top-1 (re-run "
+                                       "tools/emojidg/run_benchmark.py)\n")
+    assert not (tmp_path / "r").exists()
+    (tmp_path / "selection.json").write_text("{}")
+    assert [s.weights for s in load_study(tmp_path).scored] == ["selected"]
+    rows_file = tmp_path / "results" / "erm-3d-lr0.0001-st1000-s0.json"
+    predictions_file = rows_file.with_name("erm-3d-lr0.0001-st1000-s0.predictions.json")
+    rows, predictions = json.loads(rows_file.read_text()), json.loads(predictions_file.read_text())
+    rows_file.write_text(json.dumps(rows + [{**rows[1], "weights": "last"}]))  # no predictions of the last weights
+    with pytest.raises(ConfigError, match=r"has 0 predictions for the 'last' row \(model 'clip_vitt_emoji', split "
+                                          r"'test', weights 'last'\)"):
+        load_study(tmp_path)
+    # an entry without a weights field (a single-weights call) cannot serve two weights' rows
+    for entry in predictions["models"].values():
+        del entry["weights"]
+    predictions_file.write_text(json.dumps(predictions))
+    with pytest.raises(ConfigError, match=re.escape("the 'selected' and 'last' rows both match predictions "
+                                                    "'clip_vitt_emoji|weights=selected|split=test'")):
+        load_study(tmp_path)
+    rows_file.write_text(json.dumps([rows[0], {**rows[1], "top1": rows[1]["top1"] + 1}]))
+    with pytest.raises(ConfigError, match="are not those of the 'selected' row"):
+        load_study(tmp_path)
+
+
+def test_v1_report_still_reproduces_the_committed_v1_tables(tmp_path):
+    """docs/emojidg/results.{md,json} stay v1: the v1 path rebuilds them from the committed v1 rows (the rows
+    have no predictions, so the only addition is the note saying so), its heading now read from the rows."""
+    v1 = REPO / "docs" / "emojidg"
+    text = report.write_v1(v1 / "validate_results", tmp_path)
+    assert text.startswith((v1 / "results.md").read_text())
+    assert text.splitlines()[0] == "Held-out domain top-1 (%), 444-way, val split (444 images per domain):"
+    assert "No paired intervals" in text.removeprefix((v1 / "results.md").read_text())
+    rebuilt = json.loads((tmp_path / "results.json").read_text())
+    assert rebuilt.pop("paired_differences") == {} and rebuilt == json.loads((v1 / "results.json").read_text())
+
+
+def test_seeds_scored_on_other_images_are_refused(study, tmp_path, capsys):
+    _, out, *_ = study
+    shutil.copytree(out / "results", tmp_path / "results")
+    shutil.copy(out / "selection.json", tmp_path)
+    path = tmp_path / "results" / "clipood-flat-lr0.0001-st1000-s1.predictions.json"
+    doc = json.loads(path.read_text())
+    entry = doc["models"]["clip_vitt_emoji|weights=selected|split=test"]
+    entry["target"], entry["prediction"] = entry["target"][::-1], entry["prediction"][::-1]  # same top-1, other order
+    path.write_text(json.dumps(doc))
+    with pytest.raises(SystemExit) as exit_:
+        report.main(["--study", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert exit_.value.code == 2 and capsys.readouterr().err == (
+        "report.py: error: clipood-flat-lr0.0001-st1000-s1 (selected) scored other images (or another order) than "
+        "clipood-flat-lr0.0001-st1000-s0 (selected); re-run validate.py on the same data with the same --workers\n")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_study_with_only_zero_shot_on_one_style_reports_the_rest_missing(study, tmp_path):
+    _, out, *_ = study
+    (tmp_path / "results").mkdir()
+    for path in (out / "results").glob("zeroshot-mono.*"):
+        shutil.copy(path, tmp_path / "results")
+    text = report.write_study(tmp_path, tmp_path / "r")
+    assert "| zero-shot | missing | missing | " in text and "| 0 / 0 / 1 / 0 |" in text
+    assert "test split, 48 images per style" in text
+    assert "missing: no grid runs at a selected lr yet" in text
+    assert text.count("**Not measured**") == len(study_report.CLAIMS)
+    assert (tmp_path / "r" / study_report.PLOT_FILE).is_file()

@@ -1,0 +1,264 @@
+"""tools/emojidg/run_benchmark.py, the EmojiDG study runner: its plan, its selection, and a tiny run end to end."""
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+import train
+import validate
+from clipood_zoo.data.synthetic import write_synthetic_dataset
+from tests.conftest import TINY_ARCH, TINY_CONFIG
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tools"))
+from emojidg import run_benchmark as rb  # noqa: E402
+from emojidg.selection import best_of, select  # noqa: E402
+
+DOMAINS = ("3d", "flat", "mono", "line")
+
+
+# --- the plan ------------------------------------------------------------------------------------------
+def test_grid_plan_counts_and_run_ids():
+    runs = rb.grid_runs(list(rb.GRID_VARIANTS), DOMAINS, [0])
+    assert len(runs) == 8 * 4 * 3 * 3 and len({r.run_id for r in runs}) == len(runs)
+    assert sum(r.steps for r in runs) == 8 * 4 * 3 * (300 + 1000 + 3000)
+    assert rb.StudyRun("clipood", "3d", 1e-4, 1000, 0, "grid").run_id == "clipood-3d-lr0.0001-st1000-s0"
+    assert {(r.lr, r.steps) for r in runs} == {(lr, s) for lr in rb.GRID["lr"] for s in rb.GRID["steps"]}
+    assert len(rb.grid_runs(["erm"], ["3d"], [0, 1], {"lr": (1e-3,), "steps": (2, 3)})) == 4
+
+
+def _cell(lr, steps, score):
+    return {"lr": lr, "steps": steps, "source_val_top1": score, "seeds": [0], "candidates": []}
+
+
+def _selection(peer_scores):
+    cells = {v: {d: _cell(1e-4, 1000, 50.0) for d in DOMAINS} for v in rb.GRID_VARIANTS}
+    cells["clipood"] = {d: _cell(3e-4 if d == "mono" else 1e-4, 300 if d == "mono" else 3000, 50.0) for d in DOMAINS}
+    for peer, score in peer_scores.items():
+        cells[peer] = {d: _cell(1e-4, 1000, score) for d in DOMAINS}
+    return cells
+
+
+def test_seeds_phase_gives_headline_methods_and_the_best_peer_five_seeds():
+    selection = _selection({"lp_ft": 40.0, "flyp": 41.0, "car_ft": 45.0, "croft": 44.0})
+    runs, cells, waiting = rb.seeds_runs(selection, list(rb.GRID_VARIANTS), DOMAINS, [0], range(5), range(3))
+    assert (cells, waiting) == (0, 0)
+    per_variant = {v: sorted({r.seed for r in runs if r.variant == v}) for v in rb.GRID_VARIANTS}
+    assert per_variant == {**{v: [1, 2] for v in rb.GRID_VARIANTS}, **{v: [1, 2, 3, 4] for v in
+                                                                         ("erm", "clipood", "wise_ft", "car_ft")}}
+    assert len(runs) == 4 * 4 * 4 + 4 * 4 * 2 and {r.phase for r in runs} == {"seeds"}
+    assert all((r.lr, r.steps) == (selection[r.variant][r.domain]["lr"], selection[r.variant][r.domain]["steps"])
+               for r in runs)
+    # before every peer is selected the peers wait (one of them will get the headline seeds)
+    del selection["croft"]["line"]
+    runs, cells, waiting = rb.seeds_runs(selection, list(rb.GRID_VARIANTS), DOMAINS, [0], range(5), range(3))
+    assert not [r for r in runs if r.variant in rb.PEERS] and cells == 4 * 4
+    assert waiting == 4 * 4 * 2 + 4 * 2
+
+
+def test_ablations_run_at_clipoods_selected_config_of_each_domain():
+    selection = _selection({})
+    runs = rb.ablation_runs(selection, DOMAINS, [0, 1, 2])
+    assert len(runs) == 4 * len(rb.ABLATIONS) * 3
+    for r in runs:
+        assert (r.lr, r.steps) == (selection["clipood"][r.domain]["lr"], selection["clipood"][r.domain]["steps"])
+    mono = {r.run_id for r in runs if r.domain == "mono" and r.seed == 0}
+    assert "clipood_uniform-mono-lr0.0003-st300-s0" in mono and "ce_bma-mono-lr0.0003-st300-s0" in mono
+    flags = {v: rb.StudyRun(v, "3d", 1e-4, 300, 0, "ablation").flags for v in rb.ABLATIONS}
+    assert flags["clipood_uniform"][-2:] == ["--bma-beta", "1"] and flags["ce_bma"][-2:] == ["--margin-lambda", "0"]
+    assert flags["clipood_tau0.02"][-2:] == ["--temperature", "0.02"] and "--fixed-margin" in flags["fixed_margin"]
+
+
+# --- selection -----------------------------------------------------------------------------------------
+def _records():
+    out = []
+    for variant, domain, lr, steps, seed, score, held_out in [
+        ("erm", "3d", 1e-4, 300, 0, 50.0, 10.0), ("erm", "3d", 1e-4, 300, 1, 54.0, 90.0),
+        ("erm", "3d", 3e-4, 300, 0, 53.0, 99.0), ("erm", "3d", 3e-4, 300, 1, 52.0, 99.0),
+        ("erm", "3d", 1e-4, 1000, 0, 51.0, 0.0), ("erm", "3d", 1e-4, 1000, 1, 51.9, 0.0),
+        ("erm", "flat", 1e-4, 300, 0, 60.0, 1.0), ("erm", "flat", 3e-4, 1000, 0, 61.0, 2.0),
+    ]:
+        out.append({"variant": variant, "domain": domain, "lr": lr, "steps": steps, "seed": seed,
+                    "source_val_top1": score, "top1": held_out, "new_top1": held_out})
+    return out
+
+
+def test_selection_is_the_best_mean_source_val_and_ignores_held_out_numbers():
+    records = _records()
+    by_config = {}
+    for r in records:  # independent: group by hand, best mean, first seen wins no tie here
+        by_config.setdefault((r["variant"], r["domain"]), {}).setdefault((r["lr"], r["steps"]), []).append(
+            r["source_val_top1"])
+    expected = {}
+    for (v, d), configs in by_config.items():
+        means = {c: sum(s) / len(s) for c, s in configs.items()}
+        (lr, steps), best = max(means.items(), key=lambda kv: kv[1])
+        expected.setdefault(v, {})[d] = (lr, steps, best)
+    selection = select(records)
+    got = {v: {d: (c["lr"], c["steps"], c["source_val_top1"]) for d, c in cells.items()} for v, cells in selection.items()}
+    assert got == expected == {"erm": {"3d": (3e-4, 300, 52.5), "flat": (3e-4, 1000, 61.0)}}
+    assert selection["erm"]["3d"]["seeds"] == [0, 1] and len(selection["erm"]["3d"]["candidates"]) == 3
+    assert [c["source_val_top1"] for c in selection["erm"]["3d"]["candidates"]] == sorted(
+        (c["source_val_top1"] for c in selection["erm"]["3d"]["candidates"]), reverse=True)
+    changed = [{**r, "top1": 100.0 - r["top1"], "new_top1": -r["new_top1"]} for r in records]
+    assert select(changed) == selection
+
+
+def test_ties_go_to_fewer_steps_then_the_smaller_lr():
+    def rec(lr, steps, score):
+        return {"variant": "clipood", "domain": "line", "lr": lr, "steps": steps, "seed": 0, "source_val_top1": score}
+
+    tied = [rec(3e-4, 1000, 40.0), rec(1e-4, 3000, 40.0), rec(3e-4, 300, 40.0), rec(1e-4, 300, 40.0), rec(3e-5, 300, 39.0)]
+    cell = select(tied)["clipood"]["line"]
+    assert (cell["lr"], cell["steps"]) == (1e-4, 300)
+    assert [(c["lr"], c["steps"]) for c in cell["candidates"]] == [(1e-4, 300), (3e-4, 300), (3e-4, 1000),
+                                                                    (1e-4, 3000), (3e-5, 300)]
+    # the best peer: highest mean over the domains, ties to the first listed
+    selection = {"a": {"x": _cell(1, 1, 50.0), "y": _cell(1, 1, 30.0)}, "b": {"x": _cell(1, 1, 40.0), "y": _cell(1, 1, 40.0)}}
+    assert best_of(selection, ["a", "b"], ["x", "y"]) == "a" and best_of(selection, ["b", "a"], ["x", "y"]) == "b"
+    assert best_of(selection, ["a", "b"], ["x", "z"]) is None
+
+
+# --- a tiny study end to end ---------------------------------------------------------------------------
+SCRIPTS = {"train.py": train, "validate.py": validate}
+
+
+def in_process(cmd):
+    """Run a study command (python <script> argv...) in this process, from the repository root as the runner does."""
+    assert cmd[0] == sys.executable
+    try:
+        SCRIPTS[Path(cmd[1]).name].main(cmd[2:])
+    except SystemExit as e:
+        return e.code
+    return 0
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """EmojiDG-like v2 shards: styles, base/new classes, a `test` split (what the held-out style is scored on)."""
+    root = tmp_path_factory.mktemp("emojidg")
+    write_synthetic_dataset(root, domains=("3d", "flat", "mono"), per_class=2, splits=("train", "val", "test"),
+                            shard_size=16)
+    info = json.loads((root / "_info.json").read_text())
+    (root / "_info.json").write_text(json.dumps({**info, "benchmark_version": "v2"}))
+    return root
+
+
+def argv(data, out, *extra):
+    return ["--data-dir", str(data), "--out", str(out), "--domains", "3d", "--variants", "erm", "clipood", "wise_ft",
+            "--lrs", "0.001", "--steps", "2", "3", "--grid-seeds", "0", "--headline-seeds", "0", "1",
+            "--other-seeds", "0", "--ablation-seeds", "0", "--model", TINY_ARCH, "--model-config", TINY_CONFIG,
+            "--random-init", "-b", "4", "--workers", "0", *extra]
+
+
+@pytest.fixture(scope="module")
+def study(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    mp = pytest.MonkeyPatch()
+    mp.chdir(REPO)
+    try:
+        assert rb.main(argv(data, out, "--phase", "grid"), runner=in_process) == 0
+    finally:
+        mp.undo()
+    return out
+
+
+def source_val_of_export(run_dir):
+    """Independently of the runner: the source val top-1 of the exported weights, from train.py's own records (the
+    chosen alpha's score for WiSE-FT, else the best evaluation's)."""
+    wise = json.loads((run_dir / "config.json").read_text())["pretrained_cfg"]["recipe"].get("wise_ft")
+    if wise:
+        return wise["scores"][str(float(wise["alpha"]))]
+    return json.loads((run_dir / "result.json").read_text())["best_source_top1"]
+
+
+def test_grid_phase_writes_the_layout_of_the_contract(study):
+    results = study / "results"
+    (zeroshot,) = json.loads((results / "zeroshot-3d.json").read_text())
+    assert zeroshot["weights"] == "selected" and zeroshot["split"] == "test" and "ood_auroc_mcm" in zeroshot
+    records = []
+    for variant in ("erm", "clipood", "wise_ft"):
+        for steps in (2, 3):
+            run_id = f"{variant}-3d-lr0.001-st{steps}-s0"
+            record = json.loads((results / f"{run_id}.run.json").read_text())
+            weights = ["selected", "last", "ema"] if variant == "clipood" else ["selected"]
+            assert record == {
+                "run_id": run_id, "variant": variant, "domain": "3d", "lr": 0.001, "steps": steps, "seed": 0,
+                "source_val_top1": source_val_of_export(study / "runs" / run_id),
+                "phase": "grid", "train_args": record["train_args"],
+                "weights": {w: f"runs/{run_id}" + ("" if w == "selected" else f"/{w}") for w in weights}}
+            assert record["train_args"][0] == "train.py" and record["train_args"][record["train_args"].index("--steps") + 1] == str(steps)
+            for path in record["weights"].values():
+                assert (study / path / "model.safetensors").is_file()
+            rows = json.loads((results / f"{run_id}.json").read_text())
+            assert [r["weights"] for r in rows] == weights
+            for row in rows:
+                assert row["split"] == "test" and {"top1", "base_top1", "new_top1", "hm", "top1_3d", "num_samples",
+                                                   "ood_auroc_mcm", "ood_fpr95_mcm", "ood_auroc_energy",
+                                                   "ood_fpr95_energy"} <= set(row)
+            preds = json.loads((results / f"{run_id}.predictions.json").read_text())
+            assert list(preds["models"]) == [f"{TINY_ARCH}|weights={w}" for w in weights]
+            assert all(len(p["target"]) == rows[0]["num_samples"] for p in preds["models"].values())
+            records.append(record)
+    selection = json.loads((study / "selection.json").read_text())
+    assert selection == json.loads(json.dumps(select(records)))
+    assert set(selection) == {"erm", "clipood", "wise_ft"} and selection["clipood"]["3d"]["seeds"] == [0]
+
+
+def test_a_rerun_skips_finished_runs_and_dry_run_lists_exactly_what_is_left(study, data, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert rb.main(argv(data, study, "--phase", "grid"), runner=lambda cmd: pytest.fail(f"ran {cmd}")) == 0
+    assert "# phase grid: 6 runs, 15 optimizer steps; left: 0 runs, 0 optimizer steps" in capsys.readouterr().out
+    before = {p: p.stat().st_mtime_ns for p in (study / "results").iterdir()}
+    assert rb.main(argv(data, study, "--dry-run"), runner=lambda cmd: pytest.fail(f"ran {cmd}")) == 0
+    lines = capsys.readouterr().out.splitlines()
+    selection = json.loads((study / "selection.json").read_text())
+    clipood = selection["clipood"]["3d"]
+    seeds = [f"{v}-3d-lr{selection[v]['3d']['lr']:g}-st{selection[v]['3d']['steps']}-s1"
+             for v in ("erm", "clipood", "wise_ft")]
+    ablations = [f"{v}-3d-lr{clipood['lr']:g}-st{clipood['steps']}-s0" for v in rb.ABLATIONS]
+    trained = [shlex.split(line) for line in lines if not line.startswith("#") and "train.py" in line]
+    assert [c[c.index("--experiment") + 1] for c in trained] == seeds + ablations
+    validated = [shlex.split(line) for line in lines if not line.startswith("#") and "validate.py" in line]
+    assert [Path(c[c.index("--results-file") + 1]).stem for c in validated] == seeds + ablations
+    assert len(lines) == 3 + 2 * len(seeds + ablations)
+    steps = sum(selection[v]["3d"]["steps"] for v in ("erm", "clipood", "wise_ft"))
+    assert f"# phase seeds: 3 runs, {steps} optimizer steps; left: 3 runs, {steps} optimizer steps" in lines
+    n = len(rb.ABLATIONS)
+    assert (f"# phase ablation: {n} runs, {n * clipood['steps']} optimizer steps; left: {n} runs, "
+            f"{n * clipood['steps']} optimizer steps") in lines
+    assert {p: p.stat().st_mtime_ns for p in (study / "results").iterdir()} == before  # a dry run writes nothing
+    # a run validated but not yet recorded (killed in between) gets its record on the next pass, nothing re-run
+    record = study / "results" / "erm-3d-lr0.001-st2-s0.run.json"
+    text = record.read_text()
+    record.unlink()
+    assert rb.main(argv(data, study, "--phase", "grid"), runner=lambda cmd: pytest.fail(f"ran {cmd}")) == 0
+    assert record.read_text() == text
+
+
+def test_seeds_phase_runs_the_selected_configs_and_never_moves_the_selection(study, data, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    selection = (study / "selection.json").read_text()
+    assert rb.main(argv(data, study, "--phase", "seeds"), runner=in_process) == 0
+    assert (study / "selection.json").read_text() == selection
+    selected = json.loads(selection)
+    for variant in ("erm", "clipood", "wise_ft"):
+        cell = selected[variant]["3d"]
+        record = json.loads((study / "results" / f"{variant}-3d-lr{cell['lr']:g}-st{cell['steps']}-s1.run.json").read_text())
+        assert record["phase"] == "seeds" and record["seed"] == 1
+    capsys.readouterr()
+    assert rb.main(argv(data, study, "--dry-run", "--phase", "seeds"), runner=lambda cmd: pytest.fail(f"ran {cmd}")) == 0
+    assert capsys.readouterr().out == "# phase seeds: 3 runs, {0} optimizer steps; left: 0 runs, 0 optimizer steps\n".format(
+        sum(selected[v]["3d"]["steps"] for v in ("erm", "clipood", "wise_ft")))
+
+
+def test_ship_before_the_seed_runs_exist_and_missing_data_exit_2(study, data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        rb.main(argv(data, tmp_path / "empty", "--phase", "seeds", "--ship"), runner=lambda cmd: pytest.fail("ran"))
+    assert exc.value.code == 2
+    assert "run_benchmark.py: error: --ship: clipood has no selected config for held-out 3d yet" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        rb.main(argv(tmp_path / "nowhere", tmp_path / "out", "--dry-run"))
+    assert exc.value.code == 2 and "cannot read" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -1,0 +1,353 @@
+"""The EmojiDG v2 study's tables, plot and claims, from a study folder (:mod:`emojidg.study_results`).
+
+Each method is read at its selected (lr, steps) per held-out domain from ``selection.json`` (the runner
+chose it on the source domains' val split; nothing here selects). The ablations are read at CLIPood's
+selected (lr, steps): ``ce_bma``, ``fixed_margin``, ``clipood_uniform`` and the sweeps
+``clipood_beta<b>``, ``clipood_lambda<l>``, ``clipood_tau<t>`` are runs of their own; EMA and last weights
+are the ``"ema"``/``"last"`` rows of the CLIPood runs. A cell averages the seeds found there (all
+phases), and every table shows how many; a cell without results is "missing", and an average over
+the held-out styles exists only when every style has results.
+
+Every comparison is a paired, class-clustered bootstrap interval (:func:`clipood_zoo.stats.
+paired_class_bootstrap`) on the same images, each image's correctness averaged over the method's seeds;
+the average over styles pools the four styles' images (each class resampled in all styles at once),
+so with equally many images per style its difference is the difference of the tables' averages.
+New-class comparisons pair the same predictions on the new classes' images only (top-1 over every class:
+validate.py's ``new_top1`` scores over the new classes alone and has no per-image predictions).
+"""
+from __future__ import annotations
+
+import io
+import re
+import statistics
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from clipood_zoo.data import emojidg
+from clipood_zoo.errors import ConfigError
+from clipood_zoo.fileio import write_bytes_atomic
+from clipood_zoo.stats import PairedInterval, paired_class_bootstrap
+
+from emojidg.study_results import ZEROSHOT, Scored, Study, seed_averaged_correctness
+
+HEADLINE = ("zeroshot", "erm", "clipood", "wise_ft", "clipood_wise_ft", "lp_ft", "flyp", "car_ft", "croft")
+LABELS = {"zeroshot": "zero-shot", "erm": "ERM", "clipood": "CLIPood (MMS + BMA)", "wise_ft": "WiSE-FT (on ERM)",
+          "clipood_wise_ft": "CLIPood + WiSE-FT", "lp_ft": "LP-FT", "flyp": "FLYP", "car_ft": "CAR-FT",
+          "croft": "CRoFT", "ce_bma": "CE + BMA (lambda 0)", "fixed_margin": "fixed margin + BMA",
+          "clipood@ema": "MMS + EMA", "clipood_uniform": "MMS + uniform average (beta 1)",
+          "clipood@last": "MMS, last weights"}
+SWEEPS = {"beta": "beta sweep (the BMA's Beta(beta, beta) weights over steps)",
+          "lambda": "lambda sweep (the margin's scale)",
+          "tau": "tau sweep (the margin against the temperature it is relative to)"}
+# the ablation tables: arms compared with CLIPood (the first), and each table's title
+ABLATIONS = {"loss": ("clipood", "ce_bma", "fixed_margin"),
+             "averaging": ("clipood", "clipood@ema", "clipood_uniform", "clipood@last")}
+TITLES = {"loss": "Ablation: loss (MMS vs CE vs fixed margin)",
+          "averaging": "Ablation: weight averaging (BMA vs EMA vs uniform vs last)",
+          **{f"{p}_sweep": f"Ablation: {what}" for p, what in SWEEPS.items()}}
+SWEEP_NAME = re.compile(r"clipood_(?P<param>beta|lambda|tau)(?P<value>.+)")
+# (A, B, images, the paper's claim that A beats B); the verdict comes from the interval of A - B averaged over
+# styles, on every image ("all") or on the new classes' images ("new": classes no fine-tune trained on).
+CLAIMS = (("clipood", "zeroshot", "all", "CLIPood improves on zero-shot CLIP on unseen styles"),
+          ("clipood", "erm", "all", "CLIPood beats ERM fine-tuning on unseen styles"),
+          ("clipood", "erm", "new", "CLIPood beats ERM on the new classes of unseen styles (all-class top-1 on "
+                                    "their images)"),
+          ("clipood", "ce_bma", "all", "the margin metric softmax (MMS) beats cross-entropy (both with BMA)"),
+          ("clipood", "fixed_margin", "all", "the class-adaptive margin beats a fixed margin"),
+          ("clipood", "clipood@ema", "all", "BMA beats an exponential moving average"),
+          ("clipood", "clipood_uniform", "all", "BMA beats a uniform average of the weights"),
+          ("clipood", "clipood@last", "all", "BMA beats the last weights"))
+OPEN_SET = ("ood_auroc_mcm", "ood_fpr95_mcm", "ood_auroc_energy", "ood_fpr95_energy")
+PLOT_FILE = "accuracy_vs_steps.png"
+Cells = Dict[str, List[Scored]]  # domain -> the seeds of one arm
+
+
+def label(name: str) -> str:
+    match = SWEEP_NAME.fullmatch(name)
+    return f"CLIPood, {match['param']} = {match['value']}" if match else LABELS.get(name, name)
+
+
+def arm(study: Study, name: str) -> Cells:
+    """domain -> scored seeds of ``name`` ("variant" or "variant@weights") at its configuration."""
+    variant, _, weights = name.partition("@")
+    out: Cells = {}
+    for domain in emojidg.DOMAINS:
+        if variant == ZEROSHOT:
+            found = study.find(ZEROSHOT, domain)
+        else:
+            # a variant the runner selected for has its own configuration; an ablation has CLIPood's
+            config = study.selection.get(variant if variant in study.selection else "clipood", {}).get(domain)
+            found = study.find(variant, domain, weights or "selected", config["lr"], config["steps"]) if config else []
+        if found:
+            out[domain] = found
+    return out
+
+
+def stat(values: Sequence[float]) -> Dict[str, float]:
+    return {"mean": round(statistics.mean(values), 2),
+            "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0, "n": len(values)}
+
+
+def metric_cells(cells: Cells, metric: str) -> Dict[str, Dict[str, float]]:
+    """domain -> mean/std/n over seeds of ``metric`` (rows lacking it are not counted), plus "avg" = mean of
+    the domains' means when every held-out domain has it."""
+    out, means = {}, {}
+    for domain, seeds in cells.items():
+        values = [s.row[metric] if metric in s.row else (s.open_set or {}).get(metric) for s in seeds]
+        values = [v for v in values if v is not None]
+        if values:
+            out[domain], means[domain] = stat(values), statistics.mean(values)
+    if all(d in out for d in emojidg.DOMAINS):
+        out["avg"] = {"mean": round(statistics.mean(means[d] for d in emojidg.DOMAINS), 2)}
+    return out
+
+
+def paired(a: Cells, b: Cells, classes: Optional[Sequence[int]] = None) -> Dict[str, PairedInterval]:
+    """domain (and "avg") -> interval of top-1(A) - top-1(B) on the same images (only those of ``classes``
+    when given: the predictions are over every class, so this is all-class top-1 on those images); a domain
+    is left out when either side lacks per-image predictions there."""
+    out, pooled = {}, []
+    for domain in emojidg.DOMAINS:
+        sides = [cells.get(domain, []) for cells in (a, b)]
+        if not all(sides) or any(s.correct is None for side in sides for s in side):
+            continue
+        (target, ca), (target_b, cb) = (seed_averaged_correctness(
+            [(f"{s.run.run_id} ({s.weights})", s.target, s.correct) for s in side]) for side in sides)
+        if not np.array_equal(target, target_b):
+            raise ConfigError(f"{sides[0][0].run.run_id} and {sides[1][0].run.run_id} were scored on different "
+                              f"images of {domain}; a paired comparison needs the same images")
+        if classes is not None:
+            keep = np.isin(target, classes)
+            target, ca, cb = target[keep], ca[keep], cb[keep]
+        out[domain] = paired_class_bootstrap(ca, cb, target)
+        pooled.append((ca, cb, target))
+    if len(pooled) == len(emojidg.DOMAINS) and len({len(t) for *_, t in pooled}) == 1:
+        out["avg"] = paired_class_bootstrap(*(np.concatenate(parts) for parts in zip(*pooled)))
+    return out
+
+
+def held_out_rows(arms: Dict[str, Cells]) -> List[Tuple[str, dict]]:
+    """(domain, held-out row) of every seed the tables of ``arms`` read."""
+    return [(d, s.row) for cells in arms.values() for d, seeds in cells.items() for s in seeds]
+
+
+def split_phrase(rows: Sequence[Tuple[str, dict]]) -> str:
+    """"test split" (every split named when the rows hold more than one)."""
+    splits = sorted({r["split"] for _, r in rows})
+    return f"{' + '.join(splits)} split{'s' if len(splits) > 1 else ''}"
+
+
+def images_phrase(rows: Sequence[Tuple[str, dict]], per: str = "style") -> str:
+    """"4,440 images per style" from the rows' num_samples, or each domain's count(s) when they differ."""
+    counts = {d: sorted({r["num_samples"] for dd, r in rows if dd == d}) for d in emojidg.DOMAINS}
+    counts = {d: c for d, c in counts.items() if c}
+    distinct = {n for c in counts.values() for n in c}
+    if len(distinct) == 1:
+        return f"{distinct.pop():,} images per {per}"
+    return f"images per {per}: " + ", ".join(f"{d} {' or '.join(f'{n:,}' for n in c)}" for d, c in counts.items())
+
+
+def heading(arms: Dict[str, Cells]) -> str:
+    rows = held_out_rows(arms)
+    return f"{split_phrase(rows)}, {images_phrase(rows)}" if rows else "no results"
+
+
+def fmt(cell: Optional[Dict[str, float]]) -> str:
+    if cell is None:
+        return "missing"
+    return f"{cell['mean']:.1f}" + (f" ± {cell['std']:.1f}" if cell.get("n", 1) > 1 else "")
+
+
+def seeds_column(cells: Cells) -> str:
+    return " / ".join(str(len(cells.get(d, []))) for d in emojidg.DOMAINS)
+
+
+def accuracy_markdown(arms: Dict[str, Cells], metric: str = "top1") -> str:
+    cols = [*emojidg.DOMAINS, "avg"]
+    lines = [f"| method | {' | '.join(cols)} | seeds ({' / '.join(emojidg.DOMAINS)}) |",
+             "|---" * (len(cols) + 2) + "|"]
+    for name, cells in arms.items():
+        values = metric_cells(cells, metric)
+        lines.append(f"| {label(name)} | " + " | ".join(fmt(values.get(c)) for c in cols)
+                     + f" | {seeds_column(cells)} |")
+    return "\n".join(lines) + "\n"
+
+
+def differences_markdown(diffs: Dict[Tuple[str, str], Dict[str, PairedInterval]]) -> str:
+    cols = [*emojidg.DOMAINS, "avg"]
+    lines = [f"| A - B | {' | '.join(cols)} |", "|---" * (len(cols) + 1) + "|"]
+    for (a, b), cells in diffs.items():
+        lines.append(f"| {label(a)} - {label(b)} | " + " | ".join(
+            f"{cells[c]}{' *' if cells[c].resolved else ''}" if c in cells else "missing" for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def interval_json(cells: Dict[str, PairedInterval]) -> Dict:
+    return {d: {"diff": round(c.diff, 2), "low": round(c.low, 2), "high": round(c.high, 2), "resolved": c.resolved,
+                "num_classes": c.num_classes, "num_images": c.num_images} for d, c in cells.items()}
+
+
+def sweep_arms(study: Study, param: str) -> List[str]:
+    names = {s.run.variant for s in study.scored if (m := SWEEP_NAME.fullmatch(s.run.variant)) and m["param"] == param}
+    return sorted(names, key=lambda n: float(SWEEP_NAME.fullmatch(n)["value"]))
+
+
+def steps_curve(study: Study, variant: str) -> Dict[int, Dict]:
+    """steps -> held-out and new-class top-1 of ``variant``'s grid runs at its selected lr of each domain:
+    per domain the mean over seeds, then the mean over domains (only when every domain has that step)."""
+    by_steps: Dict[int, Dict[str, List[Scored]]] = {}
+    for domain in emojidg.DOMAINS:
+        config = study.selection.get(variant, {}).get(domain)
+        if config is None:
+            continue
+        for s in study.find(variant, domain, lr=config["lr"], phase="grid"):
+            by_steps.setdefault(s.run.steps, {}).setdefault(domain, []).append(s)
+    out = {}
+    for steps in sorted(by_steps):
+        cells = by_steps[steps]
+        entry = {"domains": sorted(cells, key=emojidg.DOMAINS.index),
+                 "seeds": {d: len(cells[d]) for d in cells}}
+        for metric in ("top1", "new_top1"):
+            entry[metric] = metric_cells(cells, metric).get("avg", {}).get("mean")
+        out[steps] = entry
+    return out
+
+
+def plot_steps(curves: Dict[str, Dict[int, Dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), sharex=True)
+    for ax, metric, title in zip(axes, ("top1", "new_top1"),
+                                 ("held-out style, all classes", "held-out style, new classes")):
+        for variant, curve in curves.items():
+            points = [(steps, e[metric]) for steps, e in curve.items() if e[metric] is not None]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=label(variant))
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        steps = sorted({s for curve in curves.values() for s in curve})
+        ax.set_xticks(steps, [str(s) for s in steps])
+        ax.set_xlabel("training steps")
+        ax.set_ylabel("top-1 (%), mean over styles")
+        ax.set_title(title, fontsize=9)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
+    plt.close(fig)
+    write_bytes_atomic(path, png.getvalue())
+
+
+def claim_sentence(claim: str, cells: Optional[Dict[str, PairedInterval]]) -> Tuple[str, str]:
+    """(verdict, sentence) for "A beats B" from the interval of A - B: holds / reversed when the average's
+    interval excludes 0, not resolved when it includes 0, not measured when there is none."""
+    avg = (cells or {}).get("avg")
+    if avg is None:
+        return "not measured", f"**Not measured**: {claim} (no interval over all four held-out styles)."
+    verdict = ("holds" if avg.diff > 0 else "reversed") if avg.resolved else "not resolved"
+    styles = [cells[d] for d in emojidg.DOMAINS]
+    return verdict, (f"**{verdict[0].upper() + verdict[1:]}**: {claim}: {avg} points averaged over the held-out "
+                     f"styles; resolved in its favour on {sum(c.resolved and c.diff > 0 for c in styles)} and "
+                     f"against it on {sum(c.resolved and c.diff < 0 for c in styles)} of {len(styles)} styles.")
+
+
+def build(study: Study, out: Path) -> Tuple[str, Dict]:
+    """The report's markdown and results.json content; writes the plot into ``out``."""
+    groups = {**ABLATIONS, **{f"{p}_sweep": ("clipood", *sweep_arms(study, p)) for p in SWEEPS}}
+    arms = {n: arm(study, n) for n in dict.fromkeys([*HEADLINE, *(n for names in groups.values() for n in names)])}
+    headline = {n: arms[n] for n in HEADLINE}
+    pairs = [(m, "zeroshot") for m in HEADLINE[1:]] + [(m, "erm") for m in HEADLINE[2:]]
+    diffs = {(a, b): paired(arms[a], arms[b]) for a, b in pairs}
+    group_diffs = {g: {(n, "clipood"): paired(arms[n], arms["clipood"]) for n in names[1:]}
+                   for g, names in groups.items()}
+    new_diffs = {(a, b): paired(arms[a], arms[b], emojidg.NEW_CLASSES) for a, b in pairs}
+    claims = [(claim, *claim_sentence(claim, paired(arms[a], arms[b],
+                                                    emojidg.NEW_CLASSES if images == "new" else None)))
+              for a, b, images, claim in CLAIMS]
+    curves = {v: steps_curve(study, v) for v in ("erm", "clipood")}
+    out.mkdir(parents=True, exist_ok=True)  # only now: a study the tables refuse leaves no folder behind
+    plot_steps(curves, out / PLOT_FILE)
+
+    md = [f"# EmojiDG study: CLIPood and robust fine-tuning peers\n\nHeld-out style top-1 (%), "
+          f"{len(emojidg.CLASS_NAMES)}-way, {heading(headline)}; each method at its (lr, steps) selected on "
+          "the source styles' val split (`selection.json`); mean ± std over seeds, \"missing\" = no results:\n",
+          accuracy_markdown(headline),
+          "Paired differences in held-out top-1 (points, A - B, same images; per image, correctness averaged over "
+          "each method's seeds), 95% interval from a bootstrap that resamples classes (10,000 resamples); "
+          "* = the interval excludes 0 (resolved):\n", differences_markdown(diffs),
+          f"Base / new / harmonic mean H on the held-out style (each subset scored over its own "
+          f"{len(emojidg.BASE_CLASSES)} classes), mean over seeds, then over the held-out styles:\n",
+          base_new_markdown(headline),
+          f"Paired differences on the new classes' images of the held-out style (classes no fine-tune trained on; "
+          f"top-1 over all {len(emojidg.CLASS_NAMES)} classes, so not the table's new-class column, which scores "
+          "over the new classes only and has no per-image predictions), as above:\n", differences_markdown(new_diffs),
+          "Open-set detection on the held-out style (the new classes are the open set of the classifier over the "
+          "base classes), mean over seeds, then over styles. AUROC: higher is better; FPR95 (false-positive rate "
+          "at 95% true-positive rate): lower is better. No intervals (the rows hold no per-image scores):\n",
+          open_set_markdown(headline)]
+    for group, names in groups.items():
+        md += [f"## {TITLES[group]}\n\nHeld-out top-1 (%), {heading({n: arms[n] for n in names})}, at "
+               "CLIPood's selected (lr, steps):\n", accuracy_markdown({n: arms[n] for n in names}),
+               "Paired differences vs CLIPood (as above):\n", differences_markdown(group_diffs[group])]
+    md += [f"## Accuracy against training steps\n\n![accuracy vs steps]({PLOT_FILE})\n\nGrid runs at each "
+           "method's selected lr per style; per step, the mean over seeds, then over the four styles:\n",
+           steps_markdown(curves),
+           "## Which claims of the paper hold\n\nGenerated from the paired intervals of A - B averaged over the "
+           "held-out styles: a claim holds when the interval excludes 0 on A's side, is reversed when it excludes "
+           "0 on B's side, and is not resolved when it includes 0:\n",
+           "\n".join(f"- {sentence}" for *_, sentence in claims) + "\n"]
+    results = {
+        "heading": {"classes": len(emojidg.CLASS_NAMES), "split": split_phrase(held_out_rows(headline)),
+                    "images": images_phrase(held_out_rows(headline))},
+        "held_out_top1": {n: metric_cells(c, "top1") for n, c in headline.items()},
+        "held_out_differences": {f"{a} - {b}": interval_json(c) for (a, b), c in diffs.items()},
+        "base_new": {n: {m: metric_cells(c, m) for m in ("base_top1", "new_top1", "hm")}
+                     for n, c in headline.items()},
+        "new_class_images_differences": {f"{a} - {b}": interval_json(c) for (a, b), c in new_diffs.items()},
+        "open_set": {n: {m: metric_cells(c, m) for m in OPEN_SET} for n, c in headline.items()},
+        "ablations": {g: {"top1": {n: metric_cells(arms[n], "top1") for n in names},
+                          "differences": {f"{a} - {b}": interval_json(c) for (a, b), c in group_diffs[g].items()}}
+                      for g, names in groups.items()},
+        "steps_curve": {v: {str(k): e for k, e in c.items()} for v, c in curves.items()},
+        "claims": [{"claim": c, "verdict": v, "sentence": s} for c, v, s in claims],
+    }
+    return "\n".join(md), results
+
+
+def base_new_markdown(arms: Dict[str, Cells]) -> str:
+    lines = [f"| method | base | new | H | seeds ({' / '.join(emojidg.DOMAINS)}) |", "|---|---|---|---|---|"]
+    for name, cells in arms.items():
+        lines.append(f"| {label(name)} | " + " | ".join(fmt(metric_cells(cells, m).get("avg"))
+                                                       for m in ("base_top1", "new_top1", "hm"))
+                     + f" | {seeds_column(cells)} |")
+    return "\n".join(lines) + "\n"
+
+
+def open_set_markdown(arms: Dict[str, Cells]) -> str:
+    lines = [f"| method | AUROC MCM (↑) | FPR95 MCM (↓) | AUROC energy (↑) | FPR95 energy (↓) | seeds "
+             f"({' / '.join(emojidg.DOMAINS)}) |", "|---|---|---|---|---|---|"]
+    for name, cells in arms.items():
+        seeds = " / ".join(str(sum(s.open_set is not None for s in cells.get(d, []))) for d in emojidg.DOMAINS)
+        lines.append(f"| {label(name)} | " + " | ".join(fmt(metric_cells(cells, m).get("avg")) for m in OPEN_SET)
+                     + f" | {seeds} |")
+    return "\n".join(lines) + "\n"
+
+
+def steps_markdown(curves: Dict[str, Dict[int, Dict]]) -> str:
+    steps = sorted({s for c in curves.values() for s in c})
+    if not steps:
+        return "missing: no grid runs at a selected lr yet\n"
+    lines = ["| method | metric | " + " | ".join(f"{s} steps" for s in steps) + " |",
+             "|---|---" + "|---" * len(steps) + "|"]
+    for variant, curve in curves.items():
+        for metric, name in (("top1", "held-out top-1"), ("new_top1", "new-class top-1")):
+            lines.append(f"| {label(variant)} | {name} | " + " | ".join(
+                "missing" if s not in curve or curve[s][metric] is None else
+                f"{curve[s][metric]:.1f}" for s in steps) + " |")
+    return "\n".join(lines) + "\n"
