@@ -103,14 +103,19 @@ STYLE_TEMPLATES = {
     "emojione_mono": MONO_TEMPLATES,
     "noto_mono": MONO_LINE_TEMPLATES,
 }
-# Shares of augment()'s style ops, in order: greyscale, outline, silhouette, posterize, solarize, channel shuffle.
-AUG_OPS = ("grey", "outline", "silhouette", "posterize", "solarize", "shuffle")
-AUG_SHARES = (0.15, 0.15, 0.08, 0.06, 0.04, 0.07)
+# Shares of augment()'s style ops, in order: greyscale, outline, silhouette, posterize, solarize, channel shuffle,
+# thin lines. An op added later goes last and has share 0 in every recipe before it, so that recipe's batches
+# stay the same (augment draws nothing for an op no image gets).
+AUG_OPS = ("grey", "outline", "silhouette", "posterize", "solarize", "shuffle", "lines")
+AUG_SHARES = (0.15, 0.15, 0.08, 0.06, 0.04, 0.07, 0.0)
 # Benchmark versions' recipes: defaults of `train` that --recipe sets (flags on the command line win).
 RECIPES = {
     "v1": {"raw": str(RAW), "captions": "names", "aug_shares": AUG_SHARES, "steps": 5000,
            "batch_size": 128, "warmup": 200, "aug": 0.7},
-    "v2": {"raw": str(REPO / "data" / "emojidg_v2_raw"), "captions": "style", "aug_shares": (0.2, 0.25, 0.1, 0.06, 0.04, 0.07),
+    # v2 draws thin lines where v1 drew thick outlines: in a 600-step A/B from one state, line art +1.4 points
+    # (docs/emojidg/v2_plan.md, "Levers")
+    "v2": {"raw": str(REPO / "data" / "emojidg_v2_raw"), "captions": "style",
+           "aug_shares": (0.2, 0.0, 0.1, 0.06, 0.04, 0.07, 0.25),
            "steps": 30000, "batch_size": 128, "warmup": 500, "aug": 0.7},
 }
 # A text tower trained from scratch for the comparison: a small open_clip text transformer.
@@ -339,6 +344,24 @@ def _edges(x: torch.Tensor) -> torch.Tensor:
     return mag / mag.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
 
 
+def _thin_lines(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """A one- to two-pixel line drawing of each image, zoomed out by up to 1.5x: the Sobel edge map
+    (replicate padding, so the image border draws no frame) cut at a random 20-45% of its maximum.
+    Line art is thin strokes around objects smaller than the tile; v1's outline op drew thick strokes
+    and a frame. Returns the stroke mask [n,1,s,s] in [0,1]."""
+    n, _, s, _ = x.shape
+    gx = torch.tensor([[-1., 0., 1.], [-2., 0., 2.], [-1., 0., 1.]]).view(1, 1, 3, 3)
+    grey = F.pad(_grey(x), (1, 1, 1, 1), mode="replicate")
+    mag = (F.conv2d(grey, gx) ** 2 + F.conv2d(grey, gx.transpose(2, 3)) ** 2).sqrt()
+    mag = mag / mag.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
+    mask = (mag > _rand(n, g, 0.2, 0.45).view(n, 1, 1, 1)).float()
+    zoom = _rand(n, g, 1.0, 1.5)
+    tx, ty = (zoom - 1) * _rand(n, g, -1, 1), (zoom - 1) * _rand(n, g, -1, 1)
+    zero = torch.zeros(n)
+    theta = torch.stack([torch.stack([zoom, zero, tx], 1), torch.stack([zero, zoom, ty], 1)], 1)
+    return F.grid_sample(mask, F.affine_grid(theta, (n, 1, s, s), align_corners=False), align_corners=False)
+
+
 def check_aug_shares(shares: Sequence[float], strength: float = 1.0) -> Tuple[float, ...]:
     """One non-negative share per style op of :data:`AUG_OPS`, at most 1 in all once scaled by ``strength``."""
     shares = tuple(float(v) for v in shares)
@@ -356,7 +379,8 @@ def augment(x: torch.Tensor, g: torch.Generator, out_size: Optional[int] = None,
     (brightness, contrast, saturation, hue rotation), then at most one style op per image:
     greyscale, outline (Sobel edges drawn dark on a random flat colour), silhouette
     (2-level posterize of the luminance with random colours), posterize, solarize, channel shuffle,
-    drawn with probabilities ``shares`` x ``strength`` (:data:`AUG_OPS` order).
+    thin lines (:func:`_thin_lines` drawn dark on a random flat colour), drawn with probabilities
+    ``shares`` x ``strength`` (:data:`AUG_OPS` order).
     """
     b, _, h, w = x.shape
     s = out_size or h
@@ -420,6 +444,13 @@ def augment(x: torch.Tensor, g: torch.Generator, out_size: Optional[int] = None,
     if (ops == 5).any():  # channel shuffle
         i = ops == 5
         x[i] = x[i][:, torch.randperm(3, generator=g)]
+    if (ops == 6).any():  # thin lines, ink at 50-100% opacity
+        i = ops == 6
+        n = int(i.sum())
+        e = _thin_lines(x[i], g) * _rand(n, g, 0.5, 1.0).view(n, 1, 1, 1)
+        bg = torch.rand(n, 3, 1, 1, generator=g).expand(-1, -1, s, s)
+        ink = torch.rand(n, 3, 1, 1, generator=g) * 0.25
+        x[i] = bg * (1 - e) + ink * e
     return (x - _MEAN) / _STD
 
 
@@ -489,6 +520,14 @@ RUN_DEFINING_ARGS = ("text", "steps", "batch_size", "lr", "wd", "warmup", "aug",
                      "styles")
 # What a state saved before a run-defining flag existed was trained with.
 RUN_ARG_BEFORE_FLAG = {"captions": "names", "aug_shares": list(AUG_SHARES), "styles": None}
+
+
+def saved_run_args(state: dict) -> dict:
+    """The run-defining arguments a state was trained with, in today's terms: a flag added since it was
+    saved takes its value from before (:data:`RUN_ARG_BEFORE_FLAG`), and a style op added since has share 0."""
+    was = {**RUN_ARG_BEFORE_FLAG, **state["run_args"]}
+    was["aug_shares"] = list(was["aug_shares"]) + [0.0] * (len(AUG_OPS) - len(was["aug_shares"]))
+    return was
 STATE_NAME = "train_state.pt"
 
 
@@ -548,7 +587,7 @@ def train_loop(model: torch.nn.Module, locked: bool, data: PretrainData, args: a
     progress = {"step": 0, "images_seen": 0, "minutes": 0.0, "log": []}
     if args.resume:
         state = load_checkpoint(state_path)
-        was = {**RUN_ARG_BEFORE_FLAG, **state["run_args"]}
+        was = saved_run_args(state)
         changed = {k: (was[k], run_arg(args, k)) for k in RUN_DEFINING_ARGS if was[k] != run_arg(args, k)}
         if changed:
             raise ConfigError(f"{state_path} is a run with other settings {{name: (run, now)}} {changed}; resume with "
@@ -712,7 +751,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
     if not state_path.is_file():
         raise ConfigError(f"{state_path} not found: --out must be the folder of a `train` run")
     state = load_checkpoint(state_path)
-    run_args = {**RUN_ARG_BEFORE_FLAG, **state["run_args"]}
+    run_args = saved_run_args(state)
     raw = Path(args.raw)
     if not (raw / "metadata.json").is_file():
         raise ConfigError(f"{raw}/metadata.json not found: pass the run's raw tree with --raw")
@@ -795,8 +834,9 @@ def cmd_export(args: argparse.Namespace) -> None:
                       "a {name}.'). " if a.get("captions") == "style" else ". ") +
                    "Augmentation (batched, on the fly): random resized crop (area 0.55-1), rotation +-15 deg, "
                    "hflip, colour jitter + hue rotation, and per image at most one of greyscale, outline "
-                   "(Sobel edges drawn dark on a flat colour), silhouette, posterize, solarize, channel shuffle "
-                   f"(shares {a.get('aug_shares', list(AUG_SHARES))} x --aug {a['aug']}). "
+                   "(Sobel edges drawn dark on a flat colour), silhouette, posterize, solarize, channel shuffle, "
+                   "thin lines (edges cut to 1-2 px strokes, zoomed out up to 1.5x) "
+                   f"(shares {a.get('aug_shares', list(AUG_SHARES))} of {', '.join(AUG_OPS)} x --aug {a['aug']}). "
                    f"Learned logit scale {res['logit_scale']:.1f}. Class embeddings: mean over templates "
                    f"{res['eval_templates']}."),
         "Training cost": (f"{res['wall_clock_min']:.1f} min wall-clock on {res['threads']} shared CPU cores, "
