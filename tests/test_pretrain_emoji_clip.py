@@ -252,8 +252,8 @@ def test_resume_refuses_other_settings_and_a_new_run_never_overwrites_one(tmp_pa
         P.train_loop(model, True, data, _args(steps=2, lr=1e-2, resume=True), tmp_path)
     with pytest.raises(ConfigError, match=r"other settings .*'captions': \('names', 'style'\)"):
         P.train_loop(model, True, data, _args(steps=2, captions="style", resume=True), tmp_path)
-    with pytest.raises(ConfigError, match=r"'aug_shares': \(\[0.15, 0.15, 0.08, 0.06, 0.04, 0.07\], \[0.3,"):
-        P.train_loop(model, True, data, _args(steps=2, aug_shares=(0.3, 0.15, 0.08, 0.06, 0.04, 0.07), resume=True),
+    with pytest.raises(ConfigError, match=r"'aug_shares': \(\[0.15, 0.15, 0.08, 0.06, 0.04, 0.07, 0.0\], \[0.3,"):
+        P.train_loop(model, True, data, _args(steps=2, aug_shares=(0.3, 0.15, 0.08, 0.06, 0.04, 0.07, 0.0), resume=True),
                      tmp_path)
     with pytest.raises(ConfigError, match="already holds a run .*--resume"):
         P.train_loop(model, True, data, _args(steps=2), tmp_path)
@@ -272,6 +272,21 @@ def test_a_state_saved_before_the_caption_and_share_flags_resumes_as_names_and_d
         P.train_loop(model, True, data, _args(steps=2, styles=("pa",), resume=True), tmp_path)
     with pytest.raises(ConfigError, match=r"'captions': \('names', 'style'\)"):
         P.train_loop(model, True, data, _args(steps=2, captions="style", resume=True), tmp_path)
+
+
+def test_a_state_saved_before_the_lines_op_resumes_with_share_0_for_it(tmp_path):
+    """A state whose shares name the six ops before `lines` continues under today's v1 shares (lines 0)
+    and is refused under shares that draw lines."""
+    model, data = _tiny()
+    P.train_loop(model, True, data, _args(steps=2), tmp_path)
+    state = load_checkpoint(tmp_path / P.STATE_NAME)
+    state["run_args"]["aug_shares"] = [0.15, 0.15, 0.08, 0.06, 0.04, 0.07]
+    torch.save(state, tmp_path / P.STATE_NAME)
+    assert P.train_loop(model, True, data, _args(steps=2, resume=True), tmp_path)["done"]
+    with pytest.raises(ConfigError, match=r"'aug_shares': \(\[0.15, 0.15, 0.08, 0.06, 0.04, 0.07, 0.0\], \[0.15, 0.15, "
+                                          r"0.08, 0.06, 0.04, 0.0, 0.07\]\)"):
+        P.train_loop(model, True, data, _args(steps=2, aug_shares=(0.15, 0.15, 0.08, 0.06, 0.04, 0.0, 0.07),
+                                              resume=True), tmp_path)
 
 
 def test_learning_rate_is_warmup_then_cosine_of_the_step_alone():
@@ -368,13 +383,34 @@ def test_train_command_runs_in_slices_from_a_raw_tree(tmp_path, monkeypatch, cap
     assert (res["benchmark_version"], res["args"]["captions"], res["pretrain_styles"]) == ("v1", "names", ["pa", "pb"])
 
 
+def test_probe_scores_a_runs_saved_state_on_the_downstream_styles(tmp_path, monkeypatch, capsys, small_scratch):
+    """probe on a slice's state adds a row per step to probes.json; on the finished run's state it gives
+    the zero-shot table the run itself wrote into results.json (an independent path to the same numbers)."""
+    raw, out = tmp_path / "raw", tmp_path / "run"
+    _raw_tree(raw)
+    argv = ["train", "--text", "scratch", "--steps", "3", "--batch-size", "4", "--warmup", "1", "--raw", str(raw),
+            "--out", str(out)]
+    with pytest.raises(SystemExit) as e:
+        P.main(["probe", "--out", str(out), "--raw", str(raw)])
+    assert e.value.code == 2 and f"{out / P.STATE_NAME} not found" in capsys.readouterr().err
+    P.main([*argv, "--max-minutes", "1e-9"])
+    P.main(["probe", "--out", str(out), "--raw", str(raw)])
+    assert capsys.readouterr().out.startswith("step 1/3: mono ")
+    P.main([*argv, "--resume"])
+    P.main(["probe", "--out", str(out), "--raw", str(raw)])
+    P.main(["probe", "--out", str(out), "--raw", str(raw)])  # the same step again replaces its row
+    probes = json.loads((out / P.PROBES_NAME).read_text())
+    assert [(p["step"], p["steps"], p["images_seen"]) for p in probes] == [(1, 3, 4), (3, 3, 12)]
+    assert probes[-1]["zero_shot"] == json.loads((out / "results.json").read_text())["zero_shot"]
+
+
 def test_train_command_with_style_captions_on_a_v2_tree(tmp_path, monkeypatch, capsys, small_scratch):
     """--captions style needs words for every pretraining style (exit 2 naming the style otherwise),
     then trains and records the tree's benchmark version; a missing --raw tree is a clear error too."""
     raw = tmp_path / "raw_v2"
     _raw_tree(raw, version="v2")
     argv = ["train", "--text", "scratch", "--steps", "2", "--batch-size", "4", "--warmup", "1", "--raw", str(raw),
-            "--captions", "style", "--aug-shares", "0.3,0.3,0.1,0,0,0"]
+            "--captions", "style", "--aug-shares", "0.3,0.3,0.1,0,0,0,0"]
     with pytest.raises(SystemExit) as e:
         P.main([*argv, "--out", str(tmp_path / "refused")])
     assert e.value.code == 2 and "pretraining style 'pa' has no style words" in capsys.readouterr().err
@@ -391,7 +427,7 @@ def test_train_command_with_style_captions_on_a_v2_tree(tmp_path, monkeypatch, c
     P.main([*argv, "--out", str(tmp_path / "run")])
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert (res["benchmark_version"], res["args"]["captions"], res["args"]["aug_shares"]) == ("v2", "style",
-                                                                                            [0.3, 0.3, 0.1, 0, 0, 0])
+                                                                                            [0.3, 0.3, 0.1, 0, 0, 0, 0])
     assert res["zero_shot"]["mono"]["n"] == 8 and res["train_images"] == 16  # 2 styles x 4 classes x (3 - 1 held out)
     P.main([*argv, "--styles", "pb", "--out", str(tmp_path / "one_style")])  # a lever run on a subset of the styles
     res = json.loads((tmp_path / "one_style" / "results.json").read_text())
@@ -436,33 +472,66 @@ def test_every_v2_pretraining_style_has_style_words():
     assert set(build.pretrain_styles(sources.load_manifest(), "v2")) <= set(P.STYLE_TEMPLATES)
 
 
-@pytest.mark.parametrize("shares,strength", [((0.5,) * 5, 1.0), ((-0.1, 0, 0, 0, 0, 0), 1.0), ((0.5, 0.5, 0.5, 0, 0, 0), 0.7)])
+@pytest.mark.parametrize("shares,strength", [((0.1,) * 6, 1.0), ((-0.1, 0, 0, 0, 0, 0, 0), 1.0),
+                                             ((0.5, 0.5, 0.5, 0, 0, 0, 0), 0.7)])
 def test_aug_shares_are_checked(shares, strength):
-    with pytest.raises(ConfigError, match="--aug-shares needs 6 non-negative shares"):
+    with pytest.raises(ConfigError, match="--aug-shares needs 7 non-negative shares"):
         P.check_aug_shares(shares, strength)
 
 
 def test_aug_shares_decide_the_style_op():
     x = torch.randint(0, 256, (32, 3, 40, 40), dtype=torch.uint8)
-    grey = P.augment(x, torch.Generator().manual_seed(0), shares=(1, 0, 0, 0, 0, 0)) * P._STD + P._MEAN
+    grey = P.augment(x, torch.Generator().manual_seed(0), shares=(1, 0, 0, 0, 0, 0, 0)) * P._STD + P._MEAN
     assert torch.allclose(grey[:, 0], grey[:, 1], atol=1e-5) and torch.allclose(grey[:, 1], grey[:, 2], atol=1e-5)
-    none = P.augment(x, torch.Generator().manual_seed(0), shares=(0,) * 6) * P._STD + P._MEAN
+    none = P.augment(x, torch.Generator().manual_seed(0), shares=(0,) * 7) * P._STD + P._MEAN
     colour = (none[:, 0] - none[:, 1]).abs().flatten(1).amax(1) > 0.05
     assert colour.all()  # random colour images stay colour without a style op
     # the default shares are today's, so a v1 run draws the same augmentations as before the flag
     assert torch.equal(P.augment(x, torch.Generator().manual_seed(3)),
-                       P.augment(x, torch.Generator().manual_seed(3), shares=(0.15, 0.15, 0.08, 0.06, 0.04, 0.07)))
+                       P.augment(x, torch.Generator().manual_seed(3), shares=(0.15, 0.15, 0.08, 0.06, 0.04, 0.07, 0)))
+
+
+def test_an_op_with_share_0_draws_nothing_so_v1_batches_are_unchanged(monkeypatch):
+    """The lines op came after v1: at share 0 it is never computed and takes nothing from the generator,
+    so v1's augmentations (and the generator state after them) are those of the six ops alone."""
+    x = torch.randint(0, 256, (64, 3, 40, 40), dtype=torch.uint8)
+    before = P.augment(x, torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    monkeypatch.setattr(P, "_thin_lines", lambda *a: pytest.fail("lines drawn at share 0"))
+    assert torch.equal(P.augment(x, g), before)
+    after = torch.Generator().manual_seed(5)
+    P.augment(x, after)
+    assert torch.equal(g.get_state(), after.get_state())
+
+
+def test_thin_lines_draw_edges_thinly_and_no_frame():
+    """A flat image has no edges, so no stroke (v1's zero-padded Sobel outline draws a frame around it);
+    a filled square gives strokes on a small part of the tile only; augment's lines op paints those
+    strokes in one ink over one flat background colour."""
+    g = torch.Generator().manual_seed(0)
+    flat = torch.full((4, 3, 40, 40), 0.6)
+    assert P._thin_lines(flat, g).abs().max() == 0
+    assert P._edges(flat)[:, :, 0].min() > 0.5  # the frame the lines op avoids
+    square = torch.zeros(8, 3, 40, 40)
+    square[:, :, 12:28, 12:28] = 1.0
+    mask = P._thin_lines(square, g)
+    strokes = (mask > 0.5).flatten(1).sum(1)
+    assert (strokes > 0).all() and (strokes < 0.15 * 40 * 40).all()
+    out = (P.augment((square * 255).byte(), g, shares=(0, 0, 0, 0, 0, 0, 1)) * P._STD + P._MEAN).flatten(2)
+    for img in out:  # bg * (1 - e) + ink * e: away from the strokes, the tile is one flat colour
+        corners = img[:, [0, 39, 1560, 1599]]
+        assert torch.allclose(corners, corners[:, :1], atol=1e-4)  # the background is flat
 
 
 def test_recipe_sets_defaults_and_explicit_flags_win():
     p, t = P.build_parser()
     args = P.parse_with_recipe(p, t, ["train", "--recipe", "v2", "--out", "o"])
-    assert (args.captions, args.aug_shares, args.steps, args.batch_size) == ("style", (0.2, 0.25, 0.1, 0.06, 0.04, 0.07),
-                                                                              30000, 128)
+    assert (args.captions, args.aug_shares, args.steps, args.batch_size) == (
+        "style", (0.2, 0.0, 0.1, 0.06, 0.04, 0.07, 0.25), 30000, 128)
     assert args.raw == str(P.REPO / "data" / "emojidg_v2_raw")
     args = P.parse_with_recipe(*P.build_parser(), ["train", "--recipe", "v2", "--steps", "10", "--captions", "names",
-                                                   "--aug-shares", "0.1,0.1,0,0,0,0"])
-    assert (args.steps, args.captions, args.aug_shares) == (10, "names", (0.1, 0.1, 0.0, 0.0, 0.0, 0.0))
+                                                   "--aug-shares", "0.1,0.1,0,0,0,0,0"])
+    assert (args.steps, args.captions, args.aug_shares) == (10, "names", (0.1, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0))
     args = P.parse_with_recipe(*P.build_parser(), ["train"])
     assert (args.captions, args.aug_shares, args.raw) == ("names", P.AUG_SHARES, str(P.RAW))  # no recipe: as before
     for recipe in P.RECIPES.values():

