@@ -113,7 +113,7 @@ RECIPES = {
     "v1": {"raw": str(RAW), "captions": "names", "aug_shares": AUG_SHARES, "steps": 5000,
            "batch_size": 128, "warmup": 200, "aug": 0.7},
     # v2 draws thin lines where v1 drew thick outlines: in a 600-step A/B from one state, line art +1.4 points
-    # (docs/emojidg/v2_plan.md, "Levers")
+    # (docs/emojidg/v2_plan.md, "Measured so far")
     "v2": {"raw": str(REPO / "data" / "emojidg_v2_raw"), "captions": "style",
            "aug_shares": (0.2, 0.0, 0.1, 0.06, 0.04, 0.07, 0.25),
            "steps": 30000, "batch_size": 128, "warmup": 500, "aug": 0.7},
