@@ -262,3 +262,34 @@ def test_ship_before_the_seed_runs_exist_and_missing_data_exit_2(study, data, tm
     with pytest.raises(SystemExit) as exc:
         rb.main(argv(tmp_path / "nowhere", tmp_path / "out", "--dry-run"))
     assert exc.value.code == 2 and "cannot read" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_the_report_reads_what_the_runner_wrote(study, data, tmp_path, monkeypatch):
+    """The runner and report.py --study meet at the files alone: after the seeds phase the report's ERM and
+    CLIPood cells are the means of the selected runs' validate rows (seeds 0 and 1), and CLIPood's EMA and
+    last weights come from the same runs' rows."""
+    import statistics
+
+    from emojidg import report
+
+    monkeypatch.chdir(REPO)
+    rb.main(argv(data, study, "--phase", "seeds"), runner=in_process)  # a no-op when the seeds test ran first
+    assert report.main(["--study", str(study), "--out", str(tmp_path / "report")]) == 0
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    selection = json.loads((study / "selection.json").read_text())
+
+    def rows(variant, weights="selected"):
+        cell = selection[variant]["3d"]
+        return [next(r for r in json.loads((study / "results" / f"{variant}-3d-lr{cell['lr']:g}-st{cell['steps']}-s{s}.json")
+                                            .read_text()) if r["weights"] == weights) for s in (0, 1)]
+
+    for variant in ("erm", "clipood"):
+        cell = results["held_out_top1"][variant]["3d"]
+        assert cell["n"] == 2 and cell["mean"] == pytest.approx(statistics.mean(r["top1"] for r in rows(variant)), abs=0.01)
+    averaging = results["ablations"]["averaging"]["top1"]
+    for weights in ("ema", "last"):
+        assert averaging[f"clipood@{weights}"]["3d"]["mean"] == pytest.approx(
+            statistics.mean(r["top1"] for r in rows("clipood", weights)), abs=0.01)
+    md = (tmp_path / "report" / "results.md").read_text().splitlines()
+    erm = next(li for li in md if li.startswith("| ERM |"))
+    assert erm.startswith(f"| ERM | {results['held_out_top1']['erm']['3d']['mean']:.1f} ± ") and erm.endswith("| 2 / 0 / 0 / 0 |")
