@@ -29,7 +29,7 @@ SELECTED = {"erm": {d: (1e-5, 300) if d == "line" else (1e-4, 1000) for d in DOM
 # probability of a correct image per variant (and weights); the ablations run at CLIPood's config
 ACCURACY = {"zeroshot": 0.2, "erm": 0.45, "clipood": 0.8, "clipood@ema": 0.75, "clipood@last": 0.6, "lp_ft": 0.5,
             "ce_bma": 0.78, "fixed_margin": 0.97, "clipood_beta1.5": 0.7, "clipood_beta0.2": 0.65,
-            "clipood_lambda0.1": 0.79, "clipood_tau0.05": 0.5}
+            "clipood_lambda0.1": 0.79, "clipood_tau0.05": 0.5, "ce_bma_tau0.05": 0.6}
 
 
 class Fixture:
@@ -110,7 +110,7 @@ def study(tmp_path_factory):
             fx.run("lp_ft", d, *SELECTED["lp_ft"][d], 0, "grid", ood=False)
         lr, steps = SELECTED["clipood"][d]
         for variant in ("ce_bma", "fixed_margin", "clipood_beta1.5", "clipood_beta0.2", "clipood_lambda0.1",
-                        "clipood_tau0.05"):
+                        "clipood_tau0.05", "ce_bma_tau0.05"):
             for seed in (0, 1):
                 fx.run(variant, d, lr, steps, seed, "ablation")
         fx.run("ce_bma", d, 1e-5, 3000, 0, "ablation")  # not at CLIPood's configuration: never read
@@ -220,6 +220,18 @@ def test_ablations_read_clipoods_config_and_its_ema_and_last_rows(study):
     assert_interval(ab["tau_sweep"]["differences"]["clipood_tau0.05 - clipood"], fx, "clipood_tau0.05", "clipood")
     assert ab["lambda_sweep"]["top1"]["clipood_lambda0.1"] == expected_top1(fx, "clipood_lambda0.1")
     assert "| MMS + uniform average (beta 1) | missing | missing | missing | missing | missing | 0 / 0 / 0 / 0 |" in md
+
+
+def test_margin_against_tau_pairs_mms_and_ce_at_each_tau(study):
+    """The recipe's tau pairs CLIPood with CE + BMA; each tau with a CE run pairs the two sweeps' runs there."""
+    fx, _, results, md = study
+    rows = results["margin_vs_tau"]
+    assert list(rows) == ["recipe", "0.05"]
+    for tau, (mms, ce) in {"recipe": ("clipood", "ce_bma"), "0.05": ("clipood_tau0.05", "ce_bma_tau0.05")}.items():
+        assert rows[tau]["mms"] == expected_top1(fx, mms) and rows[tau]["ce"] == expected_top1(fx, ce)
+        assert_interval(rows[tau]["diff"], fx, mms, ce)
+    line = next(li for li in md.splitlines() if li.startswith("| 0.05 |"))
+    assert line.startswith(f"| 0.05 | {rows['0.05']['mms']['avg']['mean']:.1f} | {rows['0.05']['ce']['avg']['mean']:.1f} | ")
 
 
 def test_steps_curve_uses_grid_runs_at_each_domains_selected_lr(study):

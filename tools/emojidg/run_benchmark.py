@@ -100,6 +100,8 @@ ABLATIONS: Dict[str, List[str]] = {
     **{f"clipood_beta{b:g}": ["--method", "clipood", "--bma-beta", f"{b:g}"] for b in BETAS},
     **{f"clipood_lambda{m:g}": ["--method", "clipood", "--margin-lambda", f"{m:g}"] for m in LAMBDAS},
     **{f"clipood_tau{t:g}": ["--method", "clipood", "--temperature", f"{t:g}"] for t in TAUS},
+    # the margin is relative to tau (MMS divides (f - lambda t_y) @ T by it): CE at the same taus isolates its effect
+    **{f"ce_bma_tau{t:g}": ["--method", "clipood", "--margin-lambda", "0", "--temperature", f"{t:g}"] for t in TAUS},
 }
 SHIPPED_VARIANTS = ("clipood", "erm", "wise_ft")  # registered in clipood_zoo/models/emoji.py
 

@@ -2,8 +2,9 @@
 
 Each method is read at its selected (lr, steps) per held-out domain from ``selection.json`` (the runner
 chose it on the source domains' val split; nothing here selects). The ablations are read at CLIPood's
-selected (lr, steps): ``ce_bma``, ``fixed_margin``, ``clipood_uniform`` and the sweeps
-``clipood_beta<b>``, ``clipood_lambda<l>``, ``clipood_tau<t>`` are runs of their own; EMA and last weights
+selected (lr, steps): ``ce_bma``, ``fixed_margin``, ``clipood_uniform``, the sweeps
+``clipood_beta<b>``, ``clipood_lambda<l>``, ``clipood_tau<t>`` and CE at those taus ``ce_bma_tau<t>`` (the
+margin against tau) are runs of their own; EMA and last weights
 are the ``"ema"``/``"last"`` rows of the CLIPood runs. A cell averages the seeds found there (all
 phases), and every table shows how many; a cell without results is "missing", and an average over
 the held-out styles exists only when every style has results.
@@ -48,6 +49,7 @@ TITLES = {"loss": "Ablation: loss (MMS vs CE vs fixed margin)",
           "averaging": "Ablation: weight averaging (BMA vs EMA vs uniform vs last)",
           **{f"{p}_sweep": f"Ablation: {what}" for p, what in SWEEPS.items()}}
 SWEEP_NAME = re.compile(r"clipood_(?P<param>beta|lambda|tau)(?P<value>.+)")
+CE_AT_TAU = re.compile(r"ce_bma_tau(?P<value>.+)")  # CE + BMA at a sweep's tau: the margin's effect at that tau
 # (A, B, images, the paper's claim that A beats B); the verdict comes from the interval of A - B averaged over
 # styles, on every image ("all") or on the new classes' images ("new": classes no fine-tune trained on).
 CLAIMS = (("clipood", "zeroshot", "all", "CLIPood improves on zero-shot CLIP on unseen styles"),
@@ -65,8 +67,11 @@ Cells = Dict[str, List[Scored]]  # domain -> the seeds of one arm
 
 
 def label(name: str) -> str:
-    match = SWEEP_NAME.fullmatch(name)
-    return f"CLIPood, {match['param']} = {match['value']}" if match else LABELS.get(name, name)
+    if match := SWEEP_NAME.fullmatch(name):
+        return f"CLIPood, {match['param']} = {match['value']}"
+    if match := CE_AT_TAU.fullmatch(name):
+        return f"CE + BMA, tau = {match['value']}"
+    return LABELS.get(name, name)
 
 
 def arm(study: Study, name: str) -> Cells:
@@ -194,6 +199,28 @@ def sweep_arms(study: Study, param: str) -> List[str]:
     return sorted(names, key=lambda n: float(SWEEP_NAME.fullmatch(n)["value"]))
 
 
+def margin_vs_tau_pairs(study: Study) -> Dict[str, Tuple[str, str]]:
+    """tau -> (MMS arm, CE arm) at that tau: the recipe's (the model's 1 / logit scale: CLIPood vs CE + BMA) and
+    each tau with a CE run (``clipood_tau<t>`` vs ``ce_bma_tau<t>``), in increasing order of tau."""
+    taus = sorted({m["value"] for s in study.scored if (m := CE_AT_TAU.fullmatch(s.run.variant))}, key=float)
+    return {"recipe": ("clipood", "ce_bma"), **{t: (f"clipood_tau{t}", f"ce_bma_tau{t}") for t in taus}}
+
+
+def margin_vs_tau_markdown(rows: Dict[str, Dict]) -> str:
+    lines = ["| tau | MMS + BMA avg | CE + BMA avg | MMS - CE, avg [95%] | styles resolved for / against |",
+             "|---|---|---|---|---|"]
+    for tau, row in rows.items():
+        avg = row["diff"].get("avg")
+        styles = [row["diff"][d] for d in emojidg.DOMAINS if d in row["diff"]]
+        lines.append("| " + " | ".join([
+            "recipe (1 / logit scale)" if tau == "recipe" else tau,
+            *(f"{row[k]['avg']['mean']:.1f}" if "avg" in row[k] else "missing" for k in ("mms", "ce")),
+            f"{avg}{'*' if avg.resolved else ''}" if avg else "missing",
+            f"{sum(c.resolved and c.diff > 0 for c in styles)} / {sum(c.resolved and c.diff < 0 for c in styles)}"])
+            + " |")
+    return "\n".join(lines) + "\n"
+
+
 def steps_curve(study: Study, variant: str) -> Dict[int, Dict]:
     """steps -> held-out and new-class top-1 of ``variant``'s grid runs at its selected lr of each domain:
     per domain the mean over seeds, then the mean over domains (only when every domain has that step)."""
@@ -270,6 +297,9 @@ def build(study: Study, out: Path) -> Tuple[str, Dict]:
     claims = [(claim, *claim_sentence(claim, paired(arms[a], arms[b],
                                                     emojidg.NEW_CLASSES if images == "new" else None)))
               for a, b, images, claim in CLAIMS]
+    tau_rows = {tau: {"mms": metric_cells(arm(study, a), "top1"), "ce": metric_cells(arm(study, b), "top1"),
+                      "diff": paired(arm(study, a), arm(study, b))}
+                for tau, (a, b) in margin_vs_tau_pairs(study).items()}
     curves = {v: steps_curve(study, v) for v in ("erm", "clipood")}
     out.mkdir(parents=True, exist_ok=True)  # only now: a study the tables refuse leaves no folder behind
     plot_steps(curves, out / PLOT_FILE)
@@ -295,6 +325,10 @@ def build(study: Study, out: Path) -> Tuple[str, Dict]:
         md += [f"## {TITLES[group]}\n\nHeld-out top-1 (%), {heading({n: arms[n] for n in names})}, at "
                "CLIPood's selected (lr, steps):\n", accuracy_markdown({n: arms[n] for n in names}),
                "Paired differences vs CLIPood (as above):\n", differences_markdown(group_diffs[group])]
+    md += ["## Ablation: the margin against tau\n\nThe margin lambda (1 - S(T_y, T_c)) is added before the logits are "
+           "divided by tau, so its effect depends on tau: MMS + BMA against CE + BMA (lambda 0) at the same tau, "
+           "held-out top-1 (%) averaged over styles at CLIPood's selected (lr, steps), with the paired interval "
+           "(as above):\n", margin_vs_tau_markdown(tau_rows)]
     md += [f"## Accuracy against training steps\n\n![accuracy vs steps]({PLOT_FILE})\n\nGrid runs at each "
            "method's selected lr per style; per step, the mean over seeds, then over the four styles:\n",
            steps_markdown(curves),
@@ -314,6 +348,8 @@ def build(study: Study, out: Path) -> Tuple[str, Dict]:
         "ablations": {g: {"top1": {n: metric_cells(arms[n], "top1") for n in names},
                           "differences": {f"{a} - {b}": interval_json(c) for (a, b), c in group_diffs[g].items()}}
                       for g, names in groups.items()},
+        "margin_vs_tau": {tau: {**{k: row[k] for k in ("mms", "ce")}, "diff": interval_json(row["diff"])}
+                          for tau, row in tau_rows.items()},
         "steps_curve": {v: {str(k): e for k, e in c.items()} for v, c in curves.items()},
         "claims": [{"claim": c, "verdict": v, "sentence": s} for c, v, s in claims],
     }
