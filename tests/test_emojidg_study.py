@@ -258,7 +258,8 @@ def test_ship_before_the_seed_runs_exist_and_missing_data_exit_2(study, data, tm
     with pytest.raises(SystemExit) as exc:
         rb.main(argv(data, tmp_path / "empty", "--phase", "seeds", "--ship"), runner=lambda cmd: pytest.fail("ran"))
     assert exc.value.code == 2
-    assert "run_benchmark.py: error: --ship: clipood has no selected config for held-out 3d yet" in capsys.readouterr().err
+    assert "run_benchmark.py: error: --ship: the best peer is not known until every peer has a selected config" in (
+        capsys.readouterr().err)
     with pytest.raises(SystemExit) as exc:
         rb.main(argv(tmp_path / "nowhere", tmp_path / "out", "--dry-run"))
     assert exc.value.code == 2 and "cannot read" in capsys.readouterr().err and not (tmp_path / "out").exists()
@@ -293,3 +294,34 @@ def test_the_report_reads_what_the_runner_wrote(study, data, tmp_path, monkeypat
     md = (tmp_path / "report" / "results.md").read_text().splitlines()
     erm = next(li for li in md if li.startswith("| ERM |"))
     assert erm.startswith(f"| ERM | {results['held_out_top1']['erm']['3d']['mean']:.1f} ± ") and erm.endswith("| 2 / 0 / 0 / 0 |")
+
+
+def test_shipped_cards_give_paired_intervals_against_zero_shot_and_erm(study, data, monkeypatch):
+    """interval_lines: the shipped run against zero-shot and against ERM of the same seed, each the paired
+    class-bootstrap of the per-image predictions validate.py wrote (recomputed here from the files); the best
+    peer must be known before anything ships."""
+    import numpy as np
+
+    from clipood_zoo.stats import paired_class_bootstrap
+    from emojidg.study_results import load_study
+
+    monkeypatch.chdir(REPO)
+    rb.main(argv(data, study, "--phase", "seeds"), runner=in_process)  # a no-op when the seeds test ran first
+    selection = json.loads((study / "selection.json").read_text())
+
+    def correct(stem, key_part):
+        models = json.loads((study / "results" / f"{stem}.predictions.json").read_text())["models"]
+        (entry,) = [v for k, v in models.items() if key_part in k]
+        return np.equal(entry["prediction"], entry["target"]), np.asarray(entry["target"])
+
+    cell, erm = selection["clipood"]["3d"], selection["erm"]["3d"]
+    mine, target = correct(f"clipood-3d-lr{cell['lr']:g}-st{cell['steps']}-s1", "weights=selected")
+    zero, _ = correct("zeroshot-3d", TINY_ARCH)
+    theirs, _ = correct(f"erm-3d-lr{erm['lr']:g}-st{erm['steps']}-s1", "weights=selected")
+    lines = rb.interval_lines(load_study(study), "clipood", "3d", 1)
+    for line, other in zip(lines, (zero, theirs)):
+        ref = paired_class_bootstrap(mine, other, target)
+        assert f"{ref} points (95%, bootstrap over classes; {'resolved' if ref.resolved else 'not resolved'})" in line
+    assert lines[0].startswith("- top-1 minus zero-shot") and "ERM (seed 1" in lines[1] and len(lines) == 2
+    with pytest.raises(rb.ConfigError, match="the best peer is not known"):
+        rb.shipped_variants(selection, ["3d"])

@@ -3,12 +3,14 @@
 - ``clip_vitt_emoji``: the zero-shot base, a ViT (patch 8, 40 px) image tower trained LiT-style
   against a locked all-MiniLM-L6-v2 text tower on eight pretraining emoji styles
   (tools/pretrain_emoji_clip.py); its head holds the 444 EmojiDG class embeddings.
-- ``clipood_vitt_emojidg_<domain>`` / ``erm_vitt_emojidg_<domain>`` / ``wise_ft_vitt_emojidg_<domain>``: fine-tuned
-  with train.py on the other three downstream styles' base classes, ``<domain>`` held out, the (lr, steps)
-  selected on the source styles' val split (tools/emojidg/run_benchmark.py).
+- ``<method>_vitt_emojidg_<domain>`` for every method of the study (:data:`METHOD_LABELS`: CLIPood, ERM,
+  WiSE-FT and the peers): fine-tuned with train.py on the other three downstream styles' base classes,
+  ``<domain>`` held out, the (lr, steps) selected on the source styles' val split
+  (tools/emojidg/run_benchmark.py ships CLIPood, ERM, WiSE-FT and the best peer).
 
 Weights live in the repo's ``weights/<name>/``; their sha256 is recorded in ``shipped_weights.json``
-(tools/emojidg/run_benchmark.py writes it), and a name without an entry has no weights yet.
+(tools/emojidg/run_benchmark.py writes it, with the selected lr and steps and the exact train.py command of
+a fine-tune, which the cfg then says), and a name without an entry has no weights yet.
 """
 from __future__ import annotations
 
@@ -25,16 +27,19 @@ ARCH = "ViT-T-8-40-MiniLM"
 TEMPLATES = ("a photo of a {}.", "an emoji of a {}.", "a {} emoji.", "a {} icon.", "an icon of a {}.", "a drawing of a {}.")
 MANIFEST = Path(__file__).parent / "shipped_weights.json"
 SHIPPED: Dict[str, Dict] = json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {}
-METHOD_LABELS = {"clipood": "CLIPood", "erm": "ERM", "wise_ft": "WiSE-FT (on ERM)"}  # the shipped fine-tunes
+METHOD_LABELS = {"clipood": "CLIPood", "erm": "ERM", "wise_ft": "WiSE-FT (on ERM)",
+                 "clipood_wise_ft": "CLIPood + WiSE-FT", "lp_ft": "LP-FT", "flyp": "FLYP", "car_ft": "CAR-FT",
+                 "croft": "CRoFT"}
 RECIPE = dict(lr=1e-4, steps=300, batch_size=64, warmup_steps=30, opt="adamw", weight_decay=0.1, sched="cosine",
               train_classes="base")
 
 
 def _cfg(name: str, heldout: str = None, method: str = None) -> ZooPretrainedCfg:
     shipped = SHIPPED.get(name, {})
-    recipe = dict(RECIPE, method=method, **({"margin_lambda": 0.3, "bma_beta": 0.5} if method == "clipood" else {}))
-    command = None
-    if method:
+    recipe = dict(RECIPE, method=method, **({"margin_lambda": 0.3, "bma_beta": 0.5} if method == "clipood" else {}),
+                  **shipped.get("recipe", {}))
+    command = shipped.get("train_command")  # the shipped run's own (v2 study); else v1's fixed recipe
+    if method and command is None:
         command = (f"python train.py --model clip_vitt_emoji --pretrained --data-dir data/emojidg --holdout {heldout} "
                    f"--train-classes base --method {method} --steps {RECIPE['steps']} -b {RECIPE['batch_size']} "
                    f"--lr {RECIPE['lr']} --warmup-steps {RECIPE['warmup_steps']} --export-name {name}")

@@ -66,9 +66,11 @@ from clipood_zoo.fileio import write_text_atomic  # noqa: E402
 from clipood_zoo.hub import sha256_file  # noqa: E402
 from clipood_zoo.methods import METHODS  # noqa: E402
 from clipood_zoo.models.emoji import MANIFEST, RECIPE  # noqa: E402
+from clipood_zoo.stats import paired_class_bootstrap  # noqa: E402
 from train import EMA_DIR, LAST_DIR  # noqa: E402
 from emojidg.paths import repo_relative  # noqa: E402
 from emojidg.selection import Selection, best_of, select  # noqa: E402
+from emojidg.study_results import PREDICTIONS_SUFFIX, RUN_SUFFIX, ZEROSHOT, Study, load_study  # noqa: E402
 from emojidg.versions import card_section, held_out_split, version_of  # noqa: E402
 
 # The one grid every variant is tuned on: learning rates around the recipe's 1e-4, and the issue's steps.
@@ -103,7 +105,7 @@ ABLATIONS: Dict[str, List[str]] = {
     # the margin is relative to tau (MMS divides (f - lambda t_y) @ T by it): CE at the same taus isolates its effect
     **{f"ce_bma_tau{t:g}": ["--method", "clipood", "--margin-lambda", "0", "--temperature", f"{t:g}"] for t in TAUS},
 }
-SHIPPED_VARIANTS = ("clipood", "erm", "wise_ft")  # registered in clipood_zoo/models/emoji.py
+SHIPPED_VARIANTS = ("clipood", "erm", "wise_ft")  # and the best peer; every method is registered in models/emoji.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,11 +230,11 @@ def validate_command(domain: str, weights: Dict[str, Optional[Path]], result: Pa
 
 
 def predictions_path(result: Path) -> Path:
-    return result.with_name(result.name.removesuffix(".json") + ".predictions.json")
+    return result.with_name(result.name.removesuffix(".json") + PREDICTIONS_SUFFIX)
 
 
 def record_path(result: Path) -> Path:
-    return result.with_name(result.name.removesuffix(".json") + ".run.json")
+    return result.with_name(result.name.removesuffix(".json") + RUN_SUFFIX)
 
 
 def job(run: StudyRun, opts: StudyOptions) -> sweep.Job:
@@ -350,22 +352,54 @@ def run_study(args: argparse.Namespace, opts: StudyOptions,
 
 
 # --- shipping ------------------------------------------------------------------------------------------
-def record_shipped(names: List[str]) -> None:
+def record_shipped(names: Sequence[str], trained: Optional[Dict[str, dict]] = None) -> None:
     """Write each ``weights/<name>/model.safetensors``'s sha256 and logit scale into the manifest the registry
-    reads (so that the registered cfg says the scale the weights hold)."""
+    reads (so that the registered cfg says the scale the weights hold), and, for a fine-tune, how it was trained
+    (``trained[name]``: its selected ``recipe`` values and ``train_command``, which the registered cfg then says)."""
     manifest = json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {}
     for name in names:
         path = REPO / "weights" / name / "model.safetensors"
         scale = round(float(load_file(path)["head.logit_scale"].float().exp()), 4)
-        manifest[name] = {"file": f"{name}/model.safetensors", "sha256": sha256_file(path), "logit_scale": scale}
+        manifest[name] = {"file": f"{name}/model.safetensors", "sha256": sha256_file(path), "logit_scale": scale,
+                          **(trained or {}).get(name, {})}
     MANIFEST.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def shipped_variants(selection: Selection, domains: Sequence[str]) -> List[str]:
+    """SHIPPED_VARIANTS and the best peer (ConfigError while the peers are not all selected)."""
+    best = best_of(selection, PEERS, domains)
+    if best is None:
+        raise ConfigError("--ship: the best peer is not known until every peer has a selected config on every held-out "
+                          "domain; run the grid phase to the end first")
+    return [*SHIPPED_VARIANTS, best]
+
+
+def interval_lines(study: Study, variant: str, domain: str, seed: int) -> List[str]:
+    """The card's paired intervals: the shipped run (``variant``, ``seed``, at its selected config) against
+    zero-shot and against ERM's run of the same seed, on the same held-out images (class-clustered bootstrap)."""
+    cell = study.selection[variant][domain]
+    (mine,) = study.find(variant, domain, "selected", cell["lr"], cell["steps"], seeds=[seed])
+    others = {"zero-shot clip_vitt_emoji": study.find(ZEROSHOT, domain)}
+    if variant != "erm" and "erm" in study.selection and domain in study.selection["erm"]:
+        erm = study.selection["erm"][domain]
+        others[f"ERM (seed {seed}, its selected lr {erm['lr']:g}, {erm['steps']} steps)"] = study.find(
+            "erm", domain, "selected", erm["lr"], erm["steps"], seeds=[seed])
+    lines = []
+    for label, found in others.items():
+        if len(found) != 1:
+            raise ConfigError(f"--ship: no single {label} result for held-out {domain}; run the grid and seeds first")
+        interval = paired_class_bootstrap(mine.correct, found[0].correct, mine.target)
+        lines.append(f"- top-1 minus {label}: {interval} points (95%, bootstrap over classes; "
+                     f"{'resolved' if interval.resolved else 'not resolved'})")
+    return lines
 
 
 def ship(selection: Selection, opts: StudyOptions, seed: int, domains: Sequence[str], info: dict) -> None:
     """fp16 copies of the selected runs of SHIPPED_VARIANTS (seed ``seed``) in weights/, with model cards (naming
     the benchmark version of the data ``info`` describes, and the selected lr and steps), in the manifest."""
-    names = []
-    for variant in SHIPPED_VARIANTS:
+    variants = shipped_variants(selection, domains)
+    names, trained, study = [], {}, load_study(opts.out)
+    for variant in variants:
         for domain in domains:
             if domain not in selection.get(variant, {}):
                 raise ConfigError(f"--ship: {variant} has no selected config for held-out {domain} yet; run the "
@@ -387,15 +421,18 @@ def ship(selection: Selection, opts: StudyOptions, seed: int, domains: Sequence[
                     f"seeds {cell['seeds']}) from lr x steps {sorted({c['lr'] for c in cell['candidates']})} x "
                     f"{sorted({c['steps'] for c in cell['candidates']})}."),
                 f"Results (validate.py, held-out domain, {opts.split} split)": "\n".join(
-                    f"- {k}: {row[k]}" for k in ("top1", "base_top1", "new_top1", "hm", "ood_auroc_mcm", "num_samples")
-                    if k in row),
+                    [f"- {k}: {row[k]}" for k in ("top1", "base_top1", "new_top1", "hm", "ood_auroc_mcm", "num_samples")
+                     if k in row] + interval_lines(study, variant, domain, seed)),
                 "Data and licences": "EmojiDG images are rendered from openly licensed emoji sets; see "
                                      "datasets/emojidg-mini/licenses/ATTRIBUTION.md.",
             }
             clipood_zoo.save_pretrained(model, REPO / "weights" / name, model_name=name, dtype=torch.float16,
                                         card_sections=sections)
             names.append(name)
-    record_shipped(names)
+            record = json.loads(record_path(result).read_text())
+            trained[name] = {"recipe": {"lr": cell["lr"], "steps": cell["steps"]},
+                             "train_command": shlex.join(["python", *record["train_args"]])}
+    record_shipped(names, trained)
 
 
 def build_parser() -> argparse.ArgumentParser:
