@@ -561,3 +561,55 @@ def test_device_flag_refuses_cuda_without_it_and_unknown_devices(monkeypatch):
         P.resolve_device("cuda:1")
     with pytest.raises(ConfigError, match="--device meta: use cpu, cuda or cuda:N"):
         P.resolve_device("meta")
+
+
+def _finished_lit_run(run: Path):
+    """A run folder as `train` leaves it (checkpoint.pt, results.json, probes.json), with a random image tower:
+    what export reads, without pretraining (and without transformers: the image tower alone is built)."""
+    from clipood_zoo.models import build_classifier
+
+    meta = json.loads(P.CLASSES_JSON.read_text())
+    names = [c["name"] for c in meta["classes"]]
+    model = build_classifier(P.ARCH, class_names=names, templates=P.NAME_TEMPLATES, logit_scale=50.0)
+    run.mkdir()
+    emb = torch.nn.functional.normalize(torch.randn(len(names), model.head.weight.shape[1]), dim=-1)
+    torch.save({"visual": model.visual.state_dict(), "logit_scale": torch.tensor(50.0).log(), "class_embeddings": emb,
+                "class_names": names, "templates": list(P.NAME_TEMPLATES), "text": "lit"}, run / "checkpoint.pt")
+    zero_shot = {d: {"all": 10.0 + i, "base": 11.0, "new": 9.0, "n": 4440} for i, d in enumerate(("3d", "flat", "mono", "line"))}
+    args = {"raw": str(run / "no_raw_tree"), "batch_size": 128, "lr": 1e-3, "wd": 0.1, "warmup": 500, "steps": 30000,
+            "seed": 0, "captions": "style", "aug_shares": list(P.RECIPES["v2"]["aug_shares"]), "aug": 0.7}
+    (run / "results.json").write_text(json.dumps({
+        "args": args, "benchmark_version": "v2", "pretrain_styles": meta["pretrain_styles"], "train_images": 10,
+        "val_images": 2, "steps": 30000, "images_seen": 3840000, "logit_scale": 50.0, "eval_templates": list(P.NAME_TEMPLATES),
+        "wall_clock_min": 200.0, "threads": 2, "img_per_s": 300.0, "torch": torch.__version__, "open_clip": "x",
+        "command": "python tools/pretrain_emoji_clip.py train --recipe v2", "zero_shot": zero_shot, "val_top1": 50.0}))
+    (run / P.PROBES_NAME).write_text(json.dumps([
+        {"step": 3250, "steps": 30000, "images_seen": 416000,
+         "zero_shot": {d: {"all": 31.84 - i, "base": 0, "new": 0, "n": 4440} for i, d in enumerate(zero_shot)}},
+        {"step": 30000, "steps": 30000, "images_seen": 3840000, "zero_shot": zero_shot}]))
+    return model, names
+
+
+def test_export_card_holds_the_probes_along_the_run_and_the_levers(tmp_path, capsys):
+    """export writes the probes of the run (length) and the --levers file into the card, and the fp16 weights
+    load back as the run's image tower; a --levers file that is not there is refused before anything is written."""
+    import clipood_zoo
+    from clipood_zoo.models import build_classifier
+
+    run, out = tmp_path / "run", tmp_path / "weights" / "clip_vitt_emoji"
+    model, names = _finished_lit_run(run)
+    with pytest.raises(SystemExit) as e:
+        P.main(["export", "--run", str(run), "--out", str(out), "--levers", str(tmp_path / "missing.md")])
+    assert e.value.code == 2 and f"{tmp_path / 'missing.md'} not found" in capsys.readouterr().err
+    assert not out.exists()
+    levers = tmp_path / "levers.md"
+    levers.write_text("| arm | line |\n|---|---|\n| thin lines | 10.4 |\n")
+    P.main(["export", "--run", str(run), "--out", str(out), "--levers", str(levers)])
+    card = (out / "README.md").read_text()
+    assert ("| step | images seen | 3d | flat | mono | line |\n|---|---|---|---|---|---|\n"
+            "| 3250 / 30000 | 416000 | 31.8 | 30.8 | 29.8 | 28.8 |\n| 30000 / 30000 | 3840000 | 10.0 | 11.0 | 12.0 | 13.0 |") in card
+    assert "## Levers (zero-shot per style)\n| arm | line |\n|---|---|\n| thin lines | 10.4 |" in card and "EmojiDG v2" in card
+    back = build_classifier(P.ARCH, class_names=names, templates=P.NAME_TEMPLATES)
+    clipood_zoo.load_weights(back, out / "model.safetensors")
+    for k, v in model.visual.state_dict().items():
+        torch.testing.assert_close(back.visual.state_dict()[k].float(), v.half().float())

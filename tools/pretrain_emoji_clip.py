@@ -782,6 +782,16 @@ def results_table(res: dict) -> str:
     return "\n".join(rows)
 
 
+def probes_table(probes: List[dict]) -> str:
+    """probes.json as a markdown table: zero-shot top-1 per downstream style at each probed step."""
+    domains = list(probes[0]["zero_shot"]) if probes else []
+    rows = [f"| step | images seen | {' | '.join(domains)} |", "|---" * (len(domains) + 2) + "|"]
+    for p in probes:
+        rows.append(f"| {p['step']} / {p['steps']} | {p['images_seen']} | "
+                    + " | ".join(f"{p['zero_shot'][d]['all']:.1f}" for d in domains) + " |")
+    return "\n".join(rows)
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from clipood_zoo.models import build_classifier
 
@@ -854,8 +864,14 @@ def cmd_export(args: argparse.Namespace) -> None:
             f"saw only {res.get('images_seen', 0)} images ({res['wall_clock_min']:.0f} min at "
             f"{res['img_per_s']:.0f} img/s on a contended CPU). Retrain with more steps before relying on it."),
             **sections}
-    if args.comparison and Path(args.comparison).is_file():
-        sections["LiT vs text tower from scratch"] = Path(args.comparison).read_text()
+    if (run / PROBES_NAME).is_file():
+        sections["Zero-shot along the run (length; `probe`, all renders per style)"] = probes_table(
+            json.loads((run / PROBES_NAME).read_text()))
+    for title, option in (("LiT vs text tower from scratch", args.comparison), ("Levers (zero-shot per style)", args.levers)):
+        if option is not None:
+            if not Path(option).is_file():
+                raise ConfigError(f"{option} not found: the markdown file for the card's '{title}' section")
+            sections[title] = Path(option).read_text()
     path = clipood_zoo.save_pretrained(model, args.out, model_name=args.model_name, dtype=torch.float16,
                                        card_sections=sections)
     _logger.info("wrote %s (%.2f MB)", path, path.stat().st_size / 1e6)
@@ -943,6 +959,8 @@ def build_parser() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     e.add_argument("--out", default="weights/clip_vitt_emoji")
     e.add_argument("--model-name", default="clip_vitt_emoji")
     e.add_argument("--comparison", default=None, help="markdown file with the LiT vs scratch table for the card")
+    e.add_argument("--levers", default=None, help="markdown file with the levers' zero-shot tables for the card "
+                                                 "(docs/emojidg/v2_levers.md for v2)")
     return p, t
 
 
