@@ -609,6 +609,7 @@ def test_export_card_holds_the_probes_along_the_run_and_the_levers(tmp_path, cap
     assert ("| step | images seen | 3d | flat | mono | line |\n|---|---|---|---|---|---|\n"
             "| 3250 / 30000 | 416000 | 31.8 | 30.8 | 29.8 | 28.8 |\n| 30000 / 30000 | 3840000 | 10.0 | 11.0 | 12.0 | 13.0 |") in card
     assert "## Levers (zero-shot per style)\n| arm | line |\n|---|---|\n| thin lines | 10.4 |" in card and "EmojiDG v2" in card
+    assert f"export --run {run} --out {out} --levers {levers}" in card  # the reproduce command names its inputs
     back = build_classifier(P.ARCH, class_names=names, templates=P.NAME_TEMPLATES)
     clipood_zoo.load_weights(back, out / "model.safetensors")
     for k, v in model.visual.state_dict().items():

