@@ -21,6 +21,23 @@ TINY_CONFIG = str(Path(__file__).parent / "model_configs" / "clipood-test-tiny.j
 TINY_CLASSES = tiny_family.CLASS_NAMES
 
 
+def in_process_runner(scripts):
+    """A runner for the command lines a sweep or study runner makes (``python <script> argv...``): calls the
+    script module's ``main`` with the same argv in this process (no interpreter start) and returns its exit code.
+    ``scripts`` maps a script's file name to its module."""
+    import sys
+
+    def run(cmd):
+        assert cmd[0] == sys.executable
+        try:
+            scripts[Path(cmd[1]).name].main(cmd[2:])
+        except SystemExit as e:
+            return e.code
+        return 0
+
+    return run
+
+
 def train_args(shards, out, *extra):
     """train.py argv for the tiny arch on synthetic shards (held-out 'sketch', base classes, CPU); the resume
     checkpoint is kept so that tests can compare it."""

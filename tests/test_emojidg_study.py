@@ -9,7 +9,7 @@ import pytest
 import train
 import validate
 from clipood_zoo.data.synthetic import write_synthetic_dataset
-from tests.conftest import TINY_ARCH, TINY_CONFIG
+from tests.conftest import TINY_ARCH, TINY_CONFIG, in_process_runner
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools"))
@@ -122,17 +122,7 @@ def test_ties_go_to_fewer_steps_then_the_smaller_lr():
 
 
 # --- a tiny study end to end ---------------------------------------------------------------------------
-SCRIPTS = {"train.py": train, "validate.py": validate}
-
-
-def in_process(cmd):
-    """Run a study command (python <script> argv...) in this process, from the repository root as the runner does."""
-    assert cmd[0] == sys.executable
-    try:
-        SCRIPTS[Path(cmd[1]).name].main(cmd[2:])
-    except SystemExit as e:
-        return e.code
-    return 0
+in_process = in_process_runner({"train.py": train, "validate.py": validate})
 
 
 @pytest.fixture(scope="module")

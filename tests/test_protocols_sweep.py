@@ -14,23 +14,13 @@ from clipood_zoo.data.catalog import PACS
 from clipood_zoo.data.protocols import domainbed
 from clipood_zoo.data.protocols.__main__ import main as protocols_main
 from clipood_zoo.errors import ConfigError
-from tests.conftest import TINY_ARCH, TINY_CONFIG
+from tests.conftest import TINY_ARCH, TINY_CONFIG, in_process_runner
 from tests.test_protocols_domainbed import _tree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import paper_tables  # noqa: E402
 
-SCRIPTS = {"train.py": train, "validate.py": validate, "paper_tables.py": paper_tables}
-
-
-def in_process(cmd):
-    """Run a sweep's command line (python <script> argv...) in this process: the same argv, no interpreter start."""
-    assert cmd[0] == sys.executable
-    try:
-        SCRIPTS[Path(cmd[1]).name].main(cmd[2:])
-    except SystemExit as e:
-        return e.code
-    return 0
+in_process = in_process_runner({"train.py": train, "validate.py": validate, "paper_tables.py": paper_tables})
 
 
 @pytest.fixture(scope="module")
