@@ -29,7 +29,7 @@ SELECTED = {"erm": {d: (1e-5, 300) if d == "line" else (1e-4, 1000) for d in DOM
 # probability of a correct image per variant (and weights); the ablations run at CLIPood's config
 ACCURACY = {"zeroshot": 0.2, "erm": 0.45, "clipood": 0.8, "clipood@ema": 0.75, "clipood@last": 0.6, "lp_ft": 0.5,
             "ce_bma": 0.78, "fixed_margin": 0.97, "clipood_beta1.5": 0.7, "clipood_beta0.2": 0.65,
-            "clipood_lambda0.1": 0.79, "clipood_tau0.05": 0.5, "ce_bma_tau0.05": 0.6}
+            "clipood_lambda0.1": 0.79, "clipood_tau0.05": 0.5, "ce_bma_tau0.05": 0.6, "flyp": 0.9}
 
 
 class Fixture:
@@ -114,6 +114,7 @@ def study(tmp_path_factory):
             for seed in (0, 1):
                 fx.run(variant, d, lr, steps, seed, "ablation")
         fx.run("ce_bma", d, 1e-5, 3000, 0, "ablation")  # not at CLIPood's configuration: never read
+        fx.run("flyp", d, lr, steps, 0, "grid")  # a grid method not selected yet: missing, not read at CLIPood's
     selection = {v: {d: {"lr": lr, "steps": st, "source_val_top1": 50.0, "seeds": [0, 1], "candidates": []}
                      for d, (lr, st) in cfg.items()} for v, cfg in SELECTED.items()}
     (out / "selection.json").write_text(json.dumps(selection))
@@ -151,7 +152,7 @@ def assert_interval(got, fx, a, b, classes=None):
     keep = np.isin(TARGET, classes) if classes is not None else np.ones(len(TARGET), bool)
     pooled = [tuple(x[keep] for x in expected_interval(fx, a, b, d)) for d in DOMAINS]
     for d, (ca, cb) in zip(DOMAINS, pooled):
-        assert got[d]["diff"] == pytest.approx(round(100 * (ca.mean() - cb.mean()), 2))
+        assert got[d]["diff"] == pytest.approx(100 * (ca.mean() - cb.mean()), abs=0.0051)  # results.json rounds to 0.01
         ref = paired_class_bootstrap(ca, cb, TARGET[keep])
         assert (got[d]["low"], got[d]["high"], got[d]["resolved"]) == (round(ref.low, 2), round(ref.high, 2),
                                                                        ref.low > 0 or ref.high < 0)

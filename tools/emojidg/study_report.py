@@ -82,8 +82,9 @@ def arm(study: Study, name: str) -> Cells:
         if variant == ZEROSHOT:
             found = study.find(ZEROSHOT, domain)
         else:
-            # a variant the runner selected for has its own configuration; an ablation has CLIPood's
-            config = study.selection.get(variant if variant in study.selection else "clipood", {}).get(domain)
+            # a method of the grid is read at its own selected configuration only (none yet: missing); an
+            # ablation, which has no grid, at CLIPood's
+            config = study.selection.get(variant if variant in HEADLINE else "clipood", {}).get(domain)
             found = study.find(variant, domain, weights or "selected", config["lr"], config["steps"]) if config else []
         if found:
             out[domain] = found
