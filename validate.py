@@ -298,10 +298,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     except ClipoodError as e:
         parser.exit(2, f"validate.py: error: {e}\n")
     print_table(rows)
-    if args.results_file:
-        fmt = args.results_format or ("json" if Path(args.results_file).suffix == ".json" else "csv")
-        write_text_atomic(args.results_file, format_results(rows, fmt))
-        _logger.info("Results written to %s", args.results_file)
+    # the predictions first: a sweep treats the results file as the mark of a scored run, so a process killed
+    # between the two writes must leave no results file without its predictions
     if predictions is not None:
         entries = {}
         for (key, batches), row in zip(predictions.items(), rows):
@@ -310,6 +308,10 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
                             **({"weights": row["weights"]} if "weights" in row else {})}
         split = args.split[0] if len(args.split) == 1 else list(args.split)
         write_text_atomic(args.predictions_file, json.dumps({"split": split, "models": entries}))
+    if args.results_file:
+        fmt = args.results_format or ("json" if Path(args.results_file).suffix == ".json" else "csv")
+        write_text_atomic(args.results_file, format_results(rows, fmt))
+        _logger.info("Results written to %s", args.results_file)
     return rows
 
 

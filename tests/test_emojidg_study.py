@@ -315,3 +315,15 @@ def test_shipped_cards_give_paired_intervals_against_zero_shot_and_erm(study, da
     assert lines[0].startswith("- top-1 minus zero-shot") and "ERM (seed 1" in lines[1] and len(lines) == 2
     with pytest.raises(rb.ConfigError, match="the best peer is not known"):
         rb.shipped_variants(selection, ["3d"])
+
+
+def test_a_shipped_runs_recipe_is_what_its_own_train_command_set(study):
+    """recipe_of reads lr, steps, warm-up, batch and weight decay from the run's recorded train.py argv (v1's fixed
+    RECIPE would misstate a run selected at other steps); lp_steps only where the method has them."""
+    record = json.loads((study / "results" / "clipood-3d-lr0.001-st3-s0.run.json").read_text())
+    args = record["train_args"]
+    value = lambda flag: args[args.index(flag) + 1]  # noqa: E731
+    assert rb.recipe_of(args) == {"lr": 0.001, "steps": 3, "warmup_steps": int(value("--warmup-steps")),
+                                  "batch_size": int(value("-b")), "weight_decay": float(value("--weight-decay"))}
+    assert rb.recipe_of(["train.py", "--model", "m", "--data-dir", "d", "--method", "lp_ft", "--steps", "1000",
+                         "--lp-steps", "200"])["lp_steps"] == 200

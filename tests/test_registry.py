@@ -92,7 +92,8 @@ def test_overlay_replaces_cfg_fields():
 
 def test_a_shipped_fine_tune_says_its_selected_recipe_and_its_own_command(monkeypatch):
     """The manifest's recipe values and train.py command of a shipped study run win over v1's fixed recipe;
-    a fine-tune without them keeps v1's; every method of the study has a name per held-out style."""
+    an unshipped fine-tune of a v1 method keeps v1's, another has no command; every method of the study has a
+    name per held-out style."""
     from clipood_zoo.models import emoji
 
     command = "python train.py --model clip_vitt_emoji --pretrained --method lp_ft --lr 3e-05 --steps 3000"
@@ -100,8 +101,10 @@ def test_a_shipped_fine_tune_says_its_selected_recipe_and_its_own_command(monkey
                         {"recipe": {"lr": 3e-5, "steps": 3000}, "train_command": command})
     cfg = emoji._cfg("lp_ft_vitt_emojidg_line", "line", "lp_ft")
     assert (cfg.recipe["lr"], cfg.recipe["steps"], cfg.recipe["method"], cfg.train_command) == (3e-5, 3000, "lp_ft", command)
-    v1 = emoji._cfg("croft_vitt_emojidg_3d", "3d", "croft")
+    v1 = emoji._cfg("wise_ft_vitt_emojidg_3d", "3d", "wise_ft")
     assert (v1.recipe["lr"], v1.recipe["steps"]) == (emoji.RECIPE["lr"], emoji.RECIPE["steps"])
-    assert "--method croft --steps 300" in v1.train_command and "CRoFT fine-tune" in v1.description
+    assert "--method wise_ft --steps 300" in v1.train_command
+    unshipped = emoji._cfg("clipood_wise_ft_vitt_emojidg_3d", "3d", "clipood_wise_ft")  # not a train.py method
+    assert unshipped.train_command is None and "CLIPood + WiSE-FT fine-tune" in unshipped.description
     names = set(clipood_zoo.list_models("*_vitt_emojidg_*"))
     assert names == {f"{m}_vitt_emojidg_{d}" for m in emoji.METHOD_LABELS for d in ("3d", "flat", "mono", "line")}

@@ -30,6 +30,7 @@ SHIPPED: Dict[str, Dict] = json.loads(MANIFEST.read_text()) if MANIFEST.is_file(
 METHOD_LABELS = {"clipood": "CLIPood", "erm": "ERM", "wise_ft": "WiSE-FT (on ERM)",
                  "clipood_wise_ft": "CLIPood + WiSE-FT", "lp_ft": "LP-FT", "flyp": "FLYP", "car_ft": "CAR-FT",
                  "croft": "CRoFT"}
+V1_METHODS = ("clipood", "erm", "wise_ft")  # train.py methods whose weights v1's fixed RECIPE made or can make
 RECIPE = dict(lr=1e-4, steps=300, batch_size=64, warmup_steps=30, opt="adamw", weight_decay=0.1, sched="cosine",
               train_classes="base")
 
@@ -38,8 +39,8 @@ def _cfg(name: str, heldout: str = None, method: str = None) -> ZooPretrainedCfg
     shipped = SHIPPED.get(name, {})
     recipe = dict(RECIPE, method=method, **({"margin_lambda": 0.3, "bma_beta": 0.5} if method == "clipood" else {}),
                   **shipped.get("recipe", {}))
-    command = shipped.get("train_command")  # the shipped run's own (v2 study); else v1's fixed recipe
-    if method and command is None:
+    command = shipped.get("train_command")  # the shipped run's own (v2 study); else v1's fixed recipe, for
+    if method in V1_METHODS and command is None:  # the methods v1 trained with it (a peer has no command until shipped)
         command = (f"python train.py --model clip_vitt_emoji --pretrained --data-dir data/emojidg --holdout {heldout} "
                    f"--train-classes base --method {method} --steps {RECIPE['steps']} -b {RECIPE['batch_size']} "
                    f"--lr {RECIPE['lr']} --warmup-steps {RECIPE['warmup_steps']} --export-name {name}")

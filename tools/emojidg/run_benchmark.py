@@ -68,6 +68,7 @@ from clipood_zoo.methods import METHODS  # noqa: E402
 from clipood_zoo.models.emoji import MANIFEST, RECIPE  # noqa: E402
 from clipood_zoo.stats import paired_class_bootstrap  # noqa: E402
 from train import EMA_DIR, LAST_DIR  # noqa: E402
+from train import build_parser as build_train_parser  # noqa: E402
 from emojidg.paths import repo_relative  # noqa: E402
 from emojidg.selection import Selection, best_of, select  # noqa: E402
 from emojidg.study_results import PREDICTIONS_SUFFIX, RUN_SUFFIX, ZEROSHOT, Study, load_study  # noqa: E402
@@ -394,11 +395,24 @@ def interval_lines(study: Study, variant: str, domain: str, seed: int) -> List[s
     return lines
 
 
+# what a shipped fine-tune's cfg recipe takes from its run's own train.py arguments (the rest stays RECIPE's)
+RECIPE_ARGS = ("lr", "steps", "warmup_steps", "batch_size", "weight_decay", "lp_steps")
+
+
+def recipe_of(train_args: Sequence[str]) -> Dict[str, float]:
+    """The :data:`RECIPE_ARGS` values of a run's train.py argv (``["train.py", ...]``), parsed by train.py's own
+    parser, for the registered cfg of the run's weights."""
+    args = vars(build_train_parser().parse_args(list(train_args[1:])))
+    return {k: args[k] for k in RECIPE_ARGS if k != "lp_steps" or args[k]}
+
+
 def ship(selection: Selection, opts: StudyOptions, seed: int, domains: Sequence[str], info: dict) -> None:
-    """fp16 copies of the selected runs of SHIPPED_VARIANTS (seed ``seed``) in weights/, with model cards (naming
-    the benchmark version of the data ``info`` describes, and the selected lr and steps), in the manifest."""
+    """fp16 copies of the selected runs of SHIPPED_VARIANTS and the best peer (seed ``seed``) in weights/, with
+    model cards (the benchmark version of the data ``info`` describes, the selected lr and steps, and paired
+    intervals against zero-shot and ERM), recorded in the manifest. Everything is read and checked before the
+    first file is written, so a refused --ship leaves weights/ and the manifest as they were."""
     variants = shipped_variants(selection, domains)
-    names, trained, study = [], {}, load_study(opts.out)
+    study, staged = load_study(opts.out), []
     for variant in variants:
         for domain in domains:
             if domain not in selection.get(variant, {}):
@@ -407,12 +421,12 @@ def ship(selection: Selection, opts: StudyOptions, seed: int, domains: Sequence[
             cell = selection[variant][domain]
             run = StudyRun(variant, domain, cell["lr"], cell["steps"], seed, "seeds")
             result = opts.out / "results" / f"{run.run_id}.json"
-            if not result.is_file():
-                raise ConfigError(f"--ship: {result} is missing; run the seeds phase (seed {seed}) first")
+            if not (result.is_file() and record_path(result).is_file()):
+                raise ConfigError(f"--ship: {result} or its {RUN_SUFFIX} is missing; run the seeds phase (seed {seed}) first")
             name = f"{variant}_vitt_emojidg_{domain}"
             run_dir = opts.out / "runs" / run.run_id
             model = clipood_zoo.create_model(name, checkpoint_path=run_dir)
-            (row,) = [r for r in json.loads(result.read_text()) if r["weights"] == "selected"]
+            (row,) = [r for r in json.loads(result.read_text()) if r["weights"] == "selected" and r["split"] == opts.split]
             card = (run_dir / "README.md").read_text().split("## Training", 1)[-1]
             sections = {
                 **card_section(version_of(info)),
@@ -426,13 +440,13 @@ def ship(selection: Selection, opts: StudyOptions, seed: int, domains: Sequence[
                 "Data and licences": "EmojiDG images are rendered from openly licensed emoji sets; see "
                                      "datasets/emojidg-mini/licenses/ATTRIBUTION.md.",
             }
-            clipood_zoo.save_pretrained(model, REPO / "weights" / name, model_name=name, dtype=torch.float16,
-                                        card_sections=sections)
-            names.append(name)
-            record = json.loads(record_path(result).read_text())
-            trained[name] = {"recipe": {"lr": cell["lr"], "steps": cell["steps"]},
-                             "train_command": shlex.join(["python", *record["train_args"]])}
-    record_shipped(names, trained)
+            train_args = json.loads(record_path(result).read_text())["train_args"]
+            staged.append((name, model, sections, {"recipe": recipe_of(train_args),
+                                                   "train_command": shlex.join(["python", *train_args])}))
+    for name, model, sections, _ in staged:
+        clipood_zoo.save_pretrained(model, REPO / "weights" / name, model_name=name, dtype=torch.float16,
+                                    card_sections=sections)
+    record_shipped([name for name, *_ in staged], {name: trained for name, *_, trained in staged})
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -113,11 +113,11 @@ def metric_cells(cells: Cells, metric: str) -> Dict[str, Dict[str, float]]:
 def paired(a: Cells, b: Cells, classes: Optional[Sequence[int]] = None) -> Dict[str, PairedInterval]:
     """domain (and "avg") -> interval of top-1(A) - top-1(B) on the same images (only those of ``classes``
     when given: the predictions are over every class, so this is all-class top-1 on those images); a domain
-    is left out when either side lacks per-image predictions there."""
+    is left out when either side has no results there."""
     out, pooled = {}, []
     for domain in emojidg.DOMAINS:
         sides = [cells.get(domain, []) for cells in (a, b)]
-        if not all(sides) or any(s.correct is None for side in sides for s in side):
+        if not all(sides):
             continue
         (target, ca), (target_b, cb) = (seed_averaged_correctness(
             [(f"{s.run.run_id} ({s.weights})", s.target, s.correct) for s in side]) for side in sides)

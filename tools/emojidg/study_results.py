@@ -60,8 +60,8 @@ class Scored:
     weights: str
     row: dict
     open_set: Optional[dict]
-    target: Optional[np.ndarray]   # per image (None: no predictions file)
-    correct: Optional[np.ndarray]  # per image, bool
+    target: np.ndarray   # per image
+    correct: np.ndarray  # per image, bool
 
 
 @dataclass
@@ -104,11 +104,12 @@ def _one(rows: List[dict], what: str, source: Path) -> Optional[dict]:
     return rows[0] if rows else None
 
 
-def _predictions(row: dict, path: Path, weights: str) -> Tuple[Optional[str], Optional[np.ndarray],
-                                                            Optional[np.ndarray]]:
-    """(key, target, correct) of ``row``'s entry in the predictions file ``path`` (Nones when there is none)."""
+def _predictions(row: dict, path: Path, weights: str) -> Tuple[str, np.ndarray, np.ndarray]:
+    """(key, target, correct) of ``row``'s entry in the predictions file ``path``; ConfigError when there is none
+    (every row the runner writes has its predictions: without them a comparison would silently drop the row)."""
     if not path.is_file():
-        return None, None, None
+        raise ConfigError(f"{path} is missing: the {weights!r} row of {path.name.removesuffix(PREDICTIONS_SUFFIX)}.json "
+                          "has no per-image predictions; delete that results file and re-run the runner to score it again")
     doc = json.loads(path.read_text())
     matches = [key for key, entry in doc["models"].items() if key.split("|", 1)[0] == row["model"]
                and entry.get("split", doc.get("split")) == row["split"]
@@ -141,7 +142,7 @@ def _scored_rows(run: Run, rows_path: Path) -> List[Scored]:
         open_set = row if "ood_auroc_mcm" in row else _one(
             [r for r in mine if "ood_auroc_mcm" in r], f"open-set row of the {weights!r} weights", rows_path)
         key, target, correct = _predictions(row, predictions, weights)
-        if key is not None and key in used:
+        if key in used:
             raise ConfigError(f"{predictions}: the {used[key]!r} and {weights!r} rows both match predictions {key!r}; "
                               "name each weights (validate.py --weights-names) so that each row has its own")
         used[key] = weights
