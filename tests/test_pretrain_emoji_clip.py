@@ -398,9 +398,10 @@ def test_probe_scores_a_runs_saved_state_on_the_downstream_styles(tmp_path, monk
     assert capsys.readouterr().out.startswith("step 1/3: mono ")
     P.main([*argv, "--resume"])
     P.main(["probe", "--out", str(out), "--raw", str(raw)])
-    P.main(["probe", "--out", str(out), "--raw", str(raw)])  # the same step again replaces its row
+    P.main(["probe", "--out", str(out)])  # the same step again replaces its row; the state names its raw tree
     probes = json.loads((out / P.PROBES_NAME).read_text())
-    assert [(p["step"], p["steps"], p["images_seen"]) for p in probes] == [(1, 3, 4), (3, 3, 12)]
+    assert [(p["step"], p["steps"], p["images_seen"], p["raw"]) for p in probes] == [(1, 3, 4, str(raw)),
+                                                                                   (3, 3, 12, str(raw))]
     assert probes[-1]["zero_shot"] == json.loads((out / "results.json").read_text())["zero_shot"]
 
 

@@ -604,7 +604,8 @@ def train_loop(model: torch.nn.Module, locked: bool, data: PretrainData, args: a
         save_checkpoint(state_path, model=trained, average=None, optimizer=opt, scheduler=None, scaler=None,
                         step=progress["step"], epoch=0,
                         extra={"logit_scale": model.logit_scale.detach().clone(), "generator": g.get_state(),
-                               "progress": progress, "run_args": {k: run_arg(args, k) for k in RUN_DEFINING_ARGS}})
+                               "progress": progress, "run_args": {k: run_arg(args, k) for k in RUN_DEFINING_ARGS},
+                               "raw": getattr(args, "raw", None)})  # the tree `probe` scores by default
 
     loss_fn = ClipLoss()
     model.train()
@@ -752,7 +753,10 @@ def cmd_probe(args: argparse.Namespace) -> None:
         raise ConfigError(f"{state_path} not found: --out must be the folder of a `train` run")
     state = load_checkpoint(state_path)
     run_args = saved_run_args(state)
-    raw = Path(args.raw)
+    if (args.raw or state.get("raw")) is None:
+        raise ConfigError(f"{state_path} does not say which raw tree the run trains on (saved before it did): pass "
+                          "that tree with --raw")
+    raw = Path(args.raw or state["raw"])
     if not (raw / "metadata.json").is_file():
         raise ConfigError(f"{raw}/metadata.json not found: pass the run's raw tree with --raw")
     torch.set_num_threads(args.threads)
@@ -761,7 +765,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
     locked = run_args["text"] == "lit"
     load_trained(model, locked, state)
     names = [c["name"] for c in sorted(meta["classes"], key=lambda c: c["index"])]
-    row = {"step": state["progress"]["step"], "steps": run_args["steps"],
+    row = {"step": state["progress"]["step"], "steps": run_args["steps"], "raw": str(raw),
            "images_seen": state["progress"]["images_seen"],
            "zero_shot": evaluate_downstream(model, meta, class_embeddings(model, tokenizer, names), raw)}
     probes_path = out / PROBES_NAME
@@ -848,7 +852,7 @@ def cmd_export(args: argparse.Namespace) -> None:
                    "hflip, colour jitter + hue rotation, and per image at most one of greyscale, outline "
                    "(Sobel edges drawn dark on a flat colour), silhouette, posterize, solarize, channel shuffle, "
                    "thin lines (edges cut to 1-2 px strokes, zoomed out up to 1.5x) "
-                   f"(shares {a.get('aug_shares', list(AUG_SHARES))} of {', '.join(AUG_OPS)} x --aug {a['aug']}). "
+                   f"(shares {saved_run_args({'run_args': a})['aug_shares']} of {', '.join(AUG_OPS)} x --aug {a['aug']}). "
                    f"Learned logit scale {res['logit_scale']:.1f}. Class embeddings: mean over templates "
                    f"{res['eval_templates']}."),
         "Training cost": (f"{res['wall_clock_min']:.1f} min wall-clock on {res['threads']} shared CPU cores, "
@@ -954,7 +958,7 @@ def build_parser() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     t.add_argument("--out", default="output/pretrain_emoji_clip/lit")
     pr = sub.add_parser("probe", help="zero-shot top-1 per downstream style of a run's saved state (while it trains)")
     pr.add_argument("--out", default="output/pretrain_emoji_clip/lit", help="the run's folder (train --out)")
-    pr.add_argument("--raw", default=str(RAW), help="the raw tree the run trains on (train --raw)")
+    pr.add_argument("--raw", default=None, help="the raw tree to score (default: the one the run trains on, from its state)")
     pr.add_argument("--threads", type=int, default=1)
     e = sub.add_parser("export", help="save a lit run as a ClipoodClassifier")
     e.add_argument("--run", default="output/pretrain_emoji_clip/lit")
