@@ -198,10 +198,7 @@ def run_sweep(jobs: Sequence[Job], table: int, label: str, opts: SweepOptions, d
         commands = pending_commands(job)
         if not commands:
             print(f"# done: {job.name} ({job.result})", flush=True)
-        for cmd in commands:
-            print(shlex.join(cmd), flush=True)
-            if not dry_run:
-                check_exit(runner(cmd), cmd, job)
+        run_commands(commands, job, dry_run, runner)
     stem = opts.output / f"table{table}_{label}"
     summary = [stem.with_suffix(".csv"), stem.with_suffix(".md")]
     tables_cmd = [opts.python, _script("tools/paper_tables.py"), f"{opts.method}={summary[0]}", "--table", str(table),
@@ -212,11 +209,20 @@ def run_sweep(jobs: Sequence[Job], table: int, label: str, opts: SweepOptions, d
         return None
     rows = [{**row, **job.fields} for job in jobs for row in json.loads(job.result.read_text(encoding="utf-8"))]
     write_text_atomic(summary[0], format_results(rows, "csv"))
-    check_exit(runner(tables_cmd), tables_cmd, None)
+    _check(runner(tables_cmd), tables_cmd, None)
     return summary[1].read_text(encoding="utf-8")
 
 
-def check_exit(returncode: int, cmd: Sequence[str], job: Optional[Job]) -> None:
+def run_commands(commands: Sequence[Sequence[str]], job: Job, dry_run: bool,
+                 runner: Callable[[Sequence[str]], int]) -> None:
+    """Print each of ``job``'s commands and, unless ``dry_run``, run it; a failure stops with :func:`_check`'s error."""
+    for cmd in commands:
+        print(shlex.join(cmd), flush=True)
+        if not dry_run:
+            _check(runner(cmd), cmd, job)
+
+
+def _check(returncode: int, cmd: Sequence[str], job: Optional[Job]) -> None:
     """A failed command stops the sweep with the command and how to carry on (finished runs are kept)."""
     if returncode != 0:
         where = f" for {job.name}" if job else ""

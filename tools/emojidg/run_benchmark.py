@@ -48,6 +48,7 @@ import dataclasses
 import json
 import shlex
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -71,7 +72,9 @@ from train import EMA_DIR, LAST_DIR  # noqa: E402
 from train import build_parser as build_train_parser  # noqa: E402
 from emojidg.paths import repo_relative  # noqa: E402
 from emojidg.selection import Selection, best_of, select  # noqa: E402
-from emojidg.study_results import PREDICTIONS_SUFFIX, RUN_SUFFIX, ZEROSHOT, Study, load_study  # noqa: E402
+from emojidg.study_results import (  # noqa: E402
+    RUN_SUFFIX, ZEROSHOT, Study, load_study, predictions_path, record_path,
+)
 from emojidg.versions import card_section, held_out_split, version_of  # noqa: E402
 
 # The one grid every variant is tuned on: learning rates around the recipe's 1e-4, and the issue's steps.
@@ -230,14 +233,6 @@ def validate_command(domain: str, weights: Dict[str, Optional[Path]], result: Pa
             "--weights-names", *weights]
 
 
-def predictions_path(result: Path) -> Path:
-    return result.with_name(result.name.removesuffix(".json") + PREDICTIONS_SUFFIX)
-
-
-def record_path(result: Path) -> Path:
-    return result.with_name(result.name.removesuffix(".json") + RUN_SUFFIX)
-
-
 def job(run: StudyRun, opts: StudyOptions) -> sweep.Job:
     run_dir = opts.out / "runs" / run.run_id
     result = opts.out / "results" / f"{run.run_id}.json"
@@ -281,12 +276,8 @@ def finished_records(runs: Sequence[StudyRun], opts: StudyOptions) -> List[Dict]
 def current_selection(grid: Sequence[StudyRun], opts: StudyOptions) -> Selection:
     """The selection of every (variant, domain) whose grid runs are all finished."""
     records = finished_records(grid, opts)
-    planned: Dict[tuple, int] = {}
-    for run in grid:
-        planned[run.variant, run.domain] = planned.get((run.variant, run.domain), 0) + 1
-    done: Dict[tuple, int] = {}
-    for r in records:
-        done[r["variant"], r["domain"]] = done.get((r["variant"], r["domain"]), 0) + 1
+    planned = Counter((run.variant, run.domain) for run in grid)
+    done = Counter((r["variant"], r["domain"]) for r in records)
     return select(r for r in records if done[r["variant"], r["domain"]] == planned[r["variant"], r["domain"]])
 
 
@@ -303,19 +294,11 @@ def run_phase(phase: str, runs: Sequence[StudyRun], opts: StudyOptions, dry_run:
           f"{sum(r.steps for r in left)} optimizer steps"
           + (f"; zero-shot evaluations left: {len(zeroshot_left)}" if zeroshot else ""), flush=True)
     for j in zeroshot_left:
-        run_commands([j.validate], j, dry_run, runner)
+        sweep.run_commands([j.validate], j, dry_run, runner)
     for run, j in jobs:
-        run_commands(sweep.pending_commands(j), j, dry_run, runner)
+        sweep.run_commands(sweep.pending_commands(j), j, dry_run, runner)
         if not dry_run and not record_path(j.result).is_file():
             write_record(run, j, opts)
-
-
-def run_commands(commands: Sequence[List[str]], j: sweep.Job, dry_run: bool,
-                 runner: Callable[[Sequence[str]], int]) -> None:
-    for cmd in commands:
-        print(shlex.join(cmd), flush=True)
-        if not dry_run:
-            sweep.check_exit(runner(cmd), cmd, j)
 
 
 def print_pending(phase: str, cells: int, runs: int, steps: Sequence[int]) -> None:

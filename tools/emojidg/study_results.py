@@ -128,10 +128,20 @@ def _predictions(row: dict, path: Path, weights: str) -> Tuple[str, np.ndarray, 
     return matches[0], target, correct
 
 
+def predictions_path(rows_path: Path) -> Path:
+    """``<run_id>.predictions.json`` beside a run's rows ``<run_id>.json``."""
+    return rows_path.with_name(rows_path.name.removesuffix(".json") + PREDICTIONS_SUFFIX)
+
+
+def record_path(rows_path: Path) -> Path:
+    """``<run_id>.run.json`` beside a run's rows ``<run_id>.json``."""
+    return rows_path.with_name(rows_path.name.removesuffix(".json") + RUN_SUFFIX)
+
+
 def _scored_rows(run: Run, rows_path: Path) -> List[Scored]:
     rows = json.loads(rows_path.read_text())
     held_out = [r for r in (rows if isinstance(rows, list) else [rows]) if domains_named(r) == {run.domain}]
-    predictions = rows_path.with_name(rows_path.name.removesuffix(".json") + PREDICTIONS_SUFFIX)
+    predictions = predictions_path(rows_path)
     out, used = [], {}
     for weights in dict.fromkeys(r.get("weights", "selected") for r in held_out):
         mine = [r for r in held_out if r.get("weights", "selected") == weights]
