@@ -336,11 +336,13 @@ def _rand(n: int, g: torch.Generator, lo: float = 0.0, hi: float = 1.0) -> torch
     return lo + (hi - lo) * torch.rand(n, generator=g)
 
 
-def _edges(x: torch.Tensor) -> torch.Tensor:
-    """Sobel edge magnitude of the greyscale image, scaled to [0,1] per image."""
+def _edges(x: torch.Tensor, replicate: bool = False) -> torch.Tensor:
+    """Sobel edge magnitude of the greyscale image, scaled to [0,1] per image. Zero padding (the outline
+    op's, kept for v1's batches) draws an edge along the border of a tile that is not black; ``replicate``
+    padding draws none there."""
     gx = torch.tensor([[-1., 0., 1.], [-2., 0., 2.], [-1., 0., 1.]]).view(1, 1, 3, 3)
-    g = _grey(x)
-    mag = (F.conv2d(g, gx, padding=1) ** 2 + F.conv2d(g, gx.transpose(2, 3), padding=1) ** 2).sqrt()
+    g, pad = (F.pad(_grey(x), (1, 1, 1, 1), mode="replicate"), 0) if replicate else (_grey(x), 1)
+    mag = (F.conv2d(g, gx, padding=pad) ** 2 + F.conv2d(g, gx.transpose(2, 3), padding=pad) ** 2).sqrt()
     return mag / mag.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
 
 
@@ -350,11 +352,7 @@ def _thin_lines(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     Line art is thin strokes around objects smaller than the tile; v1's outline op drew thick strokes
     and a frame. Returns the stroke mask [n,1,s,s] in [0,1]."""
     n, _, s, _ = x.shape
-    gx = torch.tensor([[-1., 0., 1.], [-2., 0., 2.], [-1., 0., 1.]]).view(1, 1, 3, 3)
-    grey = F.pad(_grey(x), (1, 1, 1, 1), mode="replicate")
-    mag = (F.conv2d(grey, gx) ** 2 + F.conv2d(grey, gx.transpose(2, 3)) ** 2).sqrt()
-    mag = mag / mag.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
-    mask = (mag > _rand(n, g, 0.2, 0.45).view(n, 1, 1, 1)).float()
+    mask = (_edges(x, replicate=True) > _rand(n, g, 0.2, 0.45).view(n, 1, 1, 1)).float()
     zoom = _rand(n, g, 1.0, 1.5)
     tx, ty = (zoom - 1) * _rand(n, g, -1, 1), (zoom - 1) * _rand(n, g, -1, 1)
     zero = torch.zeros(n)
@@ -522,12 +520,16 @@ RUN_DEFINING_ARGS = ("text", "steps", "batch_size", "lr", "wd", "warmup", "aug",
 RUN_ARG_BEFORE_FLAG = {"captions": "names", "aug_shares": list(AUG_SHARES), "styles": None}
 
 
+def shares_today(shares: Sequence[float]) -> List[float]:
+    """Style-op shares recorded before the last ops existed, in today's :data:`AUG_OPS` order: those ops had share 0."""
+    return list(shares) + [0.0] * (len(AUG_OPS) - len(shares))
+
+
 def saved_run_args(state: dict) -> dict:
     """The run-defining arguments a state was trained with, in today's terms: a flag added since it was
     saved takes its value from before (:data:`RUN_ARG_BEFORE_FLAG`), and a style op added since has share 0."""
     was = {**RUN_ARG_BEFORE_FLAG, **state["run_args"]}
-    was["aug_shares"] = list(was["aug_shares"]) + [0.0] * (len(AUG_OPS) - len(was["aug_shares"]))
-    return was
+    return {**was, "aug_shares": shares_today(was["aug_shares"])}
 STATE_NAME = "train_state.pt"
 
 
@@ -753,10 +755,11 @@ def cmd_probe(args: argparse.Namespace) -> None:
         raise ConfigError(f"{state_path} not found: --out must be the folder of a `train` run")
     state = load_checkpoint(state_path)
     run_args = saved_run_args(state)
-    if (args.raw or state.get("raw")) is None:
+    raw = args.raw or state.get("raw")
+    if raw is None:
         raise ConfigError(f"{state_path} does not say which raw tree the run trains on (saved before it did): pass "
                           "that tree with --raw")
-    raw = Path(args.raw or state["raw"])
+    raw = Path(raw)
     if not (raw / "metadata.json").is_file():
         raise ConfigError(f"{raw}/metadata.json not found: pass the run's raw tree with --raw")
     torch.set_num_threads(args.threads)
@@ -852,7 +855,7 @@ def cmd_export(args: argparse.Namespace) -> None:
                    "hflip, colour jitter + hue rotation, and per image at most one of greyscale, outline "
                    "(Sobel edges drawn dark on a flat colour), silhouette, posterize, solarize, channel shuffle, "
                    "thin lines (edges cut to 1-2 px strokes, zoomed out up to 1.5x) "
-                   f"(shares {saved_run_args({'run_args': a})['aug_shares']} of {', '.join(AUG_OPS)} x --aug {a['aug']}). "
+                   f"(shares {shares_today(a.get('aug_shares', AUG_SHARES))} of {', '.join(AUG_OPS)} x --aug {a['aug']}). "
                    f"Learned logit scale {res['logit_scale']:.1f}. Class embeddings: mean over templates "
                    f"{res['eval_templates']}."),
         "Training cost": (f"{res['wall_clock_min']:.1f} min wall-clock on {res['threads']} shared CPU cores, "
