@@ -248,6 +248,13 @@ def test_ship_before_the_seed_runs_exist_and_missing_data_exit_2(study, data, tm
     with pytest.raises(SystemExit) as exc:
         rb.main(argv(data, tmp_path / "empty", "--phase", "seeds", "--ship"), runner=lambda cmd: pytest.fail("ran"))
     assert exc.value.code == 2
+    err = capsys.readouterr().err  # without peers nothing waits for a best peer: the empty study is what is missing
+    assert err.startswith(f"run_benchmark.py: error: no result files in {tmp_path / 'empty' / 'results'} ") and (
+        err.endswith("; run tools/emojidg/run_benchmark.py first\n"))
+    with pytest.raises(SystemExit) as exc:  # a study with a peer ships the best one, unknown before the grid ends
+        rb.main(argv(data, tmp_path / "empty", "--phase", "seeds", "--ship", "--variants", "erm", "lp_ft"),
+                runner=lambda cmd: pytest.fail("ran"))
+    assert exc.value.code == 2
     assert "run_benchmark.py: error: --ship: the best peer is not known until every peer has a selected config" in (
         capsys.readouterr().err)
     with pytest.raises(SystemExit) as exc:
@@ -288,8 +295,7 @@ def test_the_report_reads_what_the_runner_wrote(study, data, tmp_path, monkeypat
 
 def test_shipped_cards_give_paired_intervals_against_zero_shot_and_erm(study, data, monkeypatch):
     """interval_lines: the shipped run against zero-shot and against ERM of the same seed, each the paired
-    class-bootstrap of the per-image predictions validate.py wrote (recomputed here from the files); the best
-    peer must be known before anything ships."""
+    class-bootstrap of the per-image predictions validate.py wrote (recomputed here from the files)."""
     import numpy as np
 
     from clipood_zoo.stats import paired_class_bootstrap
@@ -313,8 +319,24 @@ def test_shipped_cards_give_paired_intervals_against_zero_shot_and_erm(study, da
         ref = paired_class_bootstrap(mine, other, target)
         assert f"{ref} points (95%, bootstrap over classes; {'resolved' if ref.resolved else 'not resolved'})" in line
     assert lines[0].startswith("- top-1 minus zero-shot") and "ERM (seed 1" in lines[1] and len(lines) == 2
+
+
+def test_shipped_variants_are_the_headline_methods_the_study_ran_and_its_best_peer():
+    """--ship replaces only weights the study measured: ERM and CLIPood alone ship those two (WiSE-FT's stay);
+    with peers, the one with the best mean source val over the domains joins them, and none ships before every
+    peer is selected everywhere."""
+    cell = lambda val: {"lr": 1e-4, "steps": 300, "source_val_top1": val, "seeds": [0], "candidates": []}  # noqa: E731
+    selection = {v: {"3d": cell(50.0), "line": cell(50.0)} for v in ("erm", "clipood", "wise_ft")}
+    assert rb.shipped_variants(selection, ["3d", "line"], ["erm", "clipood"]) == ["clipood", "erm"]
     with pytest.raises(rb.ConfigError, match="the best peer is not known"):
-        rb.shipped_variants(selection, ["3d"])
+        rb.shipped_variants(selection, ["3d", "line"], ["erm", "lp_ft"])
+    selection["lp_ft"] = {"3d": cell(60.0), "line": cell(40.0)}  # mean 50
+    with pytest.raises(rb.ConfigError, match="the best peer is not known"):  # flyp not selected on line yet
+        selection["flyp"] = {"3d": cell(52.0)}
+        rb.shipped_variants(selection, ["3d", "line"], list(rb.GRID_VARIANTS))
+    selection.update(flyp={"3d": cell(52.0), "line": cell(49.0)}, car_ft={"3d": cell(10.0), "line": cell(10.0)},
+                     croft={"3d": cell(50.0), "line": cell(50.0)})
+    assert rb.shipped_variants(selection, ["3d", "line"], list(rb.GRID_VARIANTS)) == ["clipood", "erm", "wise_ft", "flyp"]
 
 
 def test_a_shipped_runs_recipe_is_what_its_own_train_command_set(study):

@@ -38,8 +38,9 @@ Layout under ``--out`` (read by tools/emojidg/report.py; only ever extended)::
 with ``run_id = f"{variant}-{domain}-lr{lr:g}-st{steps}-s{seed}"``. Resumable: a run whose results file
 exists is skipped, an interrupted one resumed (clipood_zoo.sweep's rules). ``--dry-run`` prints the commands
 left and, per phase, the runs and optimizer steps in all and left (to size it for a CPU or a GPU).
-``--ship`` re-saves the first seed of the selected ERM, CLIPood and WiSE-FT runs as fp16 into ``weights/`` and
-records their sha256 in ``clipood_zoo/models/shipped_weights.json``.
+``--ship`` re-saves the first seed of the selected ERM, CLIPood and WiSE-FT runs (those of them in ``--variants``)
+and of the best peer (when the study ran peers) as fp16 into ``weights/`` and records their sha256 in
+``clipood_zoo/models/shipped_weights.json``.
 """
 from __future__ import annotations
 
@@ -349,13 +350,16 @@ def record_shipped(names: Sequence[str], trained: Optional[Dict[str, dict]] = No
     MANIFEST.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
-def shipped_variants(selection: Selection, domains: Sequence[str]) -> List[str]:
-    """SHIPPED_VARIANTS and the best peer (ConfigError while the peers are not all selected)."""
-    best = best_of(selection, PEERS, domains)
-    if best is None:
+def shipped_variants(selection: Selection, domains: Sequence[str], variants: Sequence[str]) -> List[str]:
+    """The SHIPPED_VARIANTS the study ran (``variants``), and the best of its peers when it ran any (ConfigError
+    while those peers are not all selected). A study of ERM and CLIPood alone re-ships just those two: weights of
+    a method the study did not run stay as they were rather than be replaced by something it did not measure."""
+    peers = [v for v in PEERS if v in variants]
+    best = best_of(selection, peers, domains) if peers else None
+    if peers and best is None:
         raise ConfigError("--ship: the best peer is not known until every peer has a selected config on every held-out "
                           "domain; run the grid phase to the end first")
-    return [*SHIPPED_VARIANTS, best]
+    return [v for v in SHIPPED_VARIANTS if v in variants] + ([best] if best else [])
 
 
 def interval_lines(study: Study, variant: str, domain: str, seed: int) -> List[str]:
@@ -389,12 +393,13 @@ def recipe_of(train_args: Sequence[str]) -> Dict[str, float]:
     return {k: args[k] for k in RECIPE_ARGS if k != "lp_steps" or args[k]}
 
 
-def ship(selection: Selection, opts: StudyOptions, seed: int, domains: Sequence[str], info: dict) -> None:
-    """fp16 copies of the selected runs of SHIPPED_VARIANTS and the best peer (seed ``seed``) in weights/, with
+def ship(selection: Selection, opts: StudyOptions, seed: int, domains: Sequence[str], variants: Sequence[str],
+         info: dict) -> None:
+    """fp16 copies of the selected runs of :func:`shipped_variants` (seed ``seed``) in weights/, with
     model cards (the benchmark version of the data ``info`` describes, the selected lr and steps, and paired
     intervals against zero-shot and ERM), recorded in the manifest. Everything is read and checked before the
     first file is written, so a refused --ship leaves weights/ and the manifest as they were."""
-    variants = shipped_variants(selection, domains)
+    variants = shipped_variants(selection, domains, variants)
     study, staged = load_study(opts.out), []
     for variant in variants:
         for domain in domains:
@@ -449,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, nargs="+", default=list(GRID["steps"]), help="the grid's step counts")
     p.add_argument("--dry-run", action="store_true", help="print the commands left and each phase's runs and steps")
     p.add_argument("--ship", action="store_true",
-                   help="copy the selected ERM/CLIPood/WiSE-FT runs of the first headline seed into weights/")
+                   help="copy the selected ERM/CLIPood/WiSE-FT runs (those in --variants) and the best peer's, first headline "
+                        "seed, into weights/")
     g = p.add_argument_group("smoke runs (another architecture, random init)")
     g.add_argument("--model", default="clip_vitt_emoji")
     g.add_argument("--model-config", default=None)
@@ -479,7 +485,7 @@ def main(argv: Optional[List[str]] = None, runner: Optional[Callable[[Sequence[s
                 record_shipped(["clip_vitt_emoji"])  # the starting point every run loads with --pretrained
         selection = run_study(args, opts, runner)
         if args.ship and not args.dry_run:
-            ship(selection, opts, args.headline_seeds[0], args.domains, info)
+            ship(selection, opts, args.headline_seeds[0], args.domains, args.variants, info)
     except ClipoodError as e:
         parser.exit(2, f"run_benchmark.py: error: {e}\n")
     return 0
