@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shlex
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -181,9 +183,57 @@ def pending_commands(job: Job) -> List[List[str]]:
     return [job.train, job.validate]
 
 
-def run_subprocess(cmd: Sequence[str]) -> int:
-    """Run one command from the repository root; its exit status."""
-    return subprocess.run(list(cmd), cwd=REPO).returncode
+def run_subprocess(cmd: Sequence[str], log: Optional[Path] = None, env: Optional[Dict[str, str]] = None) -> int:
+    """Run one command from the repository root; its exit status. With ``log`` its output (stdout and stderr) is
+    appended to that file after the command line, so that runs going side by side do not interleave their lines
+    and progress bars on one console; ``env`` replaces the environment (side-by-side runs share the cores)."""
+    if log is None:
+        return subprocess.run(list(cmd), cwd=REPO, env=env).returncode
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(f"$ {shlex.join(cmd)}\n")
+        f.flush()
+        return subprocess.run(list(cmd), cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+
+
+def threads_env(jobs: int) -> Dict[str, str]:
+    """This process's environment with ``OMP_NUM_THREADS`` = the cores shared out among ``jobs`` runs (at least
+    one each), unless the user set it: torch would start a thread per core in every run, and ``jobs`` runs
+    of that many threads on the same cores slow each other down."""
+    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs)), **os.environ}
+
+
+def run_side_by_side(tasks: Sequence[Callable[[], None]], jobs: int) -> None:
+    """Run ``tasks`` (each a run's commands) ``jobs`` at a time; with one, in order. Small models leave a GPU, or
+    CPU cores, idle with one run at a time. A task that raises stops the start of the rest; those already running
+    finish (every run stays resumable), then the first error is raised."""
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    if jobs == 1:
+        for task in tasks:
+            task()
+        return
+    left, errors, lock = iter(tasks), [], threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                task = None if errors else next(left, None)
+            if task is None:
+                return
+            try:
+                task()
+            except Exception as e:  # noqa: BLE001 - kept and raised in the caller's thread
+                with lock:
+                    errors.append(e)
+
+    threads = [threading.Thread(target=worker, name=f"sweep-job-{i}") for i in range(min(jobs, len(tasks)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
 def run_sweep(jobs: Sequence[Job], table: int, label: str, opts: SweepOptions, dry_run: bool = False,

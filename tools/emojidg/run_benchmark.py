@@ -38,6 +38,8 @@ Layout under ``--out`` (read by tools/emojidg/report.py; only ever extended)::
 with ``run_id = f"{variant}-{domain}-lr{lr:g}-st{steps}-s{seed}"``. Resumable: a run whose results file
 exists is skipped, an interrupted one resumed (clipood_zoo.sweep's rules). ``--dry-run`` prints the commands
 left and, per phase, the runs and optimizer steps in all and left (to size it for a CPU or a GPU).
+``--jobs N`` runs N runs (train then validate) side by side, each logged to ``OUT/logs/<run_id>.log`` with
+``OMP_NUM_THREADS`` = cores / N: one small run leaves a GPU, or spare cores, idle.
 ``--ship`` re-saves the first seed of the selected ERM, CLIPood and WiSE-FT runs (those of them in ``--variants``)
 and of the best peer (when the study ran peers) as fp16 into ``weights/`` and records their sha256 in
 ``clipood_zoo/models/shipped_weights.json``.
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import shlex
 import sys
@@ -200,6 +203,7 @@ class StudyOptions:
     batch_size: int = RECIPE["batch_size"]
     workers: int = 2
     device: Optional[str] = None
+    jobs: int = 1  # runs side by side (--jobs)
     python: str = sys.executable
 
     def common(self) -> List[str]:
@@ -287,19 +291,34 @@ def run_phase(phase: str, runs: Sequence[StudyRun], opts: StudyOptions, dry_run:
               runner: Optional[Callable[[Sequence[str]], int]] = None, zeroshot: Sequence[sweep.Job] = ()) -> None:
     """Run (or with ``dry_run`` print) what is left of a phase: its zero-shot evaluations, then each run's train and
     validate commands (clipood_zoo.sweep's resume rules), recording each run once it is validated."""
-    runner = runner or sweep.run_subprocess
     jobs = [(run, job(run, opts)) for run in runs]
     left = [run for run, j in jobs if not j.result.is_file()]
     zeroshot_left = [j for j in zeroshot if not j.result.is_file()]
     print(f"# phase {phase}: {len(runs)} runs, {sum(r.steps for r in runs)} optimizer steps; left: {len(left)} runs, "
           f"{sum(r.steps for r in left)} optimizer steps"
           + (f"; zero-shot evaluations left: {len(zeroshot_left)}" if zeroshot else ""), flush=True)
-    for j in zeroshot_left:
-        sweep.run_commands([j.validate], j, dry_run, runner)
-    for run, j in jobs:
-        sweep.run_commands(sweep.pending_commands(j), j, dry_run, runner)
-        if not dry_run and not record_path(j.result).is_file():
-            write_record(run, j, opts)
+    side_by_side = opts.jobs > 1 and not dry_run
+
+    def runner_of(j: sweep.Job) -> Callable[[Sequence[str]], int]:
+        """With --jobs > 1 each run's output goes to its own log (the default runner only)."""
+        if runner is not None or not side_by_side:
+            return runner or sweep.run_subprocess
+        log = opts.out / "logs" / f"{j.name}.log"
+        print(f"# {j.name}: output in {log}", flush=True)
+        return functools.partial(sweep.run_subprocess, log=log, env=sweep.threads_env(opts.jobs))
+
+    def zeroshot_task(j: sweep.Job) -> Callable[[], None]:
+        return lambda: sweep.run_commands([j.validate], j, dry_run, runner_of(j))
+
+    def run_task(run: StudyRun, j: sweep.Job) -> Callable[[], None]:
+        def task() -> None:
+            sweep.run_commands(sweep.pending_commands(j), j, dry_run, runner_of(j))
+            if not dry_run and not record_path(j.result).is_file():
+                write_record(run, j, opts)
+        return task
+
+    sweep.run_side_by_side([*map(zeroshot_task, zeroshot_left), *(run_task(run, j) for run, j in jobs)],
+                           opts.jobs if side_by_side else 1)
 
 
 def print_pending(phase: str, cells: int, runs: int, steps: Sequence[int]) -> None:
@@ -452,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--lrs", type=float, nargs="+", default=list(GRID["lr"]), help="the grid's learning rates")
     p.add_argument("--steps", type=int, nargs="+", default=list(GRID["steps"]), help="the grid's step counts")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs side by side (a small model leaves a GPU or spare CPU cores idle); each run's output "
+                        "goes to OUT/logs/<run_id>.log and gets OMP_NUM_THREADS = cores / jobs unless that is set")
     p.add_argument("--dry-run", action="store_true", help="print the commands left and each phase's runs and steps")
     p.add_argument("--ship", action="store_true",
                    help="copy the selected ERM/CLIPood/WiSE-FT runs (those in --variants) and the best peer's, first headline "
@@ -469,6 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None, runner: Optional[Callable[[Sequence[str]], int]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     out = args.out.resolve()  # the runs start in REPO, not here
     try:
         info = json.loads((args.data_dir / "_info.json").read_text(encoding="utf-8"))
@@ -477,7 +501,7 @@ def main(argv: Optional[List[str]] = None, runner: Optional[Callable[[Sequence[s
                        "with the EmojiDG shards (tools/emojidg/make_shards.py)\n")
     opts = StudyOptions(args.data_dir.resolve(), out, held_out_split(info), model=args.model,
                         model_config=args.model_config, pretrained=not args.random_init, batch_size=args.batch_size,
-                        workers=args.workers, device=args.device)
+                        workers=args.workers, device=args.device, jobs=args.jobs)
     try:
         if not args.dry_run:
             (out / "results").mkdir(parents=True, exist_ok=True)
