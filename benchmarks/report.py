@@ -59,6 +59,10 @@ def render() -> str:
                    ["classes", "D", "batch", "mms_loss+bwd_ms", "mms_min_ms", "ce_loss+bwd_ms", "ce_min_ms",
                     "mms/ce_min", "naive_CxC_margin+bwd_ms", "naive/mms", "naive_CxC_MB", "model_step_ms",
                     "mms_share_of_step", "load_1m"])
+    d = load("side_by_side")
+    out += section("Study runs side by side vs one at a time (bench_side_by_side.py)", d, d and d["rows"],
+                   ["mode", "runs", "steps", "median_s", "min_s", "runs_per_hour", "speedup_vs_one_at_a_time",
+                    "speedup_min", "load_1m"])
     d = load("gpu")
     if d is None:
         out += ["### GPU (gpu.sh)", "", "_not run yet: no GPU was lent to the task that wrote these scripts "
