@@ -618,3 +618,30 @@ def test_export_card_holds_the_probes_along_the_run_and_the_levers(tmp_path, cap
     clipood_zoo.load_weights(back, out / "model.safetensors")
     for k, v in model.visual.state_dict().items():
         torch.testing.assert_close(back.visual.state_dict()[k].float(), v.half().float())
+
+
+def test_export_into_the_registrys_folder_records_its_sha256_and_elsewhere_touches_no_manifest(tmp_path, monkeypatch):
+    """Weights written where the registry loads them get their manifest record in the same step (else they fail
+    to load as corrupted); an export anywhere else leaves the manifest as it was."""
+    import hashlib
+
+    from emojidg import shipped
+
+    run = tmp_path / "run"
+    _finished_lit_run(run)
+    manifest = tmp_path / "shipped_weights.json"
+    other = {"erm_vitt_emojidg_3d": {"file": "erm_vitt_emojidg_3d/model.safetensors", "sha256": "ab", "logit_scale": 1.0}}
+    manifest.write_text(json.dumps(other))
+    monkeypatch.setattr(shipped, "MANIFEST", manifest)
+    monkeypatch.setattr(shipped, "WEIGHTS", tmp_path / "weights")
+    P.main(["export", "--run", str(run), "--out", str(tmp_path / "elsewhere" / "clip_vitt_emoji")])
+    assert json.loads(manifest.read_text()) == other
+    P.main(["export", "--run", str(run), "--out", str(tmp_path / "weights" / "clip_vitt_emoji")])
+    recorded = json.loads(manifest.read_text())
+    path = tmp_path / "weights" / "clip_vitt_emoji" / "model.safetensors"
+    assert recorded.keys() == {"erm_vitt_emojidg_3d", "clip_vitt_emoji"} and recorded["erm_vitt_emojidg_3d"] == other[
+        "erm_vitt_emojidg_3d"]
+    entry = recorded["clip_vitt_emoji"]
+    assert entry["file"] == "clip_vitt_emoji/model.safetensors"
+    assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert entry["logit_scale"] == pytest.approx(50.0, rel=1e-3)  # the run's scale, stored as fp16

@@ -69,8 +69,10 @@ import clipood_zoo  # noqa: E402,F401  registers clipood_zoo/model_configs with 
 from clipood_zoo.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from clipood_zoo.errors import ClipoodError, ConfigError  # noqa: E402
 from clipood_zoo.fileio import write_bytes_atomic, write_text_atomic  # noqa: E402
+from clipood_zoo.models.emoji import MANIFEST  # noqa: E402
 from emojidg.paths import portable_command  # noqa: E402
 from emojidg.versions import VERSION_KEY, card_section, version_of  # noqa: E402
+from emojidg.shipped import record_shipped, registry_file  # noqa: E402
 from clipood_zoo.models.text_towers import create_clip as create_hf_clip  # noqa: E402
 
 _logger = logging.getLogger("pretrain_emoji_clip")
@@ -884,6 +886,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     path = clipood_zoo.save_pretrained(model, args.out, model_name=args.model_name, dtype=torch.float16,
                                        card_sections=sections)
     _logger.info("wrote %s (%.2f MB)", path, path.stat().st_size / 1e6)
+    if registry_file(Path(args.out), args.model_name):  # the registry's own weights: their record goes with them
+        record_shipped([args.model_name])
+        _logger.info("recorded %s's sha256 and logit scale in %s", args.model_name, MANIFEST)
     # round trip: the fp16 file reproduces the zero-shot accuracy on the held-out renders
     from clipood_zoo import load_weights
     m2 = build_classifier(ARCH, class_names=ck["class_names"], templates=ck["templates"])

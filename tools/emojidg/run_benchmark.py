@@ -57,7 +57,6 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -68,14 +67,14 @@ from clipood_zoo import ClipoodError, ConfigError  # noqa: E402
 from clipood_zoo import sweep  # noqa: E402
 from clipood_zoo.data import emojidg  # noqa: E402
 from clipood_zoo.fileio import write_text_atomic  # noqa: E402
-from clipood_zoo.hub import sha256_file  # noqa: E402
 from clipood_zoo.methods import METHODS  # noqa: E402
-from clipood_zoo.models.emoji import MANIFEST, RECIPE  # noqa: E402
+from clipood_zoo.models.emoji import RECIPE  # noqa: E402
 from clipood_zoo.stats import paired_class_bootstrap  # noqa: E402
 from train import EMA_DIR, LAST_DIR  # noqa: E402
 from train import build_parser as build_train_parser  # noqa: E402
 from emojidg.paths import repo_relative  # noqa: E402
 from emojidg.selection import Selection, best_of, select  # noqa: E402
+from emojidg.shipped import record_shipped  # noqa: E402
 from emojidg.study_results import (  # noqa: E402
     RUN_SUFFIX, ZEROSHOT, Study, load_study, predictions_path, record_path,
 )
@@ -356,19 +355,6 @@ def run_study(args: argparse.Namespace, opts: StudyOptions,
 
 
 # --- shipping ------------------------------------------------------------------------------------------
-def record_shipped(names: Sequence[str], trained: Optional[Dict[str, dict]] = None) -> None:
-    """Write each ``weights/<name>/model.safetensors``'s sha256 and logit scale into the manifest the registry
-    reads (so that the registered cfg says the scale the weights hold), and, for a fine-tune, how it was trained
-    (``trained[name]``: its selected ``recipe`` values and ``train_command``, which the registered cfg then says)."""
-    manifest = json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {}
-    for name in names:
-        path = REPO / "weights" / name / "model.safetensors"
-        scale = round(float(load_file(path)["head.logit_scale"].float().exp()), 4)
-        manifest[name] = {"file": f"{name}/model.safetensors", "sha256": sha256_file(path), "logit_scale": scale,
-                          **(trained or {}).get(name, {})}
-    MANIFEST.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-
-
 def shipped_variants(selection: Selection, domains: Sequence[str], variants: Sequence[str]) -> List[str]:
     """The SHIPPED_VARIANTS the study ran (``variants``), and the best of its peers when it ran any (ConfigError
     while those peers are not all selected). A study of ERM and CLIPood alone re-ships just those two: weights of
