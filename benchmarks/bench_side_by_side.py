@@ -46,7 +46,7 @@ def timed(mode: str, cmds: list, logs: list, jobs: int) -> float:
 
 def _check(returncode: int, log: Path) -> None:
     if returncode != 0:
-        raise SystemExit(f"a train.py run exited with {returncode}; its output: {log}")
+        raise RuntimeError(f"a train.py run exited with {returncode}; its output: {log}")
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ import fcntl
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO, Iterator, Optional, Union
 
@@ -46,10 +47,24 @@ def atomic_write(path: PathLike, mode: str = "wb", commit: bool = True) -> Itera
         raise
 
 
+_UMASK_LOCK = threading.Lock()
+
+
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """The process umask. Linux shows it in /proc; elsewhere the only way to read it is to set it and set it
+    back, which two threads doing at once (runs recorded side by side) can leave at 0 for good, so that is
+    done under a lock."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0)
+        os.umask(mask)
+        return mask
 
 
 def fsync_dir(path: PathLike) -> None:

@@ -197,41 +197,50 @@ def run_subprocess(cmd: Sequence[str], log: Optional[Path] = None, env: Optional
 
 
 def threads_env(jobs: int) -> Dict[str, str]:
-    """This process's environment with ``OMP_NUM_THREADS`` = the cores shared out among ``jobs`` runs (at least
-    one each), unless the user set it: torch would start a thread per core in every run, and ``jobs`` runs
-    of that many threads on the same cores slow each other down."""
-    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs)), **os.environ}
+    """This process's environment with ``OMP_NUM_THREADS`` = the cores it may use shared out among ``jobs`` runs
+    (at least one each), unless the user set it: torch would start a thread per core in every run, and ``jobs``
+    runs of that many threads on the same cores slow each other down."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return {"OMP_NUM_THREADS": str(max(1, cores // jobs)), **os.environ}
 
 
 def run_side_by_side(tasks: Sequence[Callable[[], None]], jobs: int) -> None:
     """Run ``tasks`` (each a run's commands) ``jobs`` at a time; with one, in order. Small models leave a GPU, or
-    CPU cores, idle with one run at a time. A task that raises stops the start of the rest; those already running
-    finish (every run stays resumable), then the first error is raised."""
+    CPU cores, idle with one run at a time. A task that fails, or an interrupt (Ctrl-C), stops the start of the
+    rest; those already running finish (every run stays resumable). Every failure is printed as it happens;
+    the first is raised (the interrupt, if there was one)."""
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     if jobs == 1:
         for task in tasks:
             task()
         return
-    left, errors, lock = iter(tasks), [], threading.Lock()
+    left, errors, lock, stop = iter(tasks), [], threading.Lock(), threading.Event()
 
     def worker() -> None:
         while True:
             with lock:
-                task = None if errors else next(left, None)
+                task = None if errors or stop.is_set() else next(left, None)
             if task is None:
                 return
             try:
                 task()
-            except Exception as e:  # noqa: BLE001 - kept and raised in the caller's thread
+            except BaseException as e:  # noqa: BLE001 - SystemExit too: raised in the caller's thread below
+                print(f"# failed: {e}", file=sys.stderr, flush=True)
                 with lock:
                     errors.append(e)
 
     threads = [threading.Thread(target=worker, name=f"sweep-job-{i}") for i in range(min(jobs, len(tasks)))]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.join()
+    except BaseException:  # an interrupt reaches this thread only: no worker may start another run
+        stop.set()
+        for t in threads:
+            t.join()
+        raise
     if errors:
         raise errors[0]
 

@@ -330,12 +330,11 @@ def test_shipped_variants_are_the_headline_methods_the_study_ran_and_its_best_pe
     assert rb.shipped_variants(selection, ["3d", "line"], ["erm", "clipood"]) == ["clipood", "erm"]
     with pytest.raises(rb.ConfigError, match="the best peer is not known"):
         rb.shipped_variants(selection, ["3d", "line"], ["erm", "lp_ft"])
-    selection["lp_ft"] = {"3d": cell(60.0), "line": cell(40.0)}  # mean 50
-    with pytest.raises(rb.ConfigError, match="the best peer is not known"):  # flyp not selected on line yet
-        selection["flyp"] = {"3d": cell(52.0)}
+    selection.update(lp_ft={"3d": cell(60.0), "line": cell(40.0)}, car_ft={"3d": cell(10.0), "line": cell(10.0)},
+                     croft={"3d": cell(50.0), "line": cell(50.0)}, flyp={"3d": cell(52.0)})  # lp_ft's mean: 50
+    with pytest.raises(rb.ConfigError, match="the best peer is not known"):  # flyp alone lacks line
         rb.shipped_variants(selection, ["3d", "line"], list(rb.GRID_VARIANTS))
-    selection.update(flyp={"3d": cell(52.0), "line": cell(49.0)}, car_ft={"3d": cell(10.0), "line": cell(10.0)},
-                     croft={"3d": cell(50.0), "line": cell(50.0)})
+    selection["flyp"]["line"] = cell(49.0)
     assert rb.shipped_variants(selection, ["3d", "line"], list(rb.GRID_VARIANTS)) == ["clipood", "erm", "wise_ft", "flyp"]
 
 

@@ -88,8 +88,69 @@ def test_the_study_runs_side_by_side_with_a_log_and_a_thread_share_per_run(tmp_p
     assert all((out / "results" / f"zeroshot-{d}.json").is_file() for d in ("3d", "line"))
 
 
+def test_a_failed_run_side_by_side_names_its_log(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "run_subprocess", lambda cmd, log=None, env=None: 1)
+    out = tmp_path / "study"
+    opts = rb.StudyOptions(tmp_path / "data", out, "test", jobs=2)
+    with pytest.raises(rb.TrainingError) as exc:
+        rb.run_phase("grid", [], opts, False, None, [rb.zeroshot_job("3d", opts)])
+    assert str(exc.value).startswith("command for zeroshot-3d exited with 1: ")
+    assert str(exc.value).endswith(f"\nIts output: {out / 'logs' / 'zeroshot-3d.log'}")
+
+
 def test_jobs_below_one_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         rb.main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "out"), "--jobs", "0"])
     assert exc.value.code == 2 and "error: --jobs must be >= 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_system_exit_in_a_job_is_raised_not_lost():
+    """threading drops a SystemExit raised in a thread without a word: the pool must carry it to the caller."""
+    with pytest.raises(SystemExit, match="run b failed"):
+        sweep.run_side_by_side([lambda: None, lambda: (_ for _ in ()).throw(SystemExit("run b failed"))], 2)
+
+
+def test_an_interrupt_in_the_callers_thread_starts_no_more_jobs(monkeypatch):
+    """Ctrl-C reaches the caller's thread only (in join). Here it comes while both workers run a job: those jobs
+    finish, the third never starts, and the interrupt is raised."""
+    started, release, real_join = [], threading.Event(), threading.Thread.join
+
+    interrupted = []
+
+    def join(self, timeout=None):
+        if self.name.startswith("sweep-job-") and not interrupted:  # the caller's first join
+            while len(started) < 2:  # interrupted once both jobs run
+                release.wait(0.01)
+            interrupted.append(self)
+            raise KeyboardInterrupt
+        release.set()  # then the caller waits for the running jobs: let them end
+        return real_join(self, timeout)
+
+    def job(name):
+        started.append(name)
+        release.wait(120)
+
+    monkeypatch.setattr(threading.Thread, "join", join)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_side_by_side([lambda: job("a"), lambda: job("b"), lambda: started.append("later")], 2)
+    assert sorted(started) == ["a", "b"]
+
+
+def test_the_umask_is_read_without_being_changed(monkeypatch, tmp_path):
+    """Records are written from the runs' threads: reading the umask by setting it (os.umask(0), then back) from
+    two threads at once can leave it at 0, and every later file world-writable. Where /proc shows it, it is read."""
+    from clipood_zoo import fileio
+
+    old = os.umask(0o027)
+    try:
+        def no_umask(mask):
+            raise AssertionError("os.umask called while writing a file")
+
+        if Path("/proc/self/status").is_file():
+            monkeypatch.setattr(os, "umask", no_umask)
+        fileio.write_text_atomic(tmp_path / "record.json", "{}")
+        assert fileio._umask() == 0o027 and (tmp_path / "record.json").stat().st_mode & 0o777 == 0o640
+    finally:
+        monkeypatch.undo()
+        os.umask(old)

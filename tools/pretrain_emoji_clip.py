@@ -69,10 +69,9 @@ import clipood_zoo  # noqa: E402,F401  registers clipood_zoo/model_configs with 
 from clipood_zoo.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from clipood_zoo.errors import ClipoodError, ConfigError  # noqa: E402
 from clipood_zoo.fileio import write_bytes_atomic, write_text_atomic  # noqa: E402
-from clipood_zoo.models.emoji import MANIFEST  # noqa: E402
 from emojidg.paths import portable_command  # noqa: E402
 from emojidg.versions import VERSION_KEY, card_section, version_of  # noqa: E402
-from emojidg.shipped import record_shipped, registry_file  # noqa: E402
+from emojidg.shipped import MANIFEST, record_shipped, registry_file  # noqa: E402
 from clipood_zoo.models.text_towers import create_clip as create_hf_clip  # noqa: E402
 
 _logger = logging.getLogger("pretrain_emoji_clip")

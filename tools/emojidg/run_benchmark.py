@@ -64,6 +64,7 @@ sys.path.insert(0, str(REPO / "tools"))
 
 import clipood_zoo  # noqa: E402
 from clipood_zoo import ClipoodError, ConfigError  # noqa: E402
+from clipood_zoo.errors import TrainingError  # noqa: E402
 from clipood_zoo import sweep  # noqa: E402
 from clipood_zoo.data import emojidg  # noqa: E402
 from clipood_zoo.fileio import write_text_atomic  # noqa: E402
@@ -74,7 +75,7 @@ from train import EMA_DIR, LAST_DIR  # noqa: E402
 from train import build_parser as build_train_parser  # noqa: E402
 from emojidg.paths import repo_relative  # noqa: E402
 from emojidg.selection import Selection, best_of, select  # noqa: E402
-from emojidg.shipped import record_shipped  # noqa: E402
+from emojidg.shipped import WEIGHTS, record_shipped  # noqa: E402
 from emojidg.study_results import (  # noqa: E402
     RUN_SUFFIX, ZEROSHOT, Study, load_study, predictions_path, record_path,
 )
@@ -298,20 +299,26 @@ def run_phase(phase: str, runs: Sequence[StudyRun], opts: StudyOptions, dry_run:
           + (f"; zero-shot evaluations left: {len(zeroshot_left)}" if zeroshot else ""), flush=True)
     side_by_side = opts.jobs > 1 and not dry_run
 
-    def runner_of(j: sweep.Job) -> Callable[[Sequence[str]], int]:
-        """With --jobs > 1 each run's output goes to its own log (the default runner only)."""
-        if runner is not None or not side_by_side:
-            return runner or sweep.run_subprocess
+    def run_logged(commands: List[List[str]], j: sweep.Job) -> None:
+        """Run ``j``'s ``commands``; with --jobs > 1 (and the default runner) into their own log, which a failure
+        names, and on the cores' share of one run."""
+        if not commands or runner is not None or not side_by_side:
+            sweep.run_commands(commands, j, dry_run, runner or sweep.run_subprocess)
+            return
         log = opts.out / "logs" / f"{j.name}.log"
         print(f"# {j.name}: output in {log}", flush=True)
-        return functools.partial(sweep.run_subprocess, log=log, env=sweep.threads_env(opts.jobs))
+        try:
+            sweep.run_commands(commands, j, dry_run,
+                               functools.partial(sweep.run_subprocess, log=log, env=sweep.threads_env(opts.jobs)))
+        except TrainingError as e:
+            raise TrainingError(f"{e}\nIts output: {log}") from e
 
     def zeroshot_task(j: sweep.Job) -> Callable[[], None]:
-        return lambda: sweep.run_commands([j.validate], j, dry_run, runner_of(j))
+        return lambda: run_logged([j.validate], j)
 
     def run_task(run: StudyRun, j: sweep.Job) -> Callable[[], None]:
         def task() -> None:
-            sweep.run_commands(sweep.pending_commands(j), j, dry_run, runner_of(j))
+            run_logged(sweep.pending_commands(j), j)
             if not dry_run and not record_path(j.result).is_file():
                 write_record(run, j, opts)
         return task
@@ -437,7 +444,7 @@ def ship(selection: Selection, opts: StudyOptions, seed: int, domains: Sequence[
             staged.append((name, model, sections, {"recipe": recipe_of(train_args),
                                                    "train_command": shlex.join(["python", *train_args])}))
     for name, model, sections, _ in staged:
-        clipood_zoo.save_pretrained(model, REPO / "weights" / name, model_name=name, dtype=torch.float16,
+        clipood_zoo.save_pretrained(model, WEIGHTS / name, model_name=name, dtype=torch.float16,
                                     card_sections=sections)
     record_shipped([name for name, *_ in staged], {name: trained for name, *_, trained in staged})
 
@@ -491,8 +498,6 @@ def main(argv: Optional[List[str]] = None, runner: Optional[Callable[[Sequence[s
     try:
         if not args.dry_run:
             (out / "results").mkdir(parents=True, exist_ok=True)
-            if opts.pretrained and args.model == "clip_vitt_emoji":
-                record_shipped(["clip_vitt_emoji"])  # the starting point every run loads with --pretrained
         selection = run_study(args, opts, runner)
         if args.ship and not args.dry_run:
             ship(selection, opts, args.headline_seeds[0], args.domains, args.variants, info)
