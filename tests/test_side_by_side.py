@@ -13,6 +13,8 @@ from clipood_zoo.errors import ConfigError
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 from emojidg import run_benchmark as rb  # noqa: E402
 
+CORES = len(os.sched_getaffinity(0))  # the cores this process may use (a container's CPU set, not the host's)
+
 
 def test_jobs_run_at_the_same_time_and_one_job_keeps_the_order():
     meet = threading.Barrier(2, timeout=120)  # broken (an error) unless both tasks are running at once
@@ -59,7 +61,7 @@ def test_a_logged_subprocess_writes_its_command_and_output_and_gets_its_share_of
     log = tmp_path / "logs" / "run.log"
     assert sweep.run_subprocess(cmd, log=log, env=sweep.threads_env(2)) == 3
     assert sweep.run_subprocess(cmd, log=log, env=sweep.threads_env(10 ** 6)) == 3  # appended, at least 1 thread
-    assert log.read_text().splitlines() == [f"$ {shlex.join(cmd)}", f"threads {max(1, os.cpu_count() // 2)}",
+    assert log.read_text().splitlines() == [f"$ {shlex.join(cmd)}", f"threads {max(1, CORES // 2)}",
                                             "to stderr", f"$ {shlex.join(cmd)}", "threads 1", "to stderr"]
     monkeypatch.setenv("OMP_NUM_THREADS", "7")  # the user's setting wins
     assert sweep.threads_env(2)["OMP_NUM_THREADS"] == "7"
@@ -84,7 +86,7 @@ def test_the_study_runs_side_by_side_with_a_log_and_a_thread_share_per_run(tmp_p
     (out / "results").mkdir(parents=True)
     opts = rb.StudyOptions(tmp_path / "data", out, "test", jobs=2)
     rb.run_phase("grid", [], opts, False, None, [rb.zeroshot_job(d, opts) for d in ("3d", "line")])
-    assert sorted(calls) == [(out / "logs" / f"zeroshot-{d}.log", str(max(1, os.cpu_count() // 2))) for d in ("3d", "line")]
+    assert sorted(calls) == [(out / "logs" / f"zeroshot-{d}.log", str(max(1, CORES // 2))) for d in ("3d", "line")]
     assert all((out / "results" / f"zeroshot-{d}.json").is_file() for d in ("3d", "line"))
 
 
