@@ -531,6 +531,8 @@ def saved_run_args(state: dict) -> dict:
     saved takes its value from before (:data:`RUN_ARG_BEFORE_FLAG`), and a style op added since has share 0."""
     was = {**RUN_ARG_BEFORE_FLAG, **state["run_args"]}
     return {**was, "aug_shares": shares_today(was["aug_shares"])}
+
+
 STATE_NAME = "train_state.pt"
 
 
