@@ -101,6 +101,8 @@ from clipood_zoo.weight_space import wise_ft
 _logger = logging.getLogger("train")
 LAST_DIR = "last"  # sub-folder of a run with a weight average that holds the run's last weights
 EMA_DIR = "ema"  # sub-folder holding the --export-ema weights
+WISE_FT_DIR = "wise_ft"  # sub-folder holding the --export-wise-ft weights
+EXTRA_DIRS = (LAST_DIR, EMA_DIR, WISE_FT_DIR)  # every sub-folder export a run may write
 MAX_NONFINITE_RUN = 10  # consecutive skipped steps after which a run is taken to have diverged
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL (sysexits.h): stopped by a signal after a checkpoint, "try again" with --resume
 SHARDS_GLOB = f"{CHECKPOINT_NAME}.shards-*"  # --fsdp: the folders of sharded model/average/optimizer states
@@ -153,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--wise-ft-alphas", type=float, nargs="+", default=None,
                    help="WiSE-FT: after training, interpolate with the zero-shot weights at each alpha, keep the best "
                         "on the source domains' val split (default for --method wise_ft: 0 0.25 0.5 0.75 1)")
+    g.add_argument("--export-wise-ft", action="store_true",
+                   help="export the WiSE-FT weights to <run>/wise_ft/ beside the run's own export, not in its place "
+                        "(one run then gives the fine-tune and its WiSE-FT, as a study comparing both needs)")
     g.add_argument("--lp-steps", type=int, default=0, help="lp_ft: optimizer steps that train only the head")
     g.add_argument("--carft-lambda", type=float, default=1.0, help="car_ft: weight of the context KL")
     g.add_argument("--croft-lambda", type=float, default=1.0, help="croft: weight of the energy gradient penalty")
@@ -294,7 +299,7 @@ def clear_previous_run(out_dir: Path, args: argparse.Namespace) -> None:
                           "choose another --seed or --experiment")
     for path in [*(out_dir / name for name in RUN_FILES), *out_dir.glob("checkpoint-*.pt")]:
         path.unlink(missing_ok=True)  # unlink removes a symlink, never what it points to
-    for name in (LAST_DIR, EMA_DIR):
+    for name in EXTRA_DIRS:
         remove_subfolder(out_dir / name)
     for shards in out_dir.glob(SHARDS_GLOB):
         remove_subfolder(shards)
@@ -411,6 +416,9 @@ class Run:
         if self.wise_ft_alphas and args.val_split not in self.info.splits:
             raise ConfigError(f"WiSE-FT chooses alpha on the source domains' {args.val_split!r} split, which "
                               f"{self.info.path} does not have; pass --val-split or drop --wise-ft-alphas")
+        if args.export_wise_ft and not self.wise_ft_alphas:
+            raise ConfigError(f"--export-wise-ft exports WiSE-FT beside the run, but --method {args.method} has no "
+                              "WiSE-FT step; give the alphas with --wise-ft-alphas (e.g. 0 0.25 0.5 0.75 1)")
         self.zeroshot_state = ({k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
                                if self.wise_ft_alphas else None)
         tau = self.method.resolve_temperature(self.model)
@@ -867,7 +875,9 @@ class Run:
                 break
         self.check_planned_steps(self.epochs - 1)
         if self.wise_ft_alphas:
-            metrics = self.apply_wise_ft()
+            wise_ft_metrics = self.apply_wise_ft(self.out_dir / WISE_FT_DIR if args.export_wise_ft else None)
+            if not args.export_wise_ft:  # WiSE-FT is then the run's model and result
+                metrics = wise_ft_metrics
         skipped = self.train_loader.skipped
         if skipped.total:
             _logger.warning("Skipped %d bad training samples: %s", skipped.total, skipped.as_dict())
@@ -921,9 +931,10 @@ class Run:
             self.export(metrics, model=model, out_dir=self.out_dir / label,
                         weights=label if label == LAST_DIR else f"ModelEmaV3 (decay {self.args.export_ema})")
 
-    def apply_wise_ft(self) -> Dict[str, float]:
+    def apply_wise_ft(self, out_dir: Optional[Path] = None) -> Dict[str, float]:
         """Interpolate the final (averaged) weights with the zero-shot ones at each alpha, evaluate each on the source
-        domains' val split only, and export the best (ties: the larger alpha) in place of the run's model."""
+        domains' val split only, and export the best (ties: the larger alpha) in place of the run's model, or into
+        ``out_dir`` (--export-wise-ft)."""
         finetuned = self.eval_model
         scores: Dict[float, float] = {}
         best: Optional[torch.nn.Module] = None
@@ -936,7 +947,9 @@ class Run:
                 best, best_alpha = candidate, alpha
         with self.samples_already_counted():
             metrics = {**self.evaluate(best), "wise_ft_alpha": best_alpha}
-        self.export(metrics, model=best, wise_ft={"alpha": best_alpha, "scores": scores})
+        if out_dir is not None and self.is_main and out_dir.is_symlink():  # a planted link is replaced, never written through
+            remove_subfolder(out_dir)
+        self.export(metrics, model=best, out_dir=out_dir, wise_ft={"alpha": best_alpha, "scores": scores})
         return metrics
 
     def evaluate_source(self, model: torch.nn.Module) -> float:

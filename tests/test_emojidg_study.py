@@ -24,6 +24,10 @@ def test_grid_plan_counts_and_run_ids():
     runs = rb.grid_runs(list(rb.GRID_VARIANTS), DOMAINS, [0])
     assert len(runs) == 8 * 4 * 3 * 3 and len({r.run_id for r in runs}) == len(runs)
     assert sum(r.steps for r in runs) == 8 * 4 * 3 * (300 + 1000 + 3000)
+    trained = rb.trained_runs(runs)  # WiSE-FT and CLIPood + WiSE-FT are exports of the ERM and CLIPood runs
+    assert len(trained) == 6 * 4 * 3 * 3 and {r.variant for r in trained} == set(rb.TRAINED_VARIANTS)
+    wise = rb.StudyRun("wise_ft", "3d", 1e-4, 1000, 2, "seeds")
+    assert wise.trained == rb.StudyRun("erm", "3d", 1e-4, 1000, 2, "seeds") and "wise_ft" in wise.trained.weights
     assert rb.StudyRun("clipood", "3d", 1e-4, 1000, 0, "grid").run_id == "clipood-3d-lr0.0001-st1000-s0"
     assert {(r.lr, r.steps) for r in runs} == {(lr, s) for lr in rb.GRID["lr"] for s in rb.GRID["steps"]}
     assert len(rb.grid_runs(["erm"], ["3d"], [0, 1], {"lr": (1e-3,), "steps": (2, 3)})) == 4
@@ -169,11 +173,11 @@ def test_grid_phase_writes_the_layout_of_the_contract(study):
     (zeroshot,) = json.loads((results / "zeroshot-3d.json").read_text())
     assert zeroshot["weights"] == "selected" and zeroshot["split"] == "test" and "ood_auroc_mcm" in zeroshot
     records = []
-    for variant in ("erm", "clipood", "wise_ft"):
+    for variant in ("erm", "clipood"):
         for steps in (2, 3):
             run_id = f"{variant}-3d-lr0.001-st{steps}-s0"
             record = json.loads((results / f"{run_id}.run.json").read_text())
-            weights = ["selected", "last", "ema"] if variant == "clipood" else ["selected"]
+            weights = ["selected", "last", "ema", "wise_ft"] if variant == "clipood" else ["selected", "wise_ft"]
             assert record == {
                 "run_id": run_id, "variant": variant, "domain": "3d", "lr": 0.001, "steps": steps, "seed": 0,
                 "source_val_top1": source_val_of_export(study / "runs" / run_id),
@@ -192,6 +196,22 @@ def test_grid_phase_writes_the_layout_of_the_contract(study):
             assert list(preds["models"]) == [f"{TINY_ARCH}|weights={w}" for w in weights]
             assert all(len(p["target"]) == rows[0]["num_samples"] for p in preds["models"].values())
             records.append(record)
+    for steps in (2, 3):  # WiSE-FT: the ERM run's wise_ft export, its rows and predictions relabelled "selected"
+        erm, run_id = f"erm-3d-lr0.001-st{steps}-s0", f"wise_ft-3d-lr0.001-st{steps}-s0"
+        record = json.loads((results / f"{run_id}.run.json").read_text())
+        erm_record = json.loads((results / f"{erm}.run.json").read_text())
+        assert record == {
+            "run_id": run_id, "variant": "wise_ft", "domain": "3d", "lr": 0.001, "steps": steps, "seed": 0,
+            "source_val_top1": source_val_of_export(study / "runs" / erm / "wise_ft"), "phase": "grid",
+            "train_args": erm_record["train_args"], "weights": {"selected": f"runs/{erm}/wise_ft"}, "derived_from": erm}
+        (wise_row,) = [r for r in json.loads((results / f"{erm}.json").read_text()) if r["weights"] == "wise_ft"]
+        assert json.loads((results / f"{run_id}.json").read_text()) == [{**wise_row, "weights": "selected"}]
+        erm_preds = json.loads((results / f"{erm}.predictions.json").read_text())
+        preds = json.loads((results / f"{run_id}.predictions.json").read_text())
+        assert preds == {**erm_preds, "models": {f"{TINY_ARCH}|weights=selected": {
+            **erm_preds["models"][f"{TINY_ARCH}|weights=wise_ft"], "weights": "selected"}}}
+        assert not (study / "runs" / run_id).exists()  # nothing trained for it
+        records.append(record)
     selection = json.loads((study / "selection.json").read_text())
     assert selection == json.loads(json.dumps(select(records)))
     assert set(selection) == {"erm", "clipood", "wise_ft"} and selection["clipood"]["3d"]["seeds"] == [0]
@@ -200,22 +220,25 @@ def test_grid_phase_writes_the_layout_of_the_contract(study):
 def test_a_rerun_skips_finished_runs_and_dry_run_lists_exactly_what_is_left(study, data, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     assert rb.main(argv(data, study, "--phase", "grid"), runner=lambda cmd: pytest.fail(f"ran {cmd}")) == 0
-    assert "# phase grid: 6 runs, 15 optimizer steps; left: 0 runs, 0 optimizer steps" in capsys.readouterr().out
+    assert ("# phase grid: 6 runs (2 of them WiSE-FT exports of others), 10 optimizer steps; left: 0 runs, 0 optimizer "
+            "steps") in capsys.readouterr().out
     before = {p: p.stat().st_mtime_ns for p in (study / "results").iterdir()}
     assert rb.main(argv(data, study, "--dry-run"), runner=lambda cmd: pytest.fail(f"ran {cmd}")) == 0
     lines = capsys.readouterr().out.splitlines()
     selection = json.loads((study / "selection.json").read_text())
     clipood = selection["clipood"]["3d"]
-    seeds = [f"{v}-3d-lr{selection[v]['3d']['lr']:g}-st{selection[v]['3d']['steps']}-s1"
-             for v in ("erm", "clipood", "wise_ft")]
+    # wise_ft's seed 1 is the wise_ft/ export of ERM's seed-1 run at wise_ft's selected config (once, if ERM's own)
+    seeds = list(dict.fromkeys(f"{trained}-3d-lr{selection[v]['3d']['lr']:g}-st{selection[v]['3d']['steps']}-s1"
+                               for v, trained in (("erm", "erm"), ("clipood", "clipood"), ("wise_ft", "erm"))))
     ablations = [f"{v}-3d-lr{clipood['lr']:g}-st{clipood['steps']}-s0" for v in rb.ABLATIONS]
     trained = [shlex.split(line) for line in lines if not line.startswith("#") and "train.py" in line]
     assert [c[c.index("--experiment") + 1] for c in trained] == seeds + ablations
     validated = [shlex.split(line) for line in lines if not line.startswith("#") and "validate.py" in line]
     assert [Path(c[c.index("--results-file") + 1]).stem for c in validated] == seeds + ablations
     assert len(lines) == 3 + 2 * len(seeds + ablations)
-    steps = sum(selection[v]["3d"]["steps"] for v in ("erm", "clipood", "wise_ft"))
-    assert f"# phase seeds: 3 runs, {steps} optimizer steps; left: 3 runs, {steps} optimizer steps" in lines
+    steps = sum(int(run_id.split("-st")[1].split("-")[0]) for run_id in seeds)
+    assert (f"# phase seeds: 3 runs (1 of them WiSE-FT exports of others), {steps} optimizer steps; left: 3 runs, "
+            f"{steps} optimizer steps") in lines
     n = len(rb.ABLATIONS)
     assert (f"# phase ablation: {n} runs, {n * clipood['steps']} optimizer steps; left: {n} runs, "
             f"{n * clipood['steps']} optimizer steps") in lines
@@ -240,8 +263,23 @@ def test_seeds_phase_runs_the_selected_configs_and_never_moves_the_selection(stu
         assert record["phase"] == "seeds" and record["seed"] == 1
     capsys.readouterr()
     assert rb.main(argv(data, study, "--dry-run", "--phase", "seeds"), runner=lambda cmd: pytest.fail(f"ran {cmd}")) == 0
-    assert capsys.readouterr().out == "# phase seeds: 3 runs, {0} optimizer steps; left: 0 runs, 0 optimizer steps\n".format(
-        sum(selected[v]["3d"]["steps"] for v in ("erm", "clipood", "wise_ft")))
+    trained = {(selected[v]["3d"]["lr"], selected[v]["3d"]["steps"], t)
+               for v, t in (("erm", "erm"), ("clipood", "clipood"), ("wise_ft", "erm"))}
+    assert capsys.readouterr().out == ("# phase seeds: 3 runs (1 of them WiSE-FT exports of others), {0} optimizer steps; "
+                                       "left: 0 runs, 0 optimizer steps\n").format(sum(steps for _, steps, _ in trained))
+
+
+def test_a_wise_ft_run_is_never_derived_from_a_run_without_its_export(tmp_path):
+    """An ERM run trained before --export-wise-ft has no wise_ft/ export: deriving WiSE-FT from it is refused with
+    what to do, and nothing is written."""
+    results = tmp_path / "results"
+    results.mkdir()
+    erm = rb.StudyRun("erm", "3d", 1e-3, 2, 0, "grid")
+    (results / f"{erm.run_id}.run.json").write_text(json.dumps({"weights": {"selected": f"runs/{erm.run_id}"}}))
+    with pytest.raises(rb.ConfigError, match=f"wise_ft-3d-lr0.001-st2-s0 is the WiSE-FT export of {erm.run_id}, which "
+                                             "was trained without --export-wise-ft"):
+        rb.write_derived(rb.StudyRun("wise_ft", "3d", 1e-3, 2, 0, "grid"), rb.StudyOptions(tmp_path, tmp_path, "test"))
+    assert [p.name for p in results.iterdir()] == [f"{erm.run_id}.run.json"]
 
 
 def test_ship_before_the_seed_runs_exist_and_missing_data_exit_2(study, data, tmp_path, capsys):

@@ -57,6 +57,26 @@ def test_one_fixed_alpha_on_top_of_clipood_interpolates_the_bma_weights(shards, 
         torch.testing.assert_close(value, 0.5 * zeroshot[key] + 0.5 * average[key])
 
 
+def test_export_wise_ft_puts_wise_ft_beside_the_runs_own_export(shards, tmp_path):
+    """--export-wise-ft: the run's export is the plain fine-tune (as without WiSE-FT), wise_ft/ holds the
+    interpolation at the alpha best on source val, and result.json stays the fine-tune's."""
+    plain = train.main(train_args(shards, tmp_path / "plain", "--steps", "2", "--method", "erm"))
+    result = train.main(train_args(shards, tmp_path, "--steps", "2", "--method", "erm", "--wise-ft-alphas", "0", "0.5",
+                                   "--export-wise-ft"))
+    run, plain_run = tmp_path / "run", tmp_path / "plain" / "run"
+    for key, value in load_file(plain_run / "model.safetensors").items():  # same seed, same training
+        assert torch.equal(load_file(run / "model.safetensors")[key], value)
+    assert "wise_ft_alpha" not in result and result["best_source_top1"] == plain["best_source_top1"]
+    wise = json.loads((run / "wise_ft" / "config.json").read_text())["pretrained_cfg"]["recipe"]["wise_ft"]
+    scores = {float(a): s for a, s in wise["scores"].items()}
+    assert sorted(scores) == [0.0, 0.5] and scores[wise["alpha"]] == max(scores.values())
+    last = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
+    zeroshot = zeroshot_weights(shards)
+    for key, value in load_file(run / "wise_ft" / "model.safetensors").items():
+        torch.testing.assert_close(value, (1 - wise["alpha"]) * zeroshot[key] + wise["alpha"] * last[key])
+    assert "wise_ft" not in json.loads((run / "config.json").read_text())["pretrained_cfg"]["recipe"]
+
+
 def test_a_run_with_a_weight_average_also_exports_its_last_weights(shards, tmp_path):
     train.main(train_args(shards, tmp_path, "--steps", "3", "--method", "clipood"))
     run = tmp_path / "run"
@@ -88,6 +108,7 @@ def test_lp_ft_exports_a_trained_head_that_loads_back(shards, tmp_path):
     (["--export-ema", "1.0"], "--export-ema is an EMA decay in [0, 1)"),
     (["--export-ema", "0.9", "--model-ema"], "--export-ema keeps an EMA beside the run's average"),
     (["--method", "wise_ft", "--val-split", "nosuch"], "WiSE-FT chooses alpha on the source domains' 'nosuch' split"),
+    (["--method", "erm", "--export-wise-ft"], "--export-wise-ft exports WiSE-FT beside the run, but --method erm has"),
 ])
 def test_bad_peer_arguments_exit_2_with_the_reason(shards, tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as exc:

@@ -13,7 +13,9 @@ with accuracy over every class, base / new / H, and open-set detection of the ne
 Phases (``--phase``, default ``all``; each runs what is left of it):
 
 - ``grid``: zero-shot (validate only), then every variant of :data:`GRID_VARIANTS` at every (lr, steps) of
-  :data:`GRID` on ``--grid-seeds``;
+  :data:`GRID` on ``--grid-seeds``. WiSE-FT and CLIPood + WiSE-FT train nothing of their own
+  (:data:`DERIVED_VARIANTS`): they are the ``wise_ft/`` export (``--export-wise-ft``) of the ERM and CLIPood
+  run of the same config and seed, which is trained (once) when either is asked for;
 - selection (:mod:`emojidg.selection`): per (variant, domain), the (lr, steps) with the best mean source-val
   top-1 over the grid seeds (``source_val_top1``: train.py's ``best_source_top1``; for WiSE-FT variants the
   source val of the chosen alpha); never a held-out number. Made on the grid seeds only, so later seeds never
@@ -25,14 +27,18 @@ Phases (``--phase``, default ``all``; each runs what is left of it):
 
 Layout under ``--out`` (read by tools/emojidg/report.py; only ever extended)::
 
-    runs/<run_id>/                     train.py's run folder (exported model; last/ and ema/ beside it)
+    runs/<run_id>/                     train.py's run folder (exported model; last/, ema/, wise_ft/ beside it)
     results/zeroshot-<domain>.json     validate.py rows of the base model (weights "selected")
     results/<run_id>.json              validate.py rows of the run, one per weights ("weights" field)
     results/<run_id>.predictions.json  validate.py --predictions-file of the same call: {"split": "test", "models":
-                                        {"<model>|weights=<selected|last|ema>": {target, domain, prediction, split,
+                                        {"<model>|weights=<selected|last|ema|wise_ft>": {target, domain, prediction, split,
                                         weights}}} (one split per call; validate.py's docstring has the format)
     results/<run_id>.run.json          {run_id, variant, domain, lr, steps, seed, source_val_top1, phase,
-                                        train_args, weights: {selected, last?, ema?: paths relative to --out}}
+                                        train_args, weights: {selected, last?, ema?, wise_ft?: paths relative to
+                                        --out}}; a derived run's: its fine-tune's train_args, weights {selected:
+                                        runs/<fine-tune run_id>/wise_ft}, derived_from: <fine-tune run_id>, and
+                                        results/<run_id>.json (+ .predictions.json) are the fine-tune's wise_ft
+                                        rows (and predictions) relabelled "selected"
     selection.json                     {variant: {domain: {lr, steps, source_val_top1, seeds, candidates}}}
 
 with ``run_id = f"{variant}-{domain}-lr{lr:g}-st{steps}-s{seed}"``. Resumable: a run whose results file
@@ -71,7 +77,7 @@ from clipood_zoo.fileio import write_text_atomic  # noqa: E402
 from clipood_zoo.methods import METHODS  # noqa: E402
 from clipood_zoo.models.emoji import RECIPE  # noqa: E402
 from clipood_zoo.stats import paired_class_bootstrap  # noqa: E402
-from train import EMA_DIR, LAST_DIR  # noqa: E402
+from train import EMA_DIR, LAST_DIR, WISE_FT_DIR  # noqa: E402
 from train import build_parser as build_train_parser  # noqa: E402
 from emojidg.paths import repo_relative  # noqa: E402
 from emojidg.selection import Selection, best_of, select  # noqa: E402
@@ -89,17 +95,21 @@ EMA_DECAY = 0.99  # the EMA every clipood run exports beside its BMA (a 100-step
 WISE_FT_ALPHAS = ("0", "0.25", "0.5", "0.75", "1")
 PHASES = ("grid", "seeds", "ablation")
 
-# variant -> train.py flags (lr, steps, seed and data come from the run)
-GRID_VARIANTS: Dict[str, List[str]] = {
-    "erm": ["--method", "erm"],
-    "clipood": ["--method", "clipood", "--export-ema", str(EMA_DECAY)],
-    "wise_ft": ["--method", "wise_ft"],
-    "clipood_wise_ft": ["--method", "clipood", "--wise-ft-alphas", *WISE_FT_ALPHAS],
+EXPORT_WISE_FT = ["--wise-ft-alphas", *WISE_FT_ALPHAS, "--export-wise-ft"]
+# trained variant -> train.py flags (lr, steps, seed and data come from the run)
+TRAINED_VARIANTS: Dict[str, List[str]] = {
+    "erm": ["--method", "erm", *EXPORT_WISE_FT],
+    "clipood": ["--method", "clipood", "--export-ema", str(EMA_DECAY), *EXPORT_WISE_FT],
     "lp_ft": ["--method", "lp_ft"],  # --lp-steps: LP_SHARE of the run's steps
     "flyp": ["--method", "flyp"],
     "car_ft": ["--method", "car_ft"],
     "croft": ["--method", "croft"],
 }
+# WiSE-FT is a fine-tune plus a choice of alpha: every ERM and CLIPood run exports its WiSE-FT (--export-wise-ft),
+# and these variants are those exports, not runs of their own. That saves the training they would repeat, and
+# WiSE-FT is compared with its fine-tune on the very same training run.
+DERIVED_VARIANTS: Dict[str, str] = {"wise_ft": "erm", "clipood_wise_ft": "clipood"}
+GRID_VARIANTS = ("erm", "clipood", "wise_ft", "clipood_wise_ft", "lp_ft", "flyp", "car_ft", "croft")
 HEADLINE = ("erm", "clipood", "wise_ft")  # >= 5 seeds, with zero-shot and the best peer
 PEERS = ("lp_ft", "flyp", "car_ft", "croft")
 BETAS, LAMBDAS, TAUS = (0.1, 0.25, 2.0), (0.1, 0.6, 1.0), (0.02, 0.1)  # recipe: beta 0.5, lambda 0.3, tau 1/20
@@ -132,20 +142,35 @@ class StudyRun:
         return f"{self.variant}-{self.domain}-lr{self.lr:g}-st{self.steps}-s{self.seed}"
 
     @property
+    def trained(self) -> StudyRun:
+        """The run that trains this one's weights: itself, or for a :data:`DERIVED_VARIANTS` variant the run of its
+        fine-tune with the same domain, lr, steps and seed (whose ``wise_ft/`` export it is)."""
+        base = DERIVED_VARIANTS.get(self.variant)
+        return self if base is None else dataclasses.replace(self, variant=base)
+
+    @property
     def flags(self) -> List[str]:
-        flags = GRID_VARIANTS.get(self.variant) or ABLATIONS[self.variant]
+        """train.py's flags of a trained run."""
+        flags = TRAINED_VARIANTS.get(self.variant) or ABLATIONS[self.variant]
         return flags + (["--lp-steps", str(int(self.steps * LP_SHARE))] if self.variant == "lp_ft" else [])
 
     @property
     def weights(self) -> List[str]:
-        """The weights the run exports: its selection, the last weights of a run with a weight average (train.py
-        exports them into ``last/``), the --export-ema EMA (``ema/``)."""
+        """The weights a trained run exports: its selection, the last weights of a run with a weight average
+        (train.py exports them into ``last/``), the --export-ema EMA (``ema/``), the --export-wise-ft WiSE-FT
+        (``wise_ft/``)."""
         flags = self.flags
         averaged = METHODS[flags[flags.index("--method") + 1]].default_bma  # no variant turns BMA off
-        return ["selected", *(["last"] if averaged else []), *(["ema"] if "--export-ema" in flags else [])]
+        return ["selected", *(["last"] if averaged else []), *(["ema"] if "--export-ema" in flags else []),
+                *(["wise_ft"] if "--export-wise-ft" in flags else [])]
 
 
-WEIGHTS_DIRS = {"selected": "", "last": LAST_DIR, "ema": EMA_DIR}  # sub-folder of the run folder
+WEIGHTS_DIRS = {"selected": "", "last": LAST_DIR, "ema": EMA_DIR, "wise_ft": WISE_FT_DIR}  # sub-folder of the run
+
+
+def trained_runs(runs: Sequence[StudyRun]) -> List[StudyRun]:
+    """The runs that train ``runs``' weights, each once, in order (a derived run and its fine-tune share one)."""
+    return list(dict.fromkeys(run.trained for run in runs))
 
 
 # --- the plan ------------------------------------------------------------------------------------------
@@ -259,14 +284,44 @@ def source_val_top1(train_result: Dict) -> float:
     return train_result["source_top1"] if "wise_ft_alpha" in train_result else train_result["best_source_top1"]
 
 
+def run_record(run: StudyRun, source_val: float, train_args: Sequence[str], weights: Dict[str, str]) -> Dict:
+    return {"run_id": run.run_id, "variant": run.variant, "domain": run.domain, "lr": run.lr, "steps": run.steps,
+            "seed": run.seed, "source_val_top1": source_val, "phase": run.phase, "train_args": list(train_args),
+            "weights": weights}
+
+
 def write_record(run: StudyRun, j: sweep.Job, opts: StudyOptions) -> None:
     """``results/<run_id>.run.json`` of a validated run (written once, after validate.py's rows)."""
     train_result = json.loads((j.run_dir / "result.json").read_text(encoding="utf-8"))
-    record = {"run_id": run.run_id, "variant": run.variant, "domain": run.domain, "lr": run.lr, "steps": run.steps,
-              "seed": run.seed, "source_val_top1": source_val_top1(train_result), "phase": run.phase,
-              "train_args": j.train[1:],
-              "weights": {w: (Path("runs") / run.run_id / WEIGHTS_DIRS[w]).as_posix().rstrip("/") for w in run.weights}}
-    write_text_atomic(record_path(j.result), json.dumps(record, indent=2) + "\n")
+    weights = {w: (Path("runs") / run.run_id / WEIGHTS_DIRS[w]).as_posix().rstrip("/") for w in run.weights}
+    write_text_atomic(record_path(j.result), json.dumps(run_record(run, source_val_top1(train_result), j.train[1:],
+                                                                   weights), indent=2) + "\n")
+
+
+def write_derived(run: StudyRun, opts: StudyOptions) -> None:
+    """The result files of a derived run (:data:`DERIVED_VARIANTS`) from its trained run's: validate.py's rows and
+    per-image predictions of the ``wise_ft`` weights, relabelled ``selected``, and a record whose source val is the
+    chosen alpha's (train.py records it in ``wise_ft/config.json``). Written once, the record last."""
+    results = opts.out / "results"
+    trained = results / f"{run.trained.run_id}.json"
+    record = json.loads(record_path(trained).read_text(encoding="utf-8"))
+    if "wise_ft" not in record["weights"]:
+        raise ConfigError(f"{run.run_id} is the WiSE-FT export of {run.trained.run_id}, which was trained without "
+                          f"--export-wise-ft (an older run_benchmark.py); move {opts.out / 'runs' / run.trained.run_id} "
+                          f"and {trained} (with its .predictions.json and {RUN_SUFFIX}) aside to retrain it")
+    folder = opts.out / record["weights"]["wise_ft"]
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    rows = [{**r, "weights": "selected"} for r in json.loads(trained.read_text(encoding="utf-8"))
+            if r["weights"] == "wise_ft"]
+    predictions = json.loads(predictions_path(trained).read_text(encoding="utf-8"))
+    predictions["models"] = {key.replace("|weights=wise_ft", "|weights=selected"): {**entry, "weights": "selected"}
+                             for key, entry in predictions["models"].items() if key.endswith("|weights=wise_ft")}
+    mine = results / f"{run.run_id}.json"
+    write_text_atomic(predictions_path(mine), json.dumps(predictions) + "\n")
+    write_text_atomic(mine, json.dumps(rows, indent=2) + "\n")
+    write_text_atomic(record_path(mine), json.dumps(run_record(
+        run, source_val_top1(config["train_results"]), record["train_args"], {"selected": record["weights"]["wise_ft"]})
+        | {"derived_from": run.trained.run_id}, indent=2) + "\n")
 
 
 def finished_records(runs: Sequence[StudyRun], opts: StudyOptions) -> List[Dict]:
@@ -289,13 +344,18 @@ def current_selection(grid: Sequence[StudyRun], opts: StudyOptions) -> Selection
 # --- running -------------------------------------------------------------------------------------------
 def run_phase(phase: str, runs: Sequence[StudyRun], opts: StudyOptions, dry_run: bool,
               runner: Optional[Callable[[Sequence[str]], int]] = None, zeroshot: Sequence[sweep.Job] = ()) -> None:
-    """Run (or with ``dry_run`` print) what is left of a phase: its zero-shot evaluations, then each run's train and
-    validate commands (clipood_zoo.sweep's resume rules), recording each run once it is validated."""
-    jobs = [(run, job(run, opts)) for run in runs]
-    left = [run for run, j in jobs if not j.result.is_file()]
+    """Run (or with ``dry_run`` print) what is left of a phase: its zero-shot evaluations, then each trained run's
+    train and validate commands (clipood_zoo.sweep's resume rules), recording each run once it is validated and
+    writing the derived runs (WiSE-FT) of it. The step counts are of the trained runs: a derived run trains nothing."""
+    trained = trained_runs(runs)
+    jobs = [(run, job(run, opts)) for run in trained]
+    derived = {run: [d for d in runs if d.trained == run and d != run] for run in trained}
+    left = [run for run in runs if not record_path(opts.out / "results" / f"{run.run_id}.json").is_file()]
+    left_steps = sum(run.steps for run, j in jobs if not j.result.is_file())
     zeroshot_left = [j for j in zeroshot if not j.result.is_file()]
-    print(f"# phase {phase}: {len(runs)} runs, {sum(r.steps for r in runs)} optimizer steps; left: {len(left)} runs, "
-          f"{sum(r.steps for r in left)} optimizer steps"
+    n_derived = len(runs) - len([r for r in runs if r.trained == r])
+    print(f"# phase {phase}: {len(runs)} runs{f' ({n_derived} of them WiSE-FT exports of others)' if n_derived else ''}, "
+          f"{sum(r.steps for r in trained)} optimizer steps; left: {len(left)} runs, {left_steps} optimizer steps"
           + (f"; zero-shot evaluations left: {len(zeroshot_left)}" if zeroshot else ""), flush=True)
     side_by_side = opts.jobs > 1 and not dry_run
 
@@ -319,8 +379,13 @@ def run_phase(phase: str, runs: Sequence[StudyRun], opts: StudyOptions, dry_run:
     def run_task(run: StudyRun, j: sweep.Job) -> Callable[[], None]:
         def task() -> None:
             run_logged(sweep.pending_commands(j), j)
-            if not dry_run and not record_path(j.result).is_file():
+            if dry_run:
+                return
+            if not record_path(j.result).is_file():
                 write_record(run, j, opts)
+            for d in derived[run]:
+                if not record_path(opts.out / "results" / f"{d.run_id}.json").is_file():
+                    write_derived(d, opts)
         return task
 
     sweep.run_side_by_side([*map(zeroshot_task, zeroshot_left), *(run_task(run, j) for run, j in jobs)],
@@ -424,7 +489,8 @@ def ship(selection: Selection, opts: StudyOptions, seed: int, domains: Sequence[
             if not (result.is_file() and record_path(result).is_file()):
                 raise ConfigError(f"--ship: {result} or its {RUN_SUFFIX} is missing; run the seeds phase (seed {seed}) first")
             name = f"{variant}_vitt_emojidg_{domain}"
-            run_dir = opts.out / "runs" / run.run_id
+            record = json.loads(record_path(result).read_text())
+            run_dir = opts.out / record["weights"]["selected"]  # a derived run's: its fine-tune's wise_ft/
             model = clipood_zoo.create_model(name, checkpoint_path=run_dir)
             (row,) = [r for r in json.loads(result.read_text()) if r["weights"] == "selected" and r["split"] == opts.split]
             card = (run_dir / "README.md").read_text().split("## Training", 1)[-1]
@@ -440,7 +506,7 @@ def ship(selection: Selection, opts: StudyOptions, seed: int, domains: Sequence[
                 "Data and licences": "EmojiDG images are rendered from openly licensed emoji sets; see "
                                      "datasets/emojidg-mini/licenses/ATTRIBUTION.md.",
             }
-            train_args = json.loads(record_path(result).read_text())["train_args"]
+            train_args = record["train_args"]
             staged.append((name, model, sections, {"recipe": recipe_of(train_args),
                                                    "train_command": shlex.join(["python", *train_args])}))
     for name, model, sections, _ in staged:
