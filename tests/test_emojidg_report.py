@@ -322,6 +322,21 @@ def test_runs_without_selection_and_predictions_of_other_weights_are_refused(stu
         load_study(tmp_path)
 
 
+def test_a_study_with_gzipped_predictions_reports_the_same(study, tmp_path):
+    """A committed study keeps its predictions gzipped (gzip -9n): the report reads them as it reads the files."""
+    import gzip
+    import shutil
+
+    _, out, *_ = study
+    shutil.copytree(out, tmp_path / "packed")
+    for path in (tmp_path / "packed" / "results").glob("*.predictions.json"):
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+        path.unlink()
+    assert report.main(["--study", str(out), "--out", str(tmp_path / "plain")]) == 0
+    assert report.main(["--study", str(tmp_path / "packed"), "--out", str(tmp_path / "gz")]) == 0
+    assert (tmp_path / "gz" / "results.json").read_text() == (tmp_path / "plain" / "results.json").read_text()
+
+
 def test_v1_report_still_reproduces_the_committed_v1_tables(tmp_path):
     """docs/emojidg/results.{md,json} stay v1: the v1 path rebuilds them from the committed v1 rows (the rows
     have no predictions, so the only addition is the note saying so), its heading now read from the rows."""

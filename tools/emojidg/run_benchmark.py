@@ -83,7 +83,7 @@ from emojidg.paths import repo_relative  # noqa: E402
 from emojidg.selection import Selection, best_of, select  # noqa: E402
 from emojidg.shipped import WEIGHTS, record_shipped  # noqa: E402
 from emojidg.study_results import (  # noqa: E402
-    RUN_SUFFIX, ZEROSHOT, Study, load_study, predictions_path, record_path,
+    RUN_SUFFIX, ZEROSHOT, Study, load_study, predictions_path, read_predictions, record_path,
 )
 from emojidg.versions import card_section, held_out_split, version_of  # noqa: E402
 
@@ -313,7 +313,7 @@ def write_derived(run: StudyRun, opts: StudyOptions) -> None:
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     rows = [{**r, "weights": "selected"} for r in json.loads(trained.read_text(encoding="utf-8"))
             if r["weights"] == "wise_ft"]
-    predictions = json.loads(predictions_path(trained).read_text(encoding="utf-8"))
+    predictions = read_predictions(predictions_path(trained))
     predictions["models"] = {key.replace("|weights=wise_ft", "|weights=selected"): {**entry, "weights": "selected"}
                              for key, entry in predictions["models"].items() if key.endswith("|weights=wise_ft")}
     mine = results / f"{run.run_id}.json"

@@ -23,6 +23,7 @@ Only what was measured is read; nothing is filled in. Which row is which, withou
 """
 from __future__ import annotations
 
+import gzip
 import json
 import math
 from dataclasses import dataclass, field
@@ -107,10 +108,10 @@ def _one(rows: List[dict], what: str, source: Path) -> Optional[dict]:
 def _predictions(row: dict, path: Path, weights: str) -> Tuple[str, np.ndarray, np.ndarray]:
     """(key, target, correct) of ``row``'s entry in the predictions file ``path``; ConfigError when there is none
     (every row the runner writes has its predictions: without them a comparison would silently drop the row)."""
-    if not path.is_file():
+    doc = read_predictions(path)
+    if doc is None:
         raise ConfigError(f"{path} is missing: the {weights!r} row of {path.name.removesuffix(PREDICTIONS_SUFFIX)}.json "
                           "has no per-image predictions; delete that results file and re-run the runner to score it again")
-    doc = json.loads(path.read_text())
     matches = [key for key, entry in doc["models"].items() if key.split("|", 1)[0] == row["model"]
                and entry.get("split", doc.get("split")) == row["split"]
                and entry.get("weights", row.get("weights")) == row.get("weights")]
@@ -126,6 +127,15 @@ def _predictions(row: dict, path: Path, weights: str) -> Tuple[str, np.ndarray, 
                           f"{100 * correct.mean():.3f}) are not those of the {weights!r} row ({row['num_samples']} "
                           f"images, top-1 {row['top1']}); re-run validate.py with --predictions-file")
     return matches[0], target, correct
+
+
+def read_predictions(path: Path) -> Optional[dict]:
+    """A ``.predictions.json``, else its gzip beside it (``.predictions.json.gz``: a study's results are committed
+    so, ~5x smaller, since the device tool carries the whole tree); None when neither exists."""
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    packed = path.with_name(path.name + ".gz")
+    return json.loads(gzip.decompress(packed.read_bytes())) if packed.is_file() else None
 
 
 def predictions_path(rows_path: Path) -> Path:
