@@ -386,3 +386,51 @@ def test_a_shipped_runs_recipe_is_what_its_own_train_command_set(study):
                                   "batch_size": int(value("-b")), "weight_decay": float(value("--weight-decay"))}
     assert rb.recipe_of(["train.py", "--model", "m", "--data-dir", "d", "--method", "lp_ft", "--steps", "1000",
                          "--lp-steps", "200"])["lp_steps"] == 200
+
+
+
+def test_ship_refuses_a_mini_subset_of_another_benchmark_version_before_writing(study, data, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """--ship records each card's score on the committed subset, so a subset of another version than the study's
+    data is refused before anything is written."""
+    monkeypatch.chdir(REPO)
+    v1_mini = tmp_path / "v1-mini"  # the study's shards' info, recorded as v1 (no version key)
+    v1_mini.mkdir()
+    info = json.loads((data / "_info.json").read_text())
+    (v1_mini / "_info.json").write_text(json.dumps({k: v for k, v in info.items() if k != "benchmark_version"}))
+    monkeypatch.setattr(rb, "MINI", v1_mini)
+    monkeypatch.setattr(rb, "WEIGHTS", tmp_path / "weights")
+    monkeypatch.setattr(rb, "record_shipped", lambda *a: pytest.fail("recorded"))
+    with pytest.raises(SystemExit) as exc:
+        rb.main(argv(data, study, "--phase", "grid", "--ship", "--variants", "erm", "clipood"),
+                runner=lambda cmd: pytest.fail(f"ran {cmd}"))
+    assert exc.value.code == 2 and not (tmp_path / "weights").exists()
+    assert "--ship: datasets/emojidg-mini is EmojiDG v1 but the study's data is v2; rebuild the subset" in (
+        capsys.readouterr().err)
+
+
+def test_the_mini_check_scores_the_fp16_file_it_ships(study, data, tmp_path, monkeypatch):
+    """mini_check's card lines are validate.py's top-1 of the model rounded to fp16 (what --ship writes), on the
+    subset's held-out style: recomputed here by scoring an fp16 copy saved independently."""
+    import torch
+
+    import clipood_zoo
+
+    monkeypatch.setattr(rb, "MINI", data)
+    run_dir = study / "runs" / "clipood-3d-lr0.001-st2-s0"
+    model = clipood_zoo.create_model(f"local-dir:{run_dir}")
+    saved, save = [], clipood_zoo.save_pretrained
+    monkeypatch.setattr(clipood_zoo, "save_pretrained", lambda *a, **kw: saved.append(kw["dtype"]) or save(*a, **kw))
+    section = rb.mini_check(model, "clipood_vitt_emojidg_3d", TINY_ARCH, "3d")
+    assert saved == [torch.float16]  # a tie of 8 tiny predictions may not show fp16 rounding: the file must be fp16
+    monkeypatch.undo()
+    half = clipood_zoo.create_model(f"local-dir:{run_dir}")
+    with torch.no_grad():
+        for p in half.state_dict().values():
+            if p.is_floating_point():
+                p.copy_(p.half().float())
+    clipood_zoo.save_pretrained(half, tmp_path / "half", model_name="clipood_vitt_emojidg_3d")
+    (row,) = validate.main(["--model", TINY_ARCH, "--checkpoint", str(tmp_path / "half"), "--data-dir", str(data),
+                            "--domains", "3d", "--workers", "0"])
+    assert section.startswith(f"- mini_top1: {row['top1']}\n- mini_num_samples: {row['num_samples']}\n")
+    assert row["num_samples"] == 8

@@ -1,8 +1,9 @@
 """The shipped small family: a CLIP pretrained here on emoji styles, and CLIPood/ERM/WiSE-FT fine-tunes of it.
 
 - ``clip_vitt_emoji``: the zero-shot base, a ViT (patch 8, 40 px) image tower trained LiT-style
-  against a locked all-MiniLM-L6-v2 text tower on eight pretraining emoji styles
-  (tools/pretrain_emoji_clip.py); its head holds the 444 EmojiDG class embeddings.
+  against a locked all-MiniLM-L6-v2 text tower on nine pretraining emoji styles (EmojiDG v2; none of the
+  four downstream styles, nor their design families) (tools/pretrain_emoji_clip.py); its head holds the 444
+  EmojiDG class embeddings.
 - ``<method>_vitt_emojidg_<domain>`` for every method of the study (:data:`METHOD_LABELS`: CLIPood, ERM,
   WiSE-FT and the peers): fine-tuned with train.py on the other three downstream styles' base classes,
   ``<domain>`` held out, the (lr, steps) selected on the source styles' val split
@@ -51,7 +52,8 @@ def _cfg(name: str, heldout: str = None, method: str = None) -> ZooPretrainedCfg
         license="cc-by-sa-4.0", description=(
             f"{METHOD_LABELS[method]} fine-tune of clip_vitt_emoji on EmojiDG, "
             f"'{heldout}' held out." if method else
-            "A small CLIP (ViT patch 8, 40 px; locked all-MiniLM-L6-v2 text) pretrained on eight emoji styles."),
+            "A small CLIP (ViT patch 8, 40 px; locked all-MiniLM-L6-v2 text) pretrained on nine emoji styles "
+            "(EmojiDG v2)."),
     )
 
 

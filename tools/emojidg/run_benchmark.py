@@ -48,7 +48,8 @@ left and, per phase, the runs and optimizer steps in all and left (to size it fo
 ``OMP_NUM_THREADS`` = cores / N: one small run leaves a GPU, or spare cores, idle.
 ``--ship`` re-saves the first seed of the selected ERM, CLIPood and WiSE-FT runs (those of them in ``--variants``)
 and of the best peer (when the study ran peers) as fp16 into ``weights/`` and records their sha256 in
-``clipood_zoo/models/shipped_weights.json``.
+``clipood_zoo/models/shipped_weights.json``. Each card also records ``mini_top1``, the shipped fp16 file's score on
+the committed subset datasets/emojidg-mini (which must be of the study's benchmark version): the check CI re-runs.
 """
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ import functools
 import json
 import shlex
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -79,6 +81,7 @@ from clipood_zoo.models.emoji import RECIPE  # noqa: E402
 from clipood_zoo.stats import paired_class_bootstrap  # noqa: E402
 from train import EMA_DIR, LAST_DIR, WISE_FT_DIR  # noqa: E402
 from train import build_parser as build_train_parser  # noqa: E402
+import validate  # noqa: E402
 from emojidg.paths import repo_relative  # noqa: E402
 from emojidg.selection import Selection, best_of, select  # noqa: E402
 from emojidg.shipped import WEIGHTS, record_shipped  # noqa: E402
@@ -470,12 +473,41 @@ def recipe_of(train_args: Sequence[str]) -> Dict[str, float]:
     return {k: args[k] for k in RECIPE_ARGS if k != "lp_steps" or args[k]}
 
 
+# the committed subset CI has: every shipped fine-tune's card records its score there, which tests re-score
+MINI = REPO / "datasets" / "emojidg-mini"
+MINI_CHECK = "Check on the committed mini subset"
+
+
+def mini_check(model: torch.nn.Module, name: str, base: str, domain: str) -> str:
+    """The card section with validate.py's top-1 of ``model`` *as shipped* (fp16, saved as ``name``) on
+    :data:`MINI`'s held-out ``domain``, scored on the study's ``base`` architecture as every study run is. The
+    card's results are on the full held-out split, which CI does not have; this number is the one
+    tests/test_shipped_weights.py re-scores from the committed files, so a drift in the weights, data,
+    transforms or evaluation loop shows there."""
+    with tempfile.TemporaryDirectory() as tmp:
+        clipood_zoo.save_pretrained(model, Path(tmp), model_name=name, dtype=torch.float16)
+        (row,) = validate.main(["--model", base, "--checkpoint", tmp, "--data-dir", str(MINI), "--domains", domain,
+                                "--workers", "0"])
+    return (f"- mini_top1: {row['top1']}\n- mini_num_samples: {row['num_samples']}\n\n"
+            f"validate.py on datasets/emojidg-mini (the held-out style's val renders), fp16 weights as shipped.")
+
+
+def check_mini_version(info: dict) -> None:
+    """--ship records scores on :data:`MINI`, so the subset must be of the benchmark version the study ran on."""
+    mini = version_of(json.loads((MINI / "_info.json").read_text()))
+    if mini != version_of(info):
+        raise ConfigError(f"--ship: datasets/emojidg-mini is EmojiDG {mini} but the study's data is "
+                          f"{version_of(info)}; rebuild the subset from the same raw tree (tools/emojidg/make_shards.py "
+                          "--mini datasets/emojidg-mini --overwrite) first")
+
+
 def ship(selection: Selection, opts: StudyOptions, seed: int, domains: Sequence[str], variants: Sequence[str],
          info: dict) -> None:
     """fp16 copies of the selected runs of :func:`shipped_variants` (seed ``seed``) in weights/, with
     model cards (the benchmark version of the data ``info`` describes, the selected lr and steps, and paired
     intervals against zero-shot and ERM), recorded in the manifest. Everything is read and checked before the
     first file is written, so a refused --ship leaves weights/ and the manifest as they were."""
+    check_mini_version(info)
     variants = shipped_variants(selection, domains, variants)
     study, staged = load_study(opts.out), []
     for variant in variants:
@@ -503,6 +535,7 @@ def ship(selection: Selection, opts: StudyOptions, seed: int, domains: Sequence[
                 f"Results (validate.py, held-out domain, {opts.split} split)": "\n".join(
                     [f"- {k}: {row[k]}" for k in ("top1", "base_top1", "new_top1", "hm", "ood_auroc_mcm", "num_samples")
                      if k in row] + interval_lines(study, variant, domain, seed)),
+                MINI_CHECK: mini_check(model, name, opts.model, domain),
                 "Data and licences": "EmojiDG images are rendered from openly licensed emoji sets; see "
                                      "datasets/emojidg-mini/licenses/ATTRIBUTION.md.",
             }
