@@ -251,6 +251,16 @@ def test_a_rerun_skips_finished_runs_and_dry_run_lists_exactly_what_is_left(stud
     assert record.read_text() == text
 
 
+def test_a_call_with_fewer_variants_keeps_the_other_variants_selection(study, data, monkeypatch):
+    """A re-ship of ERM and CLIPood alone (``--variants erm clipood``) recomputes only their cells: WiSE-FT's
+    selection, which report.py needs, stays in selection.json."""
+    monkeypatch.chdir(REPO)
+    before = json.loads((study / "selection.json").read_text())
+    assert set(before) == {"erm", "clipood", "wise_ft"}
+    assert rb.main(argv(data, study, "--phase", "grid", "--variants", "erm"), runner=lambda cmd: pytest.fail(f"ran {cmd}")) == 0
+    assert json.loads((study / "selection.json").read_text()) == before
+
+
 def test_seeds_phase_runs_the_selected_configs_and_never_moves_the_selection(study, data, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     selection = (study / "selection.json").read_text()

@@ -344,6 +344,17 @@ def current_selection(grid: Sequence[StudyRun], opts: StudyOptions) -> Selection
     return select(r for r in records if done[r["variant"], r["domain"]] == planned[r["variant"], r["domain"]])
 
 
+def kept_selection(opts: StudyOptions, selection: Selection) -> Selection:
+    """``OUT/selection.json`` with the cells of ``selection`` put in: a call with fewer ``--variants`` or
+    ``--domains`` (a re-ship of two methods) recomputes only its own cells and keeps the others' (only ever
+    extended, like every file of the study)."""
+    path = opts.out / "selection.json"
+    kept: Selection = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    for variant, cells in selection.items():
+        kept[variant] = {**kept.get(variant, {}), **cells}
+    return kept
+
+
 # --- running -------------------------------------------------------------------------------------------
 def run_phase(phase: str, runs: Sequence[StudyRun], opts: StudyOptions, dry_run: bool,
               runner: Optional[Callable[[Sequence[str]], int]] = None, zeroshot: Sequence[sweep.Job] = ()) -> None:
@@ -409,7 +420,7 @@ def run_study(args: argparse.Namespace, opts: StudyOptions,
     grid = grid_runs(args.variants, args.domains, args.grid_seeds, {"lr": tuple(args.lrs), "steps": steps})
     if "grid" in phases:
         run_phase("grid", grid, opts, args.dry_run, runner, [zeroshot_job(d, opts) for d in args.domains])
-    selection = current_selection(grid, opts)
+    selection = kept_selection(opts, current_selection(grid, opts))
     if selection and not args.dry_run:
         write_text_atomic(opts.out / "selection.json", json.dumps(selection, indent=2) + "\n")
     if "seeds" in phases:
