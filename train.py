@@ -775,7 +775,8 @@ class Run:
     def export(self, metrics: Dict[str, float], model: Optional[torch.nn.Module] = None,
                out_dir: Optional[Path] = None, weights: Optional[str] = None,
                wise_ft: Optional[Dict[str, Any]] = None) -> None:
-        """``save_pretrained`` of ``model`` (default: the evaluated one) into ``out_dir`` (default: the run folder).
+        """``save_pretrained`` of ``model`` (default: the evaluated one) into ``out_dir`` (default: the run folder; a
+        symlink planted where a sub-folder export goes is removed, never written through).
 
         ``weights`` names what is exported when it is not the run's evaluated model ('last'); ``wise_ft``
         records the chosen alpha and the validation score of each alpha. Every rank calls it (with --fsdp the
@@ -793,6 +794,8 @@ class Run:
         if wise_ft is not None:
             recipe["wise_ft"] = wise_ft
         model = self.eval_model if model is None else model
+        if out_dir is not None and self.is_main and out_dir.is_symlink():  # a planted link is replaced, never written through
+            remove_subfolder(out_dir)
         model.pretrained_cfg = {**self.model.pretrained_cfg, "recipe": recipe, "heldout_domain": args.holdout,
                                 "dataset": self.info.name}
         sections = {
@@ -926,8 +929,6 @@ class Run:
         for label, model in extra:
             with self.samples_already_counted():
                 metrics = self.evaluate(model)
-            if self.is_main and (self.out_dir / label).is_symlink():  # a planted link is replaced, never written through
-                remove_subfolder(self.out_dir / label)
             self.export(metrics, model=model, out_dir=self.out_dir / label,
                         weights=label if label == LAST_DIR else f"ModelEmaV3 (decay {self.args.export_ema})")
 
@@ -947,8 +948,6 @@ class Run:
                 best, best_alpha = candidate, alpha
         with self.samples_already_counted():
             metrics = {**self.evaluate(best), "wise_ft_alpha": best_alpha}
-        if out_dir is not None and self.is_main and out_dir.is_symlink():  # a planted link is replaced, never written through
-            remove_subfolder(out_dir)
         self.export(metrics, model=best, out_dir=out_dir, wise_ft={"alpha": best_alpha, "scores": scores})
         return metrics
 

@@ -266,16 +266,22 @@ def validate_command(domain: str, weights: Dict[str, Optional[Path]], result: Pa
             "--weights-names", *weights]
 
 
+def rows_path(opts: StudyOptions, run_id: str) -> Path:
+    """``OUT/results/<run_id>.json``: validate.py's rows of a run (or of ``zeroshot-<domain>``), with its
+    ``.predictions.json`` and ``.run.json`` beside it."""
+    return opts.out / "results" / f"{run_id}.json"
+
+
 def job(run: StudyRun, opts: StudyOptions) -> sweep.Job:
     run_dir = opts.out / "runs" / run.run_id
-    result = opts.out / "results" / f"{run.run_id}.json"
+    result = rows_path(opts, run.run_id)
     weights = {w: run_dir / WEIGHTS_DIRS[w] for w in run.weights}
     return sweep.Job(run.run_id, run_dir, result, [opts.python, *train_command(run, opts)],
                      [opts.python, *validate_command(run.domain, weights, result, opts)], {})
 
 
 def zeroshot_job(domain: str, opts: StudyOptions) -> sweep.Job:
-    result = opts.out / "results" / f"zeroshot-{domain}.json"
+    result = rows_path(opts, f"zeroshot-{domain}")
     return sweep.Job(f"zeroshot-{domain}", opts.out / "runs", result, [],
                      [opts.python, *validate_command(domain, {"selected": None}, result, opts)], {})
 
@@ -305,8 +311,7 @@ def write_derived(run: StudyRun, opts: StudyOptions) -> None:
     """The result files of a derived run (:data:`DERIVED_VARIANTS`) from its trained run's: validate.py's rows and
     per-image predictions of the ``wise_ft`` weights, relabelled ``selected``, and a record whose source val is the
     chosen alpha's (train.py records it in ``wise_ft/config.json``). Written once, the record last."""
-    results = opts.out / "results"
-    trained = results / f"{run.trained.run_id}.json"
+    trained = rows_path(opts, run.trained.run_id)
     record = json.loads(record_path(trained).read_text(encoding="utf-8"))
     if "wise_ft" not in record["weights"]:
         raise ConfigError(f"{run.run_id} is the WiSE-FT export of {run.trained.run_id}, which was trained without "
@@ -319,7 +324,7 @@ def write_derived(run: StudyRun, opts: StudyOptions) -> None:
     predictions = read_predictions(predictions_path(trained))
     predictions["models"] = {key.replace("|weights=wise_ft", "|weights=selected"): {**entry, "weights": "selected"}
                              for key, entry in predictions["models"].items() if key.endswith("|weights=wise_ft")}
-    mine = results / f"{run.run_id}.json"
+    mine = rows_path(opts, run.run_id)
     write_text_atomic(predictions_path(mine), json.dumps(predictions) + "\n")
     write_text_atomic(mine, json.dumps(rows, indent=2) + "\n")
     write_text_atomic(record_path(mine), json.dumps(run_record(
@@ -330,7 +335,7 @@ def write_derived(run: StudyRun, opts: StudyOptions) -> None:
 def finished_records(runs: Sequence[StudyRun], opts: StudyOptions) -> List[Dict]:
     out = []
     for run in runs:
-        path = record_path(opts.out / "results" / f"{run.run_id}.json")
+        path = record_path(rows_path(opts, run.run_id))
         if path.is_file():
             out.append(json.loads(path.read_text(encoding="utf-8")))
     return out
@@ -364,10 +369,10 @@ def run_phase(phase: str, runs: Sequence[StudyRun], opts: StudyOptions, dry_run:
     trained = trained_runs(runs)
     jobs = [(run, job(run, opts)) for run in trained]
     derived = {run: [d for d in runs if d.trained == run and d != run] for run in trained}
-    left = [run for run in runs if not record_path(opts.out / "results" / f"{run.run_id}.json").is_file()]
+    left = [run for run in runs if not record_path(rows_path(opts, run.run_id)).is_file()]
     left_steps = sum(run.steps for run, j in jobs if not j.result.is_file())
     zeroshot_left = [j for j in zeroshot if not j.result.is_file()]
-    n_derived = len(runs) - len([r for r in runs if r.trained == r])
+    n_derived = sum(run.trained != run for run in runs)
     print(f"# phase {phase}: {len(runs)} runs{f' ({n_derived} of them WiSE-FT exports of others)' if n_derived else ''}, "
           f"{sum(r.steps for r in trained)} optimizer steps; left: {len(left)} runs, {left_steps} optimizer steps"
           + (f"; zero-shot evaluations left: {len(zeroshot_left)}" if zeroshot else ""), flush=True)
@@ -398,7 +403,7 @@ def run_phase(phase: str, runs: Sequence[StudyRun], opts: StudyOptions, dry_run:
             if not record_path(j.result).is_file():
                 write_record(run, j, opts)
             for d in derived[run]:
-                if not record_path(opts.out / "results" / f"{d.run_id}.json").is_file():
+                if not record_path(rows_path(opts, d.run_id)).is_file():
                     write_derived(d, opts)
         return task
 
@@ -528,7 +533,7 @@ def ship(selection: Selection, opts: StudyOptions, seed: int, domains: Sequence[
                                   "grid phase to the end first")
             cell = selection[variant][domain]
             run = StudyRun(variant, domain, cell["lr"], cell["steps"], seed, "seeds")
-            result = opts.out / "results" / f"{run.run_id}.json"
+            result = rows_path(opts, run.run_id)
             if not (result.is_file() and record_path(result).is_file()):
                 raise ConfigError(f"--ship: {result} or its {RUN_SUFFIX} is missing; run the seeds phase (seed {seed}) first")
             name = f"{variant}_vitt_emojidg_{domain}"
