@@ -31,6 +31,10 @@ def test_grid_plan_counts_and_run_ids():
     assert rb.StudyRun("clipood", "3d", 1e-4, 1000, 0, "grid").run_id == "clipood-3d-lr0.0001-st1000-s0"
     assert {(r.lr, r.steps) for r in runs} == {(lr, s) for lr in rb.GRID["lr"] for s in rb.GRID["steps"]}
     assert len(rb.grid_runs(["erm"], ["3d"], [0, 1], {"lr": (1e-3,), "steps": (2, 3)})) == 4
+    # variant-major: every style of ERM is trained before CLIPood starts, and CLIPood before the peers
+    trained_order = [r.variant for r in trained]
+    assert trained_order == sorted(trained_order, key=list(rb.TRAINED_VARIANTS).index)
+    assert [r.domain for r in trained[:36]] == [d for d in DOMAINS for _ in range(9)]
 
 
 def _cell(lr, steps, score):

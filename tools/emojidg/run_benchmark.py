@@ -179,7 +179,9 @@ def trained_runs(runs: Sequence[StudyRun]) -> List[StudyRun]:
 # --- the plan ------------------------------------------------------------------------------------------
 def grid_runs(variants: Sequence[str], domains: Sequence[str], seeds: Sequence[int],
               grid: Dict[str, Sequence] = GRID) -> List[StudyRun]:
-    return [StudyRun(v, d, lr, steps, s, "grid") for d in domains for v in variants
+    """Variant by variant, every style of one before the next: the grid takes many sessions on a CPU, and in this
+    order each stop leaves whole methods (ERM, then CLIPood, first) selected and comparable, not whole styles."""
+    return [StudyRun(v, d, lr, steps, s, "grid") for v in variants for d in domains
             for lr in grid["lr"] for steps in grid["steps"] for s in seeds]
 
 
