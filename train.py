@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import csv
 import hashlib
 import json
@@ -377,6 +378,11 @@ def source_domains(args: argparse.Namespace, info: DatasetInfo) -> List[str]:
     return domains
 
 
+def cpu_state(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """A detached CPU copy of ``model``'s state dict (the zero-shot and the selected weights WiSE-FT mixes)."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
 def weights_digest(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for key, value in sorted(model.state_dict().items()):
@@ -419,8 +425,8 @@ class Run:
         if args.export_wise_ft and not self.wise_ft_alphas:
             raise ConfigError(f"--export-wise-ft exports WiSE-FT beside the run, but --method {args.method} has no "
                               "WiSE-FT step; give the alphas with --wise-ft-alphas (e.g. 0 0.25 0.5 0.75 1)")
-        self.zeroshot_state = ({k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-                               if self.wise_ft_alphas else None)
+        self.zeroshot_state = cpu_state(self.model) if self.wise_ft_alphas else None
+        self.selected_state: Optional[Dict[str, torch.Tensor]] = None  # the exported weights, which WiSE-FT mixes in
         tau = self.method.resolve_temperature(self.model)
         max_logit = (1.0 + getattr(self.method, "margin_lambda", 0.0)) / tau
         if args.amp and args.amp_dtype == "float16" and max_logit > torch.finfo(torch.float16).max:
@@ -543,6 +549,8 @@ class Run:
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.best = state["step"], state.get("best")
+        if self.wise_ft_alphas and self.best is not None:  # the export this best score selected, for WiSE-FT
+            self.selected_state = self.read_export()
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
         self.history = [list(h) for h in state.get("checkpoint_hist", [])]
         # "epoch" is the epoch to run next: the current one until its evaluation and export are done.
@@ -864,6 +872,8 @@ class Run:
                 if score is None or self.best is None or score >= self.best:
                     self.best = score
                     self.export(metrics)
+                    if self.wise_ft_alphas:
+                        self.selected_state = cpu_state(self.eval_model)
                 if last:
                     self.export_extra_weights()
                 if self.is_main:
@@ -932,11 +942,21 @@ class Run:
             self.export(metrics, model=model, out_dir=self.out_dir / label,
                         weights=label if label == LAST_DIR else f"ModelEmaV3 (decay {self.args.export_ema})")
 
+    def read_export(self) -> Dict[str, torch.Tensor]:
+        """The weights of the run's own export (a resumed run's selected model), read back through the zoo's loader."""
+        model = copy.deepcopy(self.eval_model)
+        clipood_zoo.load_weights(model, self.out_dir)
+        return cpu_state(model)
+
     def apply_wise_ft(self, out_dir: Optional[Path] = None) -> Dict[str, float]:
-        """Interpolate the final (averaged) weights with the zero-shot ones at each alpha, evaluate each on the source
-        domains' val split only, and export the best (ties: the larger alpha) in place of the run's model, or into
-        ``out_dir`` (--export-wise-ft)."""
-        finetuned = self.eval_model
+        """Interpolate the run's exported weights (the evaluation source val selected, averaged where the method
+        averages) with the zero-shot ones at each alpha, evaluate each on the source domains' val split only, and
+        export the best (ties: the larger alpha) in place of the run's model, or into ``out_dir`` (--export-wise-ft).
+
+        The exported weights, not the last ones: a WiSE-FT model is then ``(1 - alpha) zero-shot + alpha`` the
+        fine-tune that run ships, so it can be rebuilt from the two shipped files and its alpha."""
+        finetuned = copy.deepcopy(self.eval_model)
+        finetuned.load_state_dict(self.selected_state)
         scores: Dict[float, float] = {}
         best: Optional[torch.nn.Module] = None
         for alpha in sorted(set(self.wise_ft_alphas)):

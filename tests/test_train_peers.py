@@ -77,6 +77,53 @@ def test_export_wise_ft_puts_wise_ft_beside_the_runs_own_export(shards, tmp_path
     assert "wise_ft" not in json.loads((run / "config.json").read_text())["pretrained_cfg"]["recipe"]
 
 
+class _Preempted(Exception):
+    """The process dies at an evaluation: its checkpoint (the epoch trained, the evaluation still to do) remains."""
+
+
+_REAL_EVALUATE = train.Run.evaluate
+
+
+def _source_val_scores(monkeypatch, scores):
+    """The run loop's evaluations report these source val top-1s in turn (None: the process is killed there);
+    WiSE-FT's candidates, evaluated with a model passed in, keep their real scores."""
+    evaluate, left = _REAL_EVALUATE, list(scores)
+
+    def scripted(self, model=None):
+        if model is not None:
+            return evaluate(self, model)
+        score = left.pop(0)
+        if score is None:
+            raise _Preempted
+        return {**evaluate(self, model), "source_top1": score}
+    monkeypatch.setattr(train.Run, "evaluate", scripted)
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["one_process", "resumed_after_the_export"])
+def test_wise_ft_interpolates_the_exported_weights_not_the_last_ones(shards, tmp_path, monkeypatch, resume):
+    """WiSE-FT mixes the fine-tune the run exports (selected on source val), so a shipped WiSE-FT is rebuilt from the
+    shipped zero-shot and fine-tuned files: at alpha 1 it is that export, even when later weights score lower, and
+    a run resumed after its export reads the export back."""
+    args = train_args(shards, tmp_path, "--epochs", "3", "--eval-interval", "1", "--method", "erm",
+                      "--wise-ft-alphas", "1", "--export-wise-ft")
+    if resume:
+        _source_val_scores(monkeypatch, [90.0, None])  # killed at the second evaluation, after the first one's export
+        with pytest.raises(_Preempted):
+            train.main(args)
+        _source_val_scores(monkeypatch, [10.0, 10.0])  # the new process redoes epoch 1's evaluation, then epoch 2's
+        train.main([*args, "--resume", str(tmp_path / "run")])
+    else:
+        _source_val_scores(monkeypatch, [90.0, 10.0, 10.0])
+        train.main(args)
+    run = tmp_path / "run"
+    exported, wise = load_file(run / "model.safetensors"), load_file(run / "wise_ft" / "model.safetensors")
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert json.loads((run / "config.json").read_text())["step"] * 3 == checkpoint["step"]  # epoch 0's export
+    assert not torch.equal(exported["visual.conv1.weight"], checkpoint["model"]["visual.conv1.weight"])
+    for key, value in wise.items():
+        assert torch.equal(value, exported[key]), key
+
+
 def test_a_run_with_a_weight_average_also_exports_its_last_weights(shards, tmp_path):
     train.main(train_args(shards, tmp_path, "--steps", "3", "--method", "clipood"))
     run = tmp_path / "run"
