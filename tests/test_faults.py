@@ -492,8 +492,10 @@ def test_sigterm_or_sigint_saves_a_checkpoint_and_resume_gives_the_uninterrupted
     assert (run / "summary.csv").read_text().count("\n") == (straight / "summary.csv").read_text().count("\n") == 3
 
 
-def test_ctrl_c_to_the_process_group_with_loader_workers_saves_and_resumes(shards, tmp_path):
-    """A terminal's Ctrl-C reaches the loader workers too, and they die: still a checkpoint, exit 75, no traceback."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_process_group_with_loader_workers_saves_and_resumes(shards, tmp_path, sig):
+    """A terminal's Ctrl-C, or a scheduler's SIGTERM to every process of the job, reaches the loader workers too:
+    they keep serving (torch's workers would die of SIGTERM mid-save), a checkpoint, exit 75, no traceback."""
     args = train_args(shards, tmp_path, "--steps", str(STEPS), "--workers", "1")
     log = tmp_path / "log.txt"
     with open(log, "w") as f:
@@ -502,10 +504,10 @@ def test_ctrl_c_to_the_process_group_with_loader_workers_saves_and_resumes(shard
     pattern, deadline = re.compile(r"Train: \d+ \[2/"), time.monotonic() + 180
     while not pattern.search(log.read_text()) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, sig)
     assert proc.wait(timeout=180) == train.EXIT_INTERRUPTED, log.read_text()[-3000:]
     run = tmp_path / "run"
-    stopped = re.search(r"train.py: stopped by SIGINT after optimizer step (\d) of", log.read_text())
+    stopped = re.search(rf"train.py: stopped by {sig.name} after optimizer step (\d) of", log.read_text())
     assert stopped and "Traceback" not in log.read_text(), log.read_text()[-3000:]
     assert load_checkpoint(run)["step"] == int(stopped.group(1))
     train.main(args + ["--resume", str(run)])

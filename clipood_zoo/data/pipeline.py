@@ -58,6 +58,7 @@ import multiprocessing
 import os
 import random
 import re
+import signal
 import tarfile
 import warnings
 from functools import partial
@@ -503,8 +504,20 @@ def create_loader(
     if resampled:
         pipeline = pipeline.with_epoch(nbatches=per_worker)
     loader = wds.WebLoader(pipeline, batch_size=None, shuffle=False, num_workers=num_workers,
-                           pin_memory=pin_memory)
+                           pin_memory=pin_memory, worker_init_fn=leave_stop_signals_to_the_main_process)
     return ShardLoader(loader, info, split, num_samples, num_batches, counter, shared_epoch)
+
+
+def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
+    """A loader worker ignores SIGTERM and SIGINT: the main process decides when the run stops.
+
+    A scheduler's SIGTERM (SLURM's, systemd's) and a terminal's Ctrl-C reach every process of the job, loader
+    workers included, and torch's workers die of SIGTERM at once: the main process, still writing its stop
+    checkpoint, then fails on the dead worker ("DataLoader worker ... is killed by signal: Terminated"). Ignoring
+    both keeps the workers serving until the main process shuts them down; a worker whose main process is gone
+    exits by itself (torch's worker watchdog)."""
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, signal.SIG_IGN)
 
 
 def _sample_stages(*, info: DatasetInfo, split: str, policy: _SkipPolicy, is_training: bool, seed: int,
