@@ -119,6 +119,15 @@ def table(rows: Sequence[Dict[str, object]], columns: Optional[Sequence[str]] = 
     return "\n".join([line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in cells])
 
 
+def portable(path: object) -> str:
+    """``path`` as a results file records it: relative to the repository root when inside it (an absolute path of
+    the machine that ran the benchmark means nothing in a clone), else as given."""
+    try:
+        return Path(str(path)).resolve().relative_to(ROOT.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def save(name: str, info: Dict[str, object], payload: Dict[str, object], out_dir: Optional[Path] = None) -> Path:
     info = {**info, "load_avg_end": load_avg()}
     out_dir = out_dir or RESULTS

@@ -29,7 +29,7 @@ from torch import nn
 from .errors import UnsafeWeightsError, WeightsError, WeightsIntegrityError, WeightsMismatchError, WeightsNotFoundError
 from .fileio import write_bytes_atomic, write_text_atomic
 from .hub_files import CONFIG_NAME, WEIGHTS_NAME, checkpoint_file, hub_errors, hub_file, hub_not_found
-from .registry import get_pretrained_cfg, is_model
+from .registry import WEIGHTS_SOURCE_FIELDS, get_pretrained_cfg, is_model
 
 _logger = logging.getLogger(__name__)
 
@@ -297,7 +297,7 @@ def _check_config_matches(model: nn.Module, config: Mapping[str, Any], path: Pat
         )
 
 
-def _fit_position_embedding(model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> None:
+def fit_position_embedding(model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> None:
     """Weights of another input size fit a tower built for ``img_size``: open_clip's own resampling, in fp32."""
     key = "visual.positional_embedding"
     target = model.state_dict().get(key)
@@ -327,7 +327,7 @@ def load_weights(model: nn.Module, path: PathLike, allow_pickle: bool = False,
         verify_sha256(data, config["sha256"], path)  # save_pretrained recorded it: catches flipped bits
     loaded = {"file": str(path.resolve()), "sha256": hashlib.sha256(data).hexdigest()}
     del data
-    _fit_position_embedding(model, state_dict)
+    fit_position_embedding(model, state_dict)
     head_weight = state_dict.get("head.weight")
     if head_weight is not None and hasattr(model, "reset_classifier") and head_weight.shape[0] != model.num_classes:
         model.reset_classifier(head_weight.shape[0])
@@ -367,8 +367,8 @@ def save_pretrained(
     write_bytes_atomic(weights_path, data)
     digest = hashlib.sha256(data).hexdigest()
 
-    for key in ("file", "hf_hub_id", "hf_hub_filename", "url", "source", "sha256", "state_dict"):
-        cfg.pop(key, None)  # where the *registry's* weights live says nothing about this folder
+    for key in WEIGHTS_SOURCE_FIELDS:
+        cfg.pop(key, None)  # where the *registry's* weights live (or what they are mixed from) says nothing of this folder
     cfg.update(architecture=model_name, num_classes=getattr(model, "num_classes", cfg.get("num_classes")))
     if getattr(model, "class_names", None):
         cfg["label_names"] = list(model.class_names)
@@ -388,8 +388,11 @@ def _model_args(model: nn.Module, model_name: str) -> Dict[str, Any]:
     return {"model_args": {"img_size": size}}
 
 
-def model_card(model_name: str, cfg: Mapping[str, Any], digest: str, sections: Optional[Mapping[str, str]]) -> str:
-    """A Hugging Face style model card: what the model is, how to load it, and what the caller adds."""
+def model_card(model_name: str, cfg: Mapping[str, Any], digest: str, sections: Optional[Mapping[str, str]],
+               load: Optional[str] = None) -> str:
+    """A Hugging Face style model card: what the model is, how to load it (``load``: the create_model call, by
+    default from this folder), and what the caller adds."""
+    load = load or f"clipood_zoo.create_model('{model_name}', checkpoint_path='path/to/this/folder')"
     lines = [
         "---", "library_name: clipood-zoo", "tags: [image-classification, clip, domain-generalization, clipood]",
         f"license: {cfg.get('license') or 'apache-2.0'}", "---", f"# {model_name}", "",
@@ -401,7 +404,7 @@ def model_card(model_name: str, cfg: Mapping[str, Any], digest: str, sections: O
         f"- input size: {cfg.get('input_size')}; mean {cfg.get('mean')}; std {cfg.get('std')}",
         f"- weights sha256: `{digest}`", "",
         "## Use", "```python", "import clipood_zoo",
-        f"model = clipood_zoo.create_model('{model_name}', checkpoint_path='path/to/this/folder')", "```", "",
+        f"model = {load}", "```", "",
     ]
     if cfg.get("recipe"):
         lines += ["## Recipe", *(f"- {k}: {v}" for k, v in cfg["recipe"].items()), ""]

@@ -44,6 +44,14 @@ class ZooPretrainedCfg(PretrainedCfg):
     sha256: Optional[str] = None  # of the weights file; checked before loading when set
     recipe: Dict[str, Any] = field(default_factory=dict)  # the paper's hyper-parameters for this entry
     train_command: Optional[str] = None  # how to make the weights where none are published
+    # WiSE-FT weights that are not stored: {"zeroshot": name, "finetuned": name, "alpha": a}, built at load time as
+    # (1 - a) * zeroshot + a * finetuned from those two registered models' own (sha256-checked) weights
+    wise_ft: Optional[Dict[str, Any]] = None
+
+    @property
+    def has_weights(self) -> bool:
+        """timm's rule (a file, url or hub repo), or weights mixed from two entries' (``list_pretrained`` lists it)."""
+        return bool(super().has_weights or self.wise_ft)
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -101,7 +109,7 @@ def get_pretrained_cfg(model_name: str) -> ZooPretrainedCfg:
 # Where a cfg's weights come from. They travel as one unit: a cfg that names its own source (a hub repo's
 # config.json, timm's local-dir:, an overlay's file) must not inherit the registry's file or its sha256, or
 # the registry's weights would be loaded (and "verified") in place of the ones asked for.
-WEIGHTS_SOURCE_FIELDS = ("file", "hf_hub_id", "hf_hub_filename", "url", "state_dict", "sha256", "source")
+WEIGHTS_SOURCE_FIELDS = ("file", "hf_hub_id", "hf_hub_filename", "url", "state_dict", "sha256", "source", "wise_ft")
 _TUPLE_FIELDS = ("input_size", "test_input_size", "min_input_size", "mean", "std", "templates", "label_names")
 
 
@@ -110,7 +118,11 @@ def _apply(cfg: ZooPretrainedCfg, changes: Dict[str, Any]) -> ZooPretrainedCfg:
     known = {f.name for f in fields(ZooPretrainedCfg)}
     changes = {k: tuple(v) if isinstance(v, list) and k in _TUPLE_FIELDS else v
                for k, v in changes.items() if k in known}  # a newer save may carry fields this version lacks
-    if any(changes.get(k) for k in ("file", "hf_hub_id", "url", "state_dict")):
+    given = [k for k in ("file", "hf_hub_id", "url", "state_dict", "wise_ft") if changes.get(k)]
+    if "wise_ft" in given and len(given) > 1:
+        raise ConfigError(f"a pretrained cfg gives both wise_ft (weights mixed from two entries) and {given[0]}: give "
+                          "one source of weights")
+    if given:
         cfg = replace(cfg, **{k: None for k in WEIGHTS_SOURCE_FIELDS})
     return replace(cfg, **changes)
 

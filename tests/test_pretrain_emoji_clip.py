@@ -305,6 +305,23 @@ def test_recorded_commands_make_repository_paths_relative_and_drop_slice_flags()
         "python tools/pretrain_emoji_clip.py train --out 'output/a b' --data=/elsewhere/x --run=output/r --steps 9")
 
 
+def test_a_folder_symlinked_into_the_clone_is_recorded_by_its_path_in_the_clone(tmp_path, monkeypatch):
+    """Data kept on another disk and linked in as data/ is recorded as data/...: the runner makes its paths
+    absolute without resolving links, and repo_relative tries the path as written before the link's target."""
+    from emojidg import paths
+    from emojidg import run_benchmark as rb
+
+    clone, disk = tmp_path / "clone", tmp_path / "disk"
+    (disk / "emojidg_v2").mkdir(parents=True)
+    clone.mkdir()
+    (clone / "data").symlink_to(disk)
+    monkeypatch.setattr(paths, "REPO", clone)
+    monkeypatch.chdir(clone)
+    assert rb.absolute(Path("data/emojidg_v2")) == clone / "data" / "emojidg_v2"
+    assert paths.repo_relative(rb.absolute(Path("data/emojidg_v2"))) == "data/emojidg_v2"
+    assert paths.repo_relative(str(disk / "emojidg_v2")) == str(disk / "emojidg_v2")  # truly outside: kept
+
+
 def test_benchmark_commands_hold_no_machine_paths():
     from emojidg import run_benchmark as rb
     from emojidg.versions import held_out_split
@@ -336,6 +353,37 @@ def test_committed_model_cards_hold_commands_that_run_from_a_clone(card):
         assert (Path(REPO_ROOT) / words[1]).is_file(), line  # the script is in the repository
         assert not [w for w in words if w.split("=")[-1].startswith(("/", "~"))], line
     assert not [s for s in re.findall(r"(?<!`)`([^`\n]+)`(?!`)", text) if s.startswith(("/", "~"))]
+
+
+def _strings(value):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield k
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, str):
+        yield value
+
+
+def _committed_json():
+    import subprocess
+
+    listed = subprocess.run(["git", "ls-files", "*.json", "*.json.gz"], cwd=REPO_ROOT, capture_output=True, text=True)
+    return sorted(listed.stdout.split()) if listed.returncode == 0 else []
+
+
+@pytest.mark.parametrize("name", _committed_json())
+def test_committed_records_hold_no_path_of_the_machine_that_wrote_them(name):
+    """Shipped configs, results and study records are read in clones: a path of the machine that wrote them (the run
+    folder a weights file was loaded from, the data a benchmark read) means nothing there and leaks that machine."""
+    import gzip
+    import json
+
+    path = Path(REPO_ROOT) / name
+    data = gzip.decompress(path.read_bytes()) if name.endswith(".gz") else path.read_bytes()
+    assert not [s for s in _strings(json.loads(data)) if s.startswith(("/", "~"))]
 
 
 def _raw_tree(raw: Path, version: str | None = None) -> None:

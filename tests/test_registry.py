@@ -101,6 +101,7 @@ def test_a_shipped_fine_tune_says_its_selected_recipe_and_its_own_command(monkey
                         {"recipe": {"lr": 3e-5, "steps": 3000}, "train_command": command})
     cfg = emoji._cfg("lp_ft_vitt_emojidg_line", "line", "lp_ft")
     assert (cfg.recipe["lr"], cfg.recipe["steps"], cfg.recipe["method"], cfg.train_command) == (3e-5, 3000, "lp_ft", command)
+    monkeypatch.delitem(emoji.SHIPPED, "wise_ft_vitt_emojidg_3d", raising=False)  # as if it were not shipped
     v1 = emoji._cfg("wise_ft_vitt_emojidg_3d", "3d", "wise_ft")
     assert (v1.recipe["lr"], v1.recipe["steps"]) == (emoji.RECIPE["lr"], emoji.RECIPE["steps"])
     assert "--method wise_ft --steps 300" in v1.train_command

@@ -11,7 +11,9 @@
 
 Weights live in the repo's ``weights/<name>/``; their sha256 is recorded in ``shipped_weights.json``
 (tools/emojidg/run_benchmark.py writes it, with the selected lr and steps and the exact train.py command of
-a fine-tune, which the cfg then says), and a name without an entry has no weights yet.
+a fine-tune, which the cfg then says), and a name without an entry has no weights yet. A WiSE-FT entry whose
+fine-tune is the shipped ERM (or CLIPood) run stores no weights: its manifest entry says ``wise_ft`` (base,
+fine-tune, alpha) and the weights are mixed from those two files at load time; ``weights/<name>/`` holds its card.
 """
 from __future__ import annotations
 
@@ -46,7 +48,8 @@ def _cfg(name: str, heldout: str = None, method: str = None) -> ZooPretrainedCfg
                    f"--train-classes base --method {method} --steps {RECIPE['steps']} -b {RECIPE['batch_size']} "
                    f"--lr {RECIPE['lr']} --warmup-steps {RECIPE['warmup_steps']} --export-name {name}")
     return default_cfg(
-        ARCH, file=shipped.get("file"), sha256=shipped.get("sha256"), num_classes=len(emojidg.CLASS_NAMES),
+        ARCH, file=shipped.get("file"), sha256=shipped.get("sha256"), wise_ft=shipped.get("wise_ft"),
+        num_classes=len(emojidg.CLASS_NAMES),
         label_names=emojidg.CLASS_NAMES, templates=TEMPLATES, logit_scale=shipped.get("logit_scale", 20.0),
         dataset="emojidg", heldout_domain=heldout, recipe=recipe if method else {}, train_command=command,
         license="cc-by-sa-4.0", description=(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import logging
-from typing import Any, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import open_clip
 import torch
@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.model import _build_vision_tower
 
-from ..errors import ConfigError
-from ..hub import load_weights, resolve_weights
+from ..errors import ConfigError, WeightsError
+from ..hub import fit_position_embedding, load_weights, resolve_weights
 from ..registry import ZooPretrainedCfg, resolve_pretrained_cfg
+from ..weight_space import interpolate_state_dicts
 from .classifier import DEFAULT_TEMPLATES, ClipoodClassifier, FrozenTextTower
 from .text_towers import create_clip
 
@@ -145,6 +146,26 @@ def timm_vision_cfg(clip_arch: str, model_name: str, in_chans: Optional[int] = N
     return vision if changed else None
 
 
+def load_wise_ft(model: ClipoodClassifier, spec: Mapping[str, Any], cache_dir: Optional[str] = None) -> Dict[str, Any]:
+    """Load a WiSE-FT entry's weights, which are not stored: ``(1 - alpha) zeroshot + alpha finetuned`` of the two
+    registered models ``spec`` names, each loaded (and sha256-checked) as ``create_model(name, pretrained=True)``
+    would. A WiSE-FT model is the shipped fine-tune mixed with the shipped base (train.py's WiSE-FT interpolates
+    the run's exported weights), so shipping it costs no file. Returns the record of what was mixed."""
+    alpha = float(spec["alpha"])
+    try:
+        sources = {role: build_zoo_model(spec[role], pretrained=True, cache_dir=cache_dir)
+                   for role in ("zeroshot", "finetuned")}
+    except WeightsError as e:
+        raise type(e)(f"{model.pretrained_cfg['architecture']} is WiSE-FT of two shipped models, mixed when it loads "
+                      f"({1 - alpha:g} x {spec['zeroshot']} + {alpha:g} x {spec['finetuned']}), and one could not be "
+                      f"loaded: {e}") from e
+    mixed = interpolate_state_dicts(sources["zeroshot"].state_dict(), sources["finetuned"].state_dict(), alpha)
+    fit_position_embedding(model, mixed)  # a model built with timm's img_size=
+    model.load_state_dict(mixed)
+    return {"wise_ft_alpha": alpha, **{role: {"model": spec[role], **m.pretrained_cfg["loaded_weights"]}
+                                       for role, m in sources.items()}}
+
+
 def build_zoo_model(
     model_name: str,
     pretrained: bool = False,
@@ -182,7 +203,9 @@ def build_zoo_model(
     )
     model.pretrained_cfg = cfg.to_dict()
     model.pretrained_cfg["architecture"] = model_name
-    if checkpoint_path is not None or pretrained:
+    if checkpoint_path is None and pretrained and cfg.wise_ft:
+        model.pretrained_cfg["loaded_weights"] = load_wise_ft(model, cfg.wise_ft, cache_dir)
+    elif checkpoint_path is not None or pretrained:
         path, sha256 = resolve_weights(cfg, checkpoint_path=checkpoint_path, cache_dir=cache_dir)
         _logger.info("Loading %s weights from %s", model_name, path)
         model.pretrained_cfg["loaded_weights"] = load_weights(model, path, allow_pickle=allow_pickle,

@@ -8,6 +8,7 @@ unless ``--overwrite`` asks for it (:func:`occupied`).
 """
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 from typing import List, Sequence
@@ -28,10 +29,13 @@ def repo_relative(arg: str | Path) -> str:
     path = Path(text)
     if not path.is_absolute():
         return text
-    try:
-        return path.resolve().relative_to(REPO).as_posix()
-    except ValueError:
-        return text
+    # as written first: a data folder symlinked into the clone is a path inside it, wherever its link points
+    for candidate in (Path(os.path.abspath(path)), path.resolve()):
+        try:
+            return candidate.relative_to(REPO).as_posix()
+        except ValueError:
+            continue
+    return text
 
 
 def portable_command(argv: Sequence[str]) -> str:

@@ -48,15 +48,19 @@ left and, per phase, the runs and optimizer steps in all and left (to size it fo
 ``OMP_NUM_THREADS`` = cores / N: one small run leaves a GPU, or spare cores, idle.
 ``--ship`` re-saves the first seed of the selected ERM, CLIPood and WiSE-FT runs (those of them in ``--variants``)
 and of the best peer (when the study ran peers) as fp16 into ``weights/`` and records their sha256 in
-``clipood_zoo/models/shipped_weights.json``. Each card also records ``mini_top1``, the shipped fp16 file's score on
-the committed subset datasets/emojidg-mini (which must be of the study's benchmark version): the check CI re-runs.
+``clipood_zoo/models/shipped_weights.json``. A WiSE-FT run whose fine-tune is the ERM run shipped beside it stores
+no file: its manifest entry names the base, that ERM entry and alpha, which the registry mixes when it loads (its
+``weights/<name>/`` holds the card alone). Each card also records ``mini_top1``, the shipped model's score on the
+committed subset datasets/emojidg-mini (which must be of the study's benchmark version): the check CI re-runs.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import functools
 import json
+import os
 import shlex
 import sys
 import tempfile
@@ -76,9 +80,11 @@ from clipood_zoo.errors import TrainingError  # noqa: E402
 from clipood_zoo import sweep  # noqa: E402
 from clipood_zoo.data import emojidg  # noqa: E402
 from clipood_zoo.fileio import write_text_atomic  # noqa: E402
+from clipood_zoo.hub import model_card  # noqa: E402
 from clipood_zoo.methods import METHODS  # noqa: E402
 from clipood_zoo.models.emoji import RECIPE  # noqa: E402
 from clipood_zoo.stats import paired_class_bootstrap  # noqa: E402
+from clipood_zoo.weight_space import interpolate_state_dicts  # noqa: E402
 from train import EMA_DIR, LAST_DIR, WISE_FT_DIR  # noqa: E402
 from train import build_parser as build_train_parser  # noqa: E402
 import validate  # noqa: E402
@@ -496,18 +502,20 @@ MINI = REPO / "datasets" / "emojidg-mini"
 MINI_CHECK = "Check on the committed mini subset"
 
 
-def mini_check(model: torch.nn.Module, name: str, base: str, domain: str) -> str:
-    """The card section with validate.py's top-1 of ``model`` *as shipped* (fp16, saved as ``name``) on
-    :data:`MINI`'s held-out ``domain``, scored on the study's ``base`` architecture as every study run is. The
-    card's results are on the full held-out split, which CI does not have; this number is the one
-    tests/test_shipped_weights.py re-scores from the committed files, so a drift in the weights, data,
-    transforms or evaluation loop shows there."""
+def mini_check(model: torch.nn.Module, name: str, base: str, domain: str,
+               dtype: Optional[torch.dtype] = torch.float16) -> str:
+    """The card section with validate.py's top-1 of ``model`` *as shipped* (saved as ``name`` in ``dtype``: fp16 for
+    a file; None for a WiSE-FT entry's weights, which the registry mixes in fp32 from fp16 files) on :data:`MINI`'s
+    held-out ``domain``, scored on the study's ``base`` architecture as every study run is. The card's results are
+    on the full held-out split, which CI does not have; this number is the one tests/test_shipped_weights.py
+    re-scores from the committed files, so a drift in the weights, data, transforms or evaluation loop shows there."""
     with tempfile.TemporaryDirectory() as tmp:
-        clipood_zoo.save_pretrained(model, Path(tmp), model_name=name, dtype=torch.float16)
+        clipood_zoo.save_pretrained(model, Path(tmp), model_name=name, dtype=dtype)
         (row,) = validate.main(["--model", base, "--checkpoint", tmp, "--data-dir", str(MINI), "--domains", domain,
                                 "--workers", "0"])
+    shipped = "fp16 weights as shipped" if dtype == torch.float16 else "the weights the registry mixes, as shipped"
     return (f"- mini_top1: {row['top1']}\n- mini_num_samples: {row['num_samples']}\n\n"
-            f"validate.py on datasets/emojidg-mini (the held-out style's val renders), fp16 weights as shipped.")
+            f"validate.py on datasets/emojidg-mini (the held-out style's val renders), {shipped}.")
 
 
 def check_mini_version(info: dict) -> None:
@@ -519,16 +527,39 @@ def check_mini_version(info: dict) -> None:
                           "--mini datasets/emojidg-mini --overwrite) first")
 
 
+def as_fp16(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with every floating weight rounded through fp16: what loading its shipped fp16 file gives."""
+    rounded = copy.deepcopy(model)
+    rounded.load_state_dict({k: v.half().to(v.dtype) if v.is_floating_point() else v
+                             for k, v in model.state_dict().items()})
+    return rounded
+
+
+@dataclasses.dataclass
+class Staged:
+    """One shipped name, read and checked, before anything is written: its model and card sections, what the
+    manifest says of how it was trained, and for a WiSE-FT entry without a file its mixing spec."""
+
+    name: str
+    run_id: str
+    model: torch.nn.Module
+    sections: Dict[str, str]
+    trained: Dict[str, str]
+    wise_ft: Optional[Dict] = None
+
+
 def ship(selection: Selection, opts: StudyOptions, seed: int, domains: Sequence[str], variants: Sequence[str],
          info: dict) -> None:
     """fp16 copies of the selected runs of :func:`shipped_variants` (seed ``seed``) in weights/, with
     model cards (the benchmark version of the data ``info`` describes, the selected lr and steps, and paired
-    intervals against zero-shot and ERM), recorded in the manifest. Everything is read and checked before the
-    first file is written, so a refused --ship leaves weights/ and the manifest as they were."""
+    intervals against zero-shot and ERM), recorded in the manifest. A WiSE-FT variant whose selected run is the
+    WiSE-FT of the very fine-tune shipped beside it stores no file: its manifest entry names the base, that fine-tune
+    and alpha, and the registry mixes them (train.py's WiSE-FT is that mix of the run's export). Everything is read
+    and checked before the first file is written, so a refused --ship leaves weights/ and the manifest as they were."""
     check_mini_version(info)
     variants = shipped_variants(selection, domains, variants)
-    study, staged = load_study(opts.out), []
-    for variant in variants:
+    study, staged = load_study(opts.out), {}
+    for variant in variants:  # SHIPPED_VARIANTS lists every fine-tune before its WiSE-FT
         for domain in domains:
             if domain not in selection.get(variant, {}):
                 raise ConfigError(f"--ship: {variant} has no selected config for held-out {domain} yet; run the "
@@ -542,6 +573,13 @@ def ship(selection: Selection, opts: StudyOptions, seed: int, domains: Sequence[
             record = json.loads(record_path(result).read_text())
             run_dir = opts.out / record["weights"]["selected"]  # a derived run's: its fine-tune's wise_ft/
             model = clipood_zoo.create_model(name, checkpoint_path=run_dir)
+            loaded = model.pretrained_cfg.pop("loaded_weights")  # a path of this machine: the run says it portably
+            model.pretrained_cfg["shipped_from"] = {"study_run": run.run_id, "sha256": loaded["sha256"]}
+            wise_ft = mixable_wise_ft(record, staged, variant, domain, run_dir, opts.model)
+            if wise_ft is not None:  # exactly the model the registry will mix from the two shipped files
+                base = clipood_zoo.create_model(opts.model, pretrained=True)
+                model.load_state_dict(interpolate_state_dicts(
+                    base.state_dict(), as_fp16(staged[wise_ft["finetuned"]].model).state_dict(), wise_ft["alpha"]))
             (row,) = [r for r in json.loads(result.read_text()) if r["weights"] == "selected" and r["split"] == opts.split]
             card = (run_dir / "README.md").read_text().split("## Training", 1)[-1]
             sections = {
@@ -553,17 +591,50 @@ def ship(selection: Selection, opts: StudyOptions, seed: int, domains: Sequence[
                 f"Results (validate.py, held-out domain, {opts.split} split)": "\n".join(
                     [f"- {k}: {row[k]}" for k in ("top1", "base_top1", "new_top1", "hm", "ood_auroc_mcm", "num_samples")
                      if k in row] + interval_lines(study, variant, domain, seed)),
-                MINI_CHECK: mini_check(model, name, opts.model, domain),
+                MINI_CHECK: mini_check(model, name, opts.model, domain, None if wise_ft else torch.float16),
                 "Data and licences": "EmojiDG images are rendered from openly licensed emoji sets; see "
                                      "datasets/emojidg-mini/licenses/ATTRIBUTION.md.",
             }
             train_args = record["train_args"]
-            staged.append((name, model, sections, {"recipe": recipe_of(train_args),
-                                                   "train_command": shlex.join(["python", *train_args])}))
-    for name, model, sections, _ in staged:
-        clipood_zoo.save_pretrained(model, WEIGHTS / name, model_name=name, dtype=torch.float16,
-                                    card_sections=sections)
-    record_shipped([name for name, *_ in staged], {name: trained for name, *_, trained in staged})
+            staged[name] = Staged(name, run.run_id, model, sections, {"recipe": recipe_of(train_args),
+                                                          "train_command": shlex.join(["python", *train_args])}, wise_ft)
+    for s in staged.values():
+        if s.wise_ft is None:
+            clipood_zoo.save_pretrained(s.model, WEIGHTS / s.name, model_name=s.name, dtype=torch.float16,
+                                        card_sections=s.sections)
+        else:
+            write_mixed_card(s)
+    record_shipped(list(staged), {s.name: s.trained for s in staged.values()},
+                   {s.name: s.wise_ft for s in staged.values() if s.wise_ft is not None})
+
+
+def mixable_wise_ft(record: Dict, staged: Dict[str, Staged], variant: str, domain: str, run_dir: Path,
+                    base: str) -> Optional[Dict]:
+    """The ``{zeroshot, finetuned, alpha}`` spec of a WiSE-FT run whose fine-tune is the one staged for shipping
+    (same variant, config and seed: ``derived_from``), else None (it then ships as a file of its own)."""
+    finetune = DERIVED_VARIANTS.get(variant)
+    finetune_name = f"{finetune}_vitt_emojidg_{domain}"
+    if finetune is None or finetune_name not in staged:
+        return None
+    if record.get("derived_from") != staged[finetune_name].run_id:
+        return None
+    alpha = json.loads((run_dir / "config.json").read_text())["pretrained_cfg"]["recipe"]["wise_ft"]["alpha"]
+    return {"zeroshot": base, "finetuned": finetune_name, "alpha": float(alpha)}
+
+
+def write_mixed_card(s: Staged) -> None:
+    """A WiSE-FT entry without a file: its folder holds the card alone (a weights file left there by an earlier
+    --ship that stored one is removed: the manifest no longer names it)."""
+    folder = WEIGHTS / s.name
+    for stale in ("model.safetensors", "config.json"):
+        (folder / stale).unlink(missing_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = s.wise_ft
+    what = (f"not stored: (1 - {spec['alpha']:g}) x {spec['zeroshot']} + {spec['alpha']:g} x {spec['finetuned']}, "
+            "mixed at load time from those two shipped files (each sha256-checked)")
+    cfg = {**s.model.pretrained_cfg, "architecture": s.name}
+    write_text_atomic(folder / "README.md", model_card(s.name, cfg, what, s.sections,
+                                                        load=f"clipood_zoo.create_model('{s.name}', pretrained=True)"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -598,18 +669,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def absolute(path: Path) -> Path:
+    """``path`` made absolute without resolving symlinks: a data or output folder linked into the clone stays a
+    path inside it, so the recorded commands stay relative (:func:`emojidg.paths.repo_relative`)."""
+    return Path(os.path.abspath(path))
+
+
 def main(argv: Optional[List[str]] = None, runner: Optional[Callable[[Sequence[str]], int]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
-    out = args.out.resolve()  # the runs start in REPO, not here
+    out = absolute(args.out)  # the runs start in REPO, not here
     try:
         info = json.loads((args.data_dir / "_info.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         parser.exit(2, f"run_benchmark.py: error: cannot read {args.data_dir / '_info.json'} ({e}); pass --data-dir "
                        "with the EmojiDG shards (tools/emojidg/make_shards.py)\n")
-    opts = StudyOptions(args.data_dir.resolve(), out, held_out_split(info), model=args.model,
+    opts = StudyOptions(absolute(args.data_dir), out, held_out_split(info), model=args.model,
                         model_config=args.model_config, pretrained=not args.random_init, batch_size=args.batch_size,
                         workers=args.workers, device=args.device, jobs=args.jobs)
     try:

@@ -8,6 +8,7 @@ weights without their record fail to load as "corrupted", a record without its w
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -27,15 +28,29 @@ def registry_file(out: Path, name: str) -> bool:
     return Path(out).resolve() == (WEIGHTS / name).resolve()
 
 
-def record_shipped(names: Sequence[str], trained: Optional[Dict[str, dict]] = None) -> None:
+def log_logit_scale(name: str) -> float:
+    """The log logit scale (``head.logit_scale``) ``weights/<name>/model.safetensors`` holds."""
+    return float(load_file(WEIGHTS / name / "model.safetensors")["head.logit_scale"].float())
+
+
+def record_shipped(names: Sequence[str], trained: Optional[Dict[str, dict]] = None,
+                   wise_ft: Optional[Dict[str, dict]] = None) -> None:
     """Write each ``weights/<name>/model.safetensors``'s sha256 and logit scale into the manifest the registry
     reads (so that the registered cfg says the scale the weights hold), and, for a fine-tune, how it was trained
     (``trained[name]``: its selected ``recipe`` values and ``train_command``, which the registered cfg then says).
-    Other entries are kept; the file is replaced whole (never half-written)."""
+    A name in ``wise_ft`` stores no file: its entry is its spec (``{zeroshot, finetuned, alpha}``, two shipped
+    names the registry mixes at load time) and the logit scale that mix holds. Other entries are kept; the file
+    is replaced whole (never half-written)."""
     manifest = json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {}
     for name in names:
-        path = WEIGHTS / name / "model.safetensors"
-        scale = round(float(load_file(path)["head.logit_scale"].float().exp()), 4)
-        manifest[name] = {"file": f"{name}/model.safetensors", "sha256": sha256_file(path), "logit_scale": scale,
-                          **(trained or {}).get(name, {})}
+        spec = (wise_ft or {}).get(name)
+        if spec is None:
+            path = WEIGHTS / name / "model.safetensors"
+            entry = {"file": f"{name}/model.safetensors", "sha256": sha256_file(path),
+                     "logit_scale": round(math.exp(log_logit_scale(name)), 4)}
+        else:  # the head's log scale is interpolated like every other weight
+            log_scale = ((1 - spec["alpha"]) * log_logit_scale(spec["zeroshot"])
+                         + spec["alpha"] * log_logit_scale(spec["finetuned"]))
+            entry = {"wise_ft": dict(spec), "logit_scale": round(math.exp(log_scale), 4)}
+        manifest[name] = {**entry, **(trained or {}).get(name, {})}
     write_text_atomic(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
