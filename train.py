@@ -103,7 +103,8 @@ _logger = logging.getLogger("train")
 LAST_DIR = "last"  # sub-folder of a run with a weight average that holds the run's last weights
 EMA_DIR = "ema"  # sub-folder holding the --export-ema weights
 WISE_FT_DIR = "wise_ft"  # sub-folder holding the --export-wise-ft weights
-EXTRA_DIRS = (LAST_DIR, EMA_DIR, WISE_FT_DIR)  # every sub-folder export a run may write
+WISE_FT_FIXED_DIR = "wise_ft_fixed"  # sub-folder holding the --export-wise-ft-fixed weights
+EXTRA_DIRS = (LAST_DIR, EMA_DIR, WISE_FT_DIR, WISE_FT_FIXED_DIR)  # every sub-folder export a run may write
 MAX_NONFINITE_RUN = 10  # consecutive skipped steps after which a run is taken to have diverged
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL (sysexits.h): stopped by a signal after a checkpoint, "try again" with --resume
 SHARDS_GLOB = f"{CHECKPOINT_NAME}.shards-*"  # --fsdp: the folders of sharded model/average/optimizer states
@@ -159,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--export-wise-ft", action="store_true",
                    help="export the WiSE-FT weights to <run>/wise_ft/ beside the run's own export, not in its place "
                         "(one run then gives the fine-tune and its WiSE-FT, as a study comparing both needs)")
+    g.add_argument("--export-wise-ft-fixed", type=float, default=None, metavar="ALPHA",
+                   help="with --export-wise-ft, also export WiSE-FT at this fixed alpha, chosen without validation (the "
+                        "WiSE-FT paper's 0.5), to <run>/wise_ft_fixed/")
     g.add_argument("--lp-steps", type=int, default=0, help="lp_ft: optimizer steps that train only the head")
     g.add_argument("--carft-lambda", type=float, default=1.0, help="car_ft: weight of the context KL")
     g.add_argument("--croft-lambda", type=float, default=1.0, help="croft: weight of the energy gradient penalty")
@@ -248,6 +252,13 @@ def check_args(args: argparse.Namespace) -> None:
     for alpha in args.wise_ft_alphas or ():
         if not 0.0 <= alpha <= 1.0:  # also refuses nan
             raise ConfigError(f"--wise-ft-alphas must lie in [0, 1] (0: zero-shot, 1: fine-tuned), got {alpha}")
+    if args.export_wise_ft_fixed is not None:
+        if not args.export_wise_ft:
+            raise ConfigError("--export-wise-ft-fixed exports a fixed-alpha WiSE-FT beside the chosen one: add "
+                              "--export-wise-ft (and --wise-ft-alphas unless the method has them)")
+        if not 0.0 <= args.export_wise_ft_fixed <= 1.0:
+            raise ConfigError(f"--export-wise-ft-fixed must lie in [0, 1] (0: zero-shot, 1: fine-tuned), got "
+                              f"{args.export_wise_ft_fixed}")
 
 def run_folder_name(args: argparse.Namespace) -> str:
     """--experiment, or a name made of everything that tells runs apart, so that seeds never share a folder."""
@@ -812,7 +823,9 @@ class Run:
                         + (f"Selected at step {self.step} by source-domain validation accuracy." if "source_top1" in metrics
                            else f"The weights at step {self.step} (no validation split to select on).")
                         + (f" WiSE-FT alpha {wise_ft['alpha']} (of {wise_ft['scores']}, source val top-1)."
-                           if wise_ft else "") + (f" Exported weights: {weights}." if weights else ""),
+                           if wise_ft and "scores" in wise_ft else
+                           f" WiSE-FT at the fixed alpha {wise_ft['alpha']} (not chosen on validation)." if wise_ft
+                           else "") + (f" Exported weights: {weights}." if weights else ""),
             "Results": "\n".join(f"- {k}: {v}" for k, v in metrics.items()),
         }
         whole = full_state_dict(model)  # FSDP: gathered on rank 0 (every rank takes part); else None
@@ -889,6 +902,8 @@ class Run:
         self.check_planned_steps(self.epochs - 1)
         if self.wise_ft_alphas:
             wise_ft_metrics = self.apply_wise_ft(self.out_dir / WISE_FT_DIR if args.export_wise_ft else None)
+            if args.export_wise_ft_fixed is not None:
+                self.export_fixed_wise_ft(args.export_wise_ft_fixed)
             if not args.export_wise_ft:  # WiSE-FT is then the run's model and result
                 metrics = wise_ft_metrics
         skipped = self.train_loader.skipped
@@ -955,8 +970,7 @@ class Run:
 
         The exported weights, not the last ones: a WiSE-FT model is then ``(1 - alpha) zero-shot + alpha`` the
         fine-tune that run ships, so it can be rebuilt from the two shipped files and its alpha."""
-        finetuned = copy.deepcopy(self.eval_model)
-        finetuned.load_state_dict(self.selected_state)
+        finetuned = self.selected_model()
         scores: Dict[float, float] = {}
         best: Optional[torch.nn.Module] = None
         for alpha in sorted(set(self.wise_ft_alphas)):
@@ -970,6 +984,20 @@ class Run:
             metrics = {**self.evaluate(best), "wise_ft_alpha": best_alpha}
         self.export(metrics, model=best, out_dir=out_dir, wise_ft={"alpha": best_alpha, "scores": scores})
         return metrics
+
+    def selected_model(self) -> torch.nn.Module:
+        """A copy of the run's model holding its exported (selected) weights: what WiSE-FT mixes."""
+        model = copy.deepcopy(self.eval_model)
+        model.load_state_dict(self.selected_state)
+        return model
+
+    def export_fixed_wise_ft(self, alpha: float) -> None:
+        """WiSE-FT at a fixed ``alpha`` (no validation chooses it), evaluated and exported into ``wise_ft_fixed/``:
+        beside the chosen alpha, which source validation may push to 1, the WiSE-FT paper's fixed alpha."""
+        mixed = wise_ft(self.selected_model(), self.zeroshot_state, alpha)
+        with self.samples_already_counted():
+            metrics = {**self.evaluate(mixed), "wise_ft_alpha": alpha}
+        self.export(metrics, model=mixed, out_dir=self.out_dir / WISE_FT_FIXED_DIR, wise_ft={"alpha": alpha})
 
     def evaluate_source(self, model: torch.nn.Module) -> float:
         """Top-1 of ``model`` on the source domains' val split (what WiSE-FT's alpha is chosen on)."""

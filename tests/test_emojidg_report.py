@@ -29,7 +29,8 @@ SELECTED = {"erm": {d: (1e-5, 300) if d == "line" else (1e-4, 1000) for d in DOM
 # probability of a correct image per variant (and weights); the ablations run at CLIPood's config
 ACCURACY = {"zeroshot": 0.2, "erm": 0.45, "clipood": 0.8, "clipood@ema": 0.75, "clipood@last": 0.6, "lp_ft": 0.5,
             "ce_bma": 0.78, "fixed_margin": 0.97, "clipood_beta1.5": 0.7, "clipood_beta0.2": 0.65,
-            "clipood_lambda0.1": 0.79, "clipood_tau0.05": 0.5, "ce_bma_tau0.05": 0.6, "flyp": 0.9}
+            "clipood_lambda0.1": 0.79, "clipood_tau0.05": 0.5, "ce_bma_tau0.05": 0.6, "flyp": 0.9,
+            "erm@wise_ft_fixed": 0.55, "clipood@wise_ft_fixed": 0.7}
 
 
 class Fixture:
@@ -100,7 +101,8 @@ def study(tmp_path_factory):
     for d in DOMAINS:
         fx.run("zeroshot", d, None, None, 0, "zeroshot")
         for variant in ("erm", "clipood"):
-            weights = ("selected", "ema", "last") if variant == "clipood" else ("selected",)
+            weights = ("selected", "ema", "last", "wise_ft_fixed") if variant == "clipood" else (
+                "selected", "wise_ft_fixed")
             for lr in LRS:
                 for steps in STEPS:
                     for seed in (0, 1):
@@ -223,6 +225,22 @@ def test_ablations_read_clipoods_config_and_its_ema_and_last_rows(study):
     assert "| MMS + uniform average (beta 1) | missing | missing | missing | missing | missing | 0 / 0 / 0 / 0 |" in md
 
 
+def test_wise_ft_tables_set_the_fixed_alpha_beside_each_fine_tune_on_the_same_runs(study):
+    """The fine-tune runs' wise_ft_fixed rows, at the fine-tune's own selected config (ERM's differs on line), against
+    the fine-tune: held-out top-1 and the paired intervals, on every image and on the new classes' images."""
+    fx, _, results, md = study
+    for group, tuned in (("wise_ft_alpha_erm", "erm"), ("wise_ft_alpha_clipood", "clipood")):
+        table = results["ablations"][group]
+        assert list(table["top1"]) == [tuned, "wise_ft" if tuned == "erm" else "clipood_wise_ft", f"{tuned}@wise_ft_fixed"]
+        assert table["top1"][f"{tuned}@wise_ft_fixed"] == expected_top1(fx, f"{tuned}@wise_ft_fixed")
+        assert_interval(table["differences"][f"{tuned}@wise_ft_fixed - {tuned}"], fx, f"{tuned}@wise_ft_fixed", tuned)
+        assert_interval(table["new_class_images_differences"][f"{tuned}@wise_ft_fixed - {tuned}"], fx,
+                        f"{tuned}@wise_ft_fixed", tuned, emojidg.NEW_CLASSES)
+    assert "new_class_images_differences" not in results["ablations"]["loss"]
+    assert "## WiSE-FT on ERM: alpha chosen on source val vs fixed\n\nHeld-out top-1 (%)" in md
+    assert "| WiSE-FT (on ERM), alpha 0.5 fixed - ERM |" in md
+
+
 def test_margin_against_tau_pairs_mms_and_ce_at_each_tau(study):
     """The recipe's tau pairs CLIPood with CE + BMA; each tau with a CE run pairs the two sweeps' runs there."""
     fx, _, results, md = study
@@ -292,7 +310,7 @@ def test_cli_refuses_a_folder_without_results(tmp_path):
 def test_runs_without_selection_and_predictions_of_other_weights_are_refused(study, tmp_path, capsys):
     fx, out, *_ = study
     (tmp_path / "results").mkdir()
-    for path in (out / "results").glob("erm-3d-lr0.0001-st1000-s0.*"):
+    for path in (out / "results").glob("lp_ft-3d-lr0.0001-st300-s0.*"):  # a run with one weights
         (tmp_path / "results" / path.name).write_bytes(path.read_bytes())
     with pytest.raises(SystemExit) as exit_:
         report.main(["--study", str(tmp_path), "--out", str(tmp_path / "r")])
@@ -303,8 +321,8 @@ def test_runs_without_selection_and_predictions_of_other_weights_are_refused(stu
     assert not (tmp_path / "r").exists()
     (tmp_path / "selection.json").write_text("{}")
     assert [s.weights for s in load_study(tmp_path).scored] == ["selected"]
-    rows_file = tmp_path / "results" / "erm-3d-lr0.0001-st1000-s0.json"
-    predictions_file = rows_file.with_name("erm-3d-lr0.0001-st1000-s0.predictions.json")
+    rows_file = tmp_path / "results" / "lp_ft-3d-lr0.0001-st300-s0.json"
+    predictions_file = rows_file.with_name("lp_ft-3d-lr0.0001-st300-s0.predictions.json")
     rows, predictions = json.loads(rows_file.read_text()), json.loads(predictions_file.read_text())
     rows_file.write_text(json.dumps(rows + [{**rows[1], "weights": "last"}]))  # no predictions of the last weights
     with pytest.raises(ConfigError, match=r"has 0 predictions for the 'last' row \(model 'clip_vitt_emoji', split "

@@ -181,7 +181,7 @@ def test_grid_phase_writes_the_layout_of_the_contract(study):
         for steps in (2, 3):
             run_id = f"{variant}-3d-lr0.001-st{steps}-s0"
             record = json.loads((results / f"{run_id}.run.json").read_text())
-            weights = ["selected", "last", "ema", "wise_ft"] if variant == "clipood" else ["selected", "wise_ft"]
+            weights = ["selected", *(["last", "ema"] if variant == "clipood" else []), "wise_ft", "wise_ft_fixed"]
             assert record == {
                 "run_id": run_id, "variant": variant, "domain": "3d", "lr": 0.001, "steps": steps, "seed": 0,
                 "source_val_top1": source_val_of_export(study / "runs" / run_id),

@@ -124,6 +124,24 @@ def test_wise_ft_interpolates_the_exported_weights_not_the_last_ones(shards, tmp
         assert torch.equal(value, exported[key]), key
 
 
+def test_export_wise_ft_fixed_mixes_the_export_at_the_given_alpha_beside_the_chosen_one(shards, tmp_path):
+    """--export-wise-ft-fixed 0.5: wise_ft_fixed/ is 0.5 zero-shot + 0.5 the run's export (recomputed here),
+    evaluated like the other exports, its card saying the alpha was fixed; wise_ft/ keeps the chosen alpha."""
+    train.main(train_args(shards, tmp_path, "--steps", "2", "--method", "erm", "--wise-ft-alphas", "1",
+                          "--export-wise-ft", "--export-wise-ft-fixed", "0.5"))
+    run = tmp_path / "run"
+    zeroshot, exported = zeroshot_weights(shards), load_file(run / "model.safetensors")
+    fixed = load_file(run / "wise_ft_fixed" / "model.safetensors")
+    for key, value in fixed.items():
+        torch.testing.assert_close(value, 0.5 * zeroshot[key] + 0.5 * exported[key])
+    config = json.loads((run / "wise_ft_fixed" / "config.json").read_text())
+    assert config["pretrained_cfg"]["recipe"]["wise_ft"] == {"alpha": 0.5}
+    assert config["train_results"]["wise_ft_alpha"] == 0.5 and "source_top1" in config["train_results"]
+    assert "WiSE-FT at the fixed alpha 0.5 (not chosen on validation)." in (run / "wise_ft_fixed" / "README.md").read_text()
+    chosen = json.loads((run / "wise_ft" / "config.json").read_text())["pretrained_cfg"]["recipe"]["wise_ft"]
+    assert chosen["alpha"] == 1.0 and "scores" in chosen
+
+
 def test_a_run_with_a_weight_average_also_exports_its_last_weights(shards, tmp_path):
     train.main(train_args(shards, tmp_path, "--steps", "3", "--method", "clipood"))
     run = tmp_path / "run"
@@ -156,6 +174,10 @@ def test_lp_ft_exports_a_trained_head_that_loads_back(shards, tmp_path):
     (["--export-ema", "0.9", "--model-ema"], "--export-ema keeps an EMA beside the run's average"),
     (["--method", "wise_ft", "--val-split", "nosuch"], "WiSE-FT chooses alpha on the source domains' 'nosuch' split"),
     (["--method", "erm", "--export-wise-ft"], "--export-wise-ft exports WiSE-FT beside the run, but --method erm has"),
+    (["--method", "wise_ft", "--export-wise-ft-fixed", "0.5"], "--export-wise-ft-fixed exports a fixed-alpha WiSE-FT "
+                                                                "beside the chosen one: add --export-wise-ft"),
+    (["--method", "wise_ft", "--export-wise-ft", "--export-wise-ft-fixed", "nan"], "--export-wise-ft-fixed must lie "
+                                                                                  "in [0, 1]"),
 ])
 def test_bad_peer_arguments_exit_2_with_the_reason(shards, tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as exc:

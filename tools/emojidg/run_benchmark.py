@@ -27,15 +27,17 @@ Phases (``--phase``, default ``all``; each runs what is left of it):
 
 Layout under ``--out`` (read by tools/emojidg/report.py; only ever extended)::
 
-    runs/<run_id>/                     train.py's run folder (exported model; last/, ema/, wise_ft/ beside it)
+    runs/<run_id>/                     train.py's run folder (exported model; last/, ema/, wise_ft/, wise_ft_fixed/
+                                        beside it)
     results/zeroshot-<domain>.json     validate.py rows of the base model (weights "selected")
     results/<run_id>.json              validate.py rows of the run, one per weights ("weights" field)
     results/<run_id>.predictions.json  validate.py --predictions-file of the same call: {"split": "test", "models":
-                                        {"<model>|weights=<selected|last|ema|wise_ft>": {target, domain, prediction, split,
-                                        weights}}} (one split per call; validate.py's docstring has the format)
+                                        {"<model>|weights=<selected|last|ema|wise_ft|wise_ft_fixed>": {target,
+                                        domain, prediction, split, weights}}} (one split per call; validate.py's
+                                        docstring has the format)
     results/<run_id>.run.json          {run_id, variant, domain, lr, steps, seed, source_val_top1, phase,
-                                        train_args, weights: {selected, last?, ema?, wise_ft?: paths relative to
-                                        --out}}; a derived run's: its fine-tune's train_args, weights {selected:
+                                        train_args, weights: {selected, last?, ema?, wise_ft?, wise_ft_fixed?: paths
+                                        relative to --out}}; a derived run's: its fine-tune's train_args, weights {selected:
                                         runs/<fine-tune run_id>/wise_ft}, derived_from: <fine-tune run_id>, and
                                         results/<run_id>.json (+ .predictions.json) are the fine-tune's wise_ft
                                         rows (and predictions) relabelled "selected"
@@ -85,14 +87,14 @@ from clipood_zoo.methods import METHODS  # noqa: E402
 from clipood_zoo.models.emoji import RECIPE  # noqa: E402
 from clipood_zoo.stats import paired_class_bootstrap  # noqa: E402
 from clipood_zoo.weight_space import interpolate_state_dicts  # noqa: E402
-from train import EMA_DIR, LAST_DIR, WISE_FT_DIR  # noqa: E402
+from train import EMA_DIR, LAST_DIR, WISE_FT_DIR, WISE_FT_FIXED_DIR  # noqa: E402
 from train import build_parser as build_train_parser  # noqa: E402
 import validate  # noqa: E402
 from emojidg.paths import repo_relative  # noqa: E402
 from emojidg.selection import Selection, best_of, select  # noqa: E402
 from emojidg.shipped import WEIGHTS, record_shipped  # noqa: E402
 from emojidg.study_results import (  # noqa: E402
-    RUN_SUFFIX, ZEROSHOT, Study, load_study, predictions_path, read_predictions, record_path,
+    RUN_SUFFIX, WISE_FT_FIXED_ALPHA, ZEROSHOT, Study, load_study, predictions_path, read_predictions, record_path,
 )
 from emojidg.versions import card_section, held_out_split, version_of  # noqa: E402
 
@@ -104,7 +106,9 @@ EMA_DECAY = 0.99  # the EMA every clipood run exports beside its BMA (a 100-step
 WISE_FT_ALPHAS = ("0", "0.25", "0.5", "0.75", "1")
 PHASES = ("grid", "seeds", "ablation")
 
-EXPORT_WISE_FT = ["--wise-ft-alphas", *WISE_FT_ALPHAS, "--export-wise-ft"]
+# beside the alpha source val chooses, WiSE-FT at the paper's fixed alpha (source val chose 1 in every v1-recipe run)
+EXPORT_WISE_FT = ["--wise-ft-alphas", *WISE_FT_ALPHAS, "--export-wise-ft",
+                  "--export-wise-ft-fixed", f"{WISE_FT_FIXED_ALPHA:g}"]
 # trained variant -> train.py flags (lr, steps, seed and data come from the run)
 TRAINED_VARIANTS: Dict[str, List[str]] = {
     "erm": ["--method", "erm", *EXPORT_WISE_FT],
@@ -171,10 +175,12 @@ class StudyRun:
         flags = self.flags
         averaged = METHODS[flags[flags.index("--method") + 1]].default_bma  # no variant turns BMA off
         return ["selected", *(["last"] if averaged else []), *(["ema"] if "--export-ema" in flags else []),
-                *(["wise_ft"] if "--export-wise-ft" in flags else [])]
+                *(["wise_ft"] if "--export-wise-ft" in flags else []),
+                *(["wise_ft_fixed"] if "--export-wise-ft-fixed" in flags else [])]
 
 
-WEIGHTS_DIRS = {"selected": "", "last": LAST_DIR, "ema": EMA_DIR, "wise_ft": WISE_FT_DIR}  # sub-folder of the run
+WEIGHTS_DIRS = {"selected": "", "last": LAST_DIR, "ema": EMA_DIR, "wise_ft": WISE_FT_DIR,  # sub-folder of the run
+                "wise_ft_fixed": WISE_FT_FIXED_DIR}
 
 
 def trained_runs(runs: Sequence[StudyRun]) -> List[StudyRun]:

@@ -31,23 +31,31 @@ from clipood_zoo.errors import ConfigError
 from clipood_zoo.fileio import write_bytes_atomic
 from clipood_zoo.stats import PairedInterval, paired_class_bootstrap
 
-from emojidg.study_results import ZEROSHOT, Scored, Study, seed_averaged_correctness
+from emojidg.study_results import WISE_FT_FIXED_ALPHA, ZEROSHOT, Scored, Study, seed_averaged_correctness
 
 HEADLINE = ("zeroshot", "erm", "clipood", "wise_ft", "clipood_wise_ft", "lp_ft", "flyp", "car_ft", "croft")
 LABELS = {"zeroshot": "zero-shot", "erm": "ERM", "clipood": "CLIPood (MMS + BMA)", "wise_ft": "WiSE-FT (on ERM)",
           "clipood_wise_ft": "CLIPood + WiSE-FT", "lp_ft": "LP-FT", "flyp": "FLYP", "car_ft": "CAR-FT",
           "croft": "CRoFT", "ce_bma": "CE + BMA (lambda 0)", "fixed_margin": "fixed margin + BMA",
           "clipood@ema": "MMS + EMA", "clipood_uniform": "MMS + uniform average (beta 1)",
-          "clipood@last": "MMS, last weights"}
+          "clipood@last": "MMS, last weights",
+          "erm@wise_ft_fixed": f"WiSE-FT (on ERM), alpha {WISE_FT_FIXED_ALPHA:g} fixed",
+          "clipood@wise_ft_fixed": f"CLIPood + WiSE-FT, alpha {WISE_FT_FIXED_ALPHA:g} fixed"}
 SWEEPS = {"beta": "beta sweep (the BMA's Beta(beta, beta) weights over steps)",
           "lambda": "lambda sweep (the margin's scale)",
           "tau": "tau sweep (the margin against the temperature it is relative to)"}
-# the ablation tables: arms compared with CLIPood (the first), and each table's title
+# the ablation tables: arms compared with the first (at its selected (lr, steps)), and each table's title
 ABLATIONS = {"loss": ("clipood", "ce_bma", "fixed_margin"),
-             "averaging": ("clipood", "clipood@ema", "clipood_uniform", "clipood@last")}
+             "averaging": ("clipood", "clipood@ema", "clipood_uniform", "clipood@last"),
+             # WiSE-FT's alpha chosen on source val against the paper's fixed alpha, on the same fine-tuning runs
+             "wise_ft_alpha_erm": ("erm", "wise_ft", "erm@wise_ft_fixed"),
+             "wise_ft_alpha_clipood": ("clipood", "clipood_wise_ft", "clipood@wise_ft_fixed")}
 TITLES = {"loss": "Ablation: loss (MMS vs CE vs fixed margin)",
           "averaging": "Ablation: weight averaging (BMA vs EMA vs uniform vs last)",
+          "wise_ft_alpha_erm": "WiSE-FT on ERM: alpha chosen on source val vs fixed",
+          "wise_ft_alpha_clipood": "CLIPood + WiSE-FT: alpha chosen on source val vs fixed",
           **{f"{p}_sweep": f"Ablation: {what}" for p, what in SWEEPS.items()}}
+WISE_FT_GROUPS = ("wise_ft_alpha_erm", "wise_ft_alpha_clipood")  # also compared on the new classes' images
 SWEEP_NAME = re.compile(r"clipood_(?P<param>beta|lambda|tau)(?P<value>.+)")
 CE_AT_TAU = re.compile(r"ce_bma_tau(?P<value>.+)")  # CE + BMA at a sweep's tau: the margin's effect at that tau
 # (A, B, images, the paper's claim that A beats B); the verdict comes from the interval of A - B averaged over
@@ -292,8 +300,10 @@ def build(study: Study, out: Path) -> Tuple[str, Dict]:
     headline = {n: arms[n] for n in HEADLINE}
     pairs = [(m, "zeroshot") for m in HEADLINE[1:]] + [(m, "erm") for m in HEADLINE[2:]]
     diffs = {(a, b): paired(arms[a], arms[b]) for a, b in pairs}
-    group_diffs = {g: {(n, "clipood"): paired(arms[n], arms["clipood"]) for n in names[1:]}
+    group_diffs = {g: {(n, names[0]): paired(arms[n], arms[names[0]]) for n in names[1:]}
                    for g, names in groups.items()}
+    group_new_diffs = {g: {(n, names[0]): paired(arms[n], arms[names[0]], emojidg.NEW_CLASSES) for n in names[1:]}
+                       for g in WISE_FT_GROUPS for names in [groups[g]]}
     new_diffs = {(a, b): paired(arms[a], arms[b], emojidg.NEW_CLASSES) for a, b in pairs}
     claims = [(claim, *claim_sentence(claim, paired(arms[a], arms[b],
                                                     emojidg.NEW_CLASSES if images == "new" else None)))
@@ -324,8 +334,10 @@ def build(study: Study, out: Path) -> Tuple[str, Dict]:
           open_set_markdown(headline)]
     for group, names in groups.items():
         md += [f"## {TITLES[group]}\n\nHeld-out top-1 (%), {heading({n: arms[n] for n in names})}, at "
-               "CLIPood's selected (lr, steps):\n", accuracy_markdown({n: arms[n] for n in names}),
-               "Paired differences vs CLIPood (as above):\n", differences_markdown(group_diffs[group])]
+               f"{label(names[0])}'s selected (lr, steps):\n", accuracy_markdown({n: arms[n] for n in names}),
+               f"Paired differences vs {label(names[0])} (as above):\n", differences_markdown(group_diffs[group])]
+        if group in group_new_diffs:
+            md += ["On the new classes' images (as above):\n", differences_markdown(group_new_diffs[group])]
     md += ["## Ablation: the margin against tau\n\nThe margin lambda (1 - S(T_y, T_c)) is added before the logits are "
            "divided by tau, so its effect depends on tau: MMS + BMA against CE + BMA (lambda 0) at the same tau, "
            "held-out top-1 (%) averaged over styles at CLIPood's selected (lr, steps), with the paired interval "
@@ -347,7 +359,10 @@ def build(study: Study, out: Path) -> Tuple[str, Dict]:
         "new_class_images_differences": {f"{a} - {b}": interval_json(c) for (a, b), c in new_diffs.items()},
         "open_set": {n: {m: metric_cells(c, m) for m in OPEN_SET} for n, c in headline.items()},
         "ablations": {g: {"top1": {n: metric_cells(arms[n], "top1") for n in names},
-                          "differences": {f"{a} - {b}": interval_json(c) for (a, b), c in group_diffs[g].items()}}
+                          "differences": {f"{a} - {b}": interval_json(c) for (a, b), c in group_diffs[g].items()},
+                          **({"new_class_images_differences": {f"{a} - {b}": interval_json(c)
+                                                               for (a, b), c in group_new_diffs[g].items()}}
+                             if g in group_new_diffs else {})}
                       for g, names in groups.items()},
         "margin_vs_tau": {tau: {**{k: row[k] for k in ("mms", "ce")}, "diff": interval_json(row["diff"])}
                           for tau, row in tau_rows.items()},

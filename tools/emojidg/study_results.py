@@ -38,6 +38,7 @@ from clipood_zoo.data import emojidg
 PREDICTIONS_SUFFIX = ".predictions.json"
 RUN_SUFFIX = ".run.json"
 ZEROSHOT = "zeroshot"
+WISE_FT_FIXED_ALPHA = 0.5  # the ERM and CLIPood runs' "wise_ft_fixed" weights: WiSE-FT at the paper's fixed alpha
 
 
 @dataclass(frozen=True)
