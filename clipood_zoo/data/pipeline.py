@@ -60,6 +60,7 @@ import random
 import re
 import signal
 import tarfile
+import threading
 import warnings
 from functools import partial
 from typing import Any, BinaryIO, Callable, Iterator, Optional, Sequence
@@ -509,15 +510,27 @@ def create_loader(
 
 
 def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
-    """A loader worker ignores SIGTERM and SIGINT: the main process decides when the run stops.
+    """A loader worker leaves SIGINT and SIGTERM to the main process, except the SIGTERM that process sends it.
 
-    A scheduler's SIGTERM (SLURM's, systemd's) and a terminal's Ctrl-C reach every process of the job, loader
-    workers included, and torch's workers die of SIGTERM at once: the main process, still writing its stop
-    checkpoint, then fails on the dead worker ("DataLoader worker ... is killed by signal: Terminated"). Ignoring
-    both keeps the workers serving until the main process shuts them down; a worker whose main process is gone
-    exits by itself (torch's worker watchdog)."""
-    for s in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(s, signal.SIG_IGN)
+    A scheduler's SIGTERM (SLURM's, systemd's, ``kill -- -PGID``) and a terminal's Ctrl-C reach every process of the
+    job, loader workers included, and torch's workers die of SIGTERM at once: the main process, still writing its
+    stop checkpoint, then fails on the dead worker ("DataLoader worker ... is killed by signal: Terminated"). So a
+    worker ignores SIGINT and every SIGTERM but its main process's: torch and multiprocessing stop workers with
+    SIGTERM (``terminate()``), and ignoring that one would hang the main process's exit. A thread of the worker
+    waits for SIGTERM (blocked, so that it is only ever received there) and reads who sent it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # the default action (not a handler inherited from the main process, which a forked worker would run and
+    # survive), blocked before any thread of the worker exists, so every thread inherits the block
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_obey_sigterm_from, args=(os.getppid(),), name="sigterm-from-main", daemon=True).start()
+
+
+def _obey_sigterm_from(main_pid: int) -> None:
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != main_pid:
+        pass  # another process's: the main process stops the run, then its workers
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # this thread alone: the one the next one reaches
+    os.kill(os.getpid(), signal.SIGTERM)  # die of it, as a worker stopped by terminate() always has
 
 
 def _sample_stages(*, info: DatasetInfo, split: str, policy: _SkipPolicy, is_training: bool, seed: int,
