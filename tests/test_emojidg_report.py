@@ -395,3 +395,36 @@ def test_a_study_with_only_zero_shot_on_one_style_reports_the_rest_missing(study
     assert "missing: no grid runs at a selected lr yet" in text
     assert text.count("**Not measured**") == len(study_report.CLAIMS)
     assert (tmp_path / "r" / study_report.PLOT_FILE).is_file()
+
+
+def test_a_packed_study_reports_the_same_and_keeps_predictions_only_where_they_are_paired(study, tmp_path, capsys):
+    """pack_study.py: the report of the packed copy equals the runner folder's; a grid run off its variant's selected
+    configuration keeps its rows but not its predictions (and says so), and pairing it is refused; a second pack
+    is byte-identical and needs --overwrite."""
+    from emojidg import pack_study
+    from emojidg.study_results import seed_averaged_correctness
+
+    fx, out, results, md = study
+    packed = tmp_path / "packed"
+    assert pack_study.main(["--study", str(out), "--out", str(packed)]) == 0
+    assert report.main(["--study", str(packed), "--out", str(tmp_path / "report")]) == 0
+    assert json.loads((tmp_path / "report" / "results.json").read_text()) == results
+    assert (tmp_path / "report" / "results.md").read_text() == md
+    kept = json.loads((packed / "results" / "erm-3d-lr0.0001-st1000-s0.run.json").read_text())  # ERM's selected
+    dropped = json.loads((packed / "results" / "erm-3d-lr1e-05-st3000-s0.run.json").read_text())
+    assert kept["predictions_kept"] is True and dropped["predictions_kept"] is False
+    assert (packed / "results" / "erm-3d-lr0.0001-st1000-s0.predictions.json.gz").is_file()
+    assert not list((packed / "results").glob("erm-3d-lr1e-05-st3000-s0.predictions*"))
+    assert (packed / "results" / "erm-3d-lr1e-05-st3000-s0.json").read_bytes() == (
+        out / "results" / "erm-3d-lr1e-05-st3000-s0.json").read_bytes()
+    off = load_study(packed).find("erm", "3d", lr=1e-5, steps=3000, seeds=[0])
+    with pytest.raises(ConfigError, match=r"erm-3d-lr1e-05-st3000-s0 was packed without its per-image predictions"):
+        seed_averaged_correctness([(s.run.run_id, s.target, s.correct) for s in off])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        pack_study.main(["--study", str(out), "--out", str(packed)])
+    assert exc.value.code == 2 and f"{packed} already holds files; pass --overwrite" in capsys.readouterr().err
+    before = {p.name: p.read_bytes() for p in (packed / "results").iterdir()}
+    assert pack_study.main(["--study", str(out), "--out", str(packed), "--overwrite"]) == 0
+    assert {p.name: p.read_bytes() for p in (packed / "results").iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left

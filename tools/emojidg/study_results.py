@@ -36,6 +36,9 @@ from clipood_zoo.errors import ConfigError
 from clipood_zoo.data import emojidg
 
 PREDICTIONS_SUFFIX = ".predictions.json"
+# a run.json key tools/emojidg/pack_study.py sets to false for a run whose per-image predictions it left out (a grid
+# run at a configuration no comparison reads): its rows are read, and pairing it is an error
+KEPT_KEY = "predictions_kept"
 RUN_SUFFIX = ".run.json"
 ZEROSHOT = "zeroshot"
 WISE_FT_FIXED_ALPHA = 0.5  # the ERM and CLIPood runs' "wise_ft_fixed" weights: WiSE-FT at the paper's fixed alpha
@@ -62,8 +65,8 @@ class Scored:
     weights: str
     row: dict
     open_set: Optional[dict]
-    target: np.ndarray   # per image
-    correct: np.ndarray  # per image, bool
+    target: Optional[np.ndarray]   # per image; None for a run packed without its predictions (KEPT_KEY)
+    correct: Optional[np.ndarray]  # per image, bool
 
 
 @dataclass
@@ -86,6 +89,10 @@ def seed_averaged_correctness(seeds: Sequence[Tuple[str, np.ndarray, np.ndarray]
 
     Every seed must have scored the same images in the same order (else the average pairs nothing).
     """
+    unpaired = [source for source, target, _ in seeds if target is None]
+    if unpaired:
+        raise ConfigError(f"{unpaired[0]} was packed without its per-image predictions ({KEPT_KEY}: false), so it "
+                          "cannot be compared; pack the study again from the runner's folder keeping them")
     first_source, target, _ = seeds[0]
     for source, other, _ in seeds[1:]:
         if not np.array_equal(other, target):
@@ -149,7 +156,7 @@ def record_path(rows_path: Path) -> Path:
     return rows_path.with_name(rows_path.name.removesuffix(".json") + RUN_SUFFIX)
 
 
-def _scored_rows(run: Run, rows_path: Path) -> List[Scored]:
+def _scored_rows(run: Run, rows_path: Path, predictions_kept: bool = True) -> List[Scored]:
     rows = json.loads(rows_path.read_text())
     held_out = [r for r in (rows if isinstance(rows, list) else [rows]) if domains_named(r) == {run.domain}]
     predictions = predictions_path(rows_path)
@@ -162,6 +169,9 @@ def _scored_rows(run: Run, rows_path: Path) -> List[Scored]:
             continue
         open_set = row if "ood_auroc_mcm" in row else _one(
             [r for r in mine if "ood_auroc_mcm" in r], f"open-set row of the {weights!r} weights", rows_path)
+        if not predictions_kept:
+            out.append(Scored(run, weights, row, open_set, None, None))
+            continue
         key, target, correct = _predictions(row, predictions, weights)
         if key in used:
             raise ConfigError(f"{predictions}: the {used[key]!r} and {weights!r} rows both match predictions {key!r}; "
@@ -187,7 +197,7 @@ def load_study(out: Path) -> Study:
         if rows.is_file():
             run = Run(meta["run_id"], meta["variant"], meta["domain"], float(meta["lr"]), int(meta["steps"]),
                       int(meta["seed"]), meta["phase"])
-            scored += _scored_rows(run, rows)
+            scored += _scored_rows(run, rows, meta.get(KEPT_KEY, True))
     if not scored:
         raise ConfigError(f"no result files in {results} (zeroshot-<domain>.json, <run_id>.run.json with its "
                           "<run_id>.json); run tools/emojidg/run_benchmark.py first")
