@@ -367,6 +367,15 @@ def test_v1_report_still_reproduces_the_committed_v1_tables(tmp_path):
     assert rebuilt.pop("paired_differences") == {} and rebuilt == json.loads((v1 / "results.json").read_text())
 
 
+def test_the_committed_v2_report_is_rebuilt_from_its_committed_study(tmp_path):
+    """docs/emojidg/v2 (whose numbers the README quotes) is report.py --study of docs/emojidg/v2/study, as committed:
+    a change to the report or to the result files that is not rebuilt into it fails here."""
+    v2 = REPO / "docs" / "emojidg" / "v2"
+    assert report.main(["--study", str(v2 / "study"), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "results.md").read_text() == (v2 / "results.md").read_text()
+    assert json.loads((tmp_path / "results.json").read_text()) == json.loads((v2 / "results.json").read_text())
+
+
 def test_seeds_scored_on_other_images_are_refused(study, tmp_path, capsys):
     _, out, *_ = study
     shutil.copytree(out / "results", tmp_path / "results")

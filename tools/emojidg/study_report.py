@@ -55,6 +55,7 @@ TITLES = {"loss": "Ablation: loss (MMS vs CE vs fixed margin)",
           "wise_ft_alpha_erm": "WiSE-FT on ERM: alpha chosen on source val vs fixed",
           "wise_ft_alpha_clipood": "CLIPood + WiSE-FT: alpha chosen on source val vs fixed",
           **{f"{p}_sweep": f"Ablation: {what}" for p, what in SWEEPS.items()}}
+SHORT = {"clipood": "CLIPood", "erm": "ERM"}  # the arm a table compares with, in its sentences
 WISE_FT_GROUPS = ("wise_ft_alpha_erm", "wise_ft_alpha_clipood")  # also compared on the new classes' images
 SWEEP_NAME = re.compile(r"clipood_(?P<param>beta|lambda|tau)(?P<value>.+)")
 CE_AT_TAU = re.compile(r"ce_bma_tau(?P<value>.+)")  # CE + BMA at a sweep's tau: the margin's effect at that tau
@@ -334,8 +335,8 @@ def build(study: Study, out: Path) -> Tuple[str, Dict]:
           open_set_markdown(headline)]
     for group, names in groups.items():
         md += [f"## {TITLES[group]}\n\nHeld-out top-1 (%), {heading({n: arms[n] for n in names})}, at "
-               f"{label(names[0])}'s selected (lr, steps):\n", accuracy_markdown({n: arms[n] for n in names}),
-               f"Paired differences vs {label(names[0])} (as above):\n", differences_markdown(group_diffs[group])]
+               f"{SHORT[names[0]]}'s selected (lr, steps):\n", accuracy_markdown({n: arms[n] for n in names}),
+               f"Paired differences vs {SHORT[names[0]]} (as above):\n", differences_markdown(group_diffs[group])]
         if group in group_new_diffs:
             md += ["On the new classes' images (as above):\n", differences_markdown(group_new_diffs[group])]
     md += ["## Ablation: the margin against tau\n\nThe margin lambda (1 - S(T_y, T_c)) is added before the logits are "
