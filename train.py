@@ -260,6 +260,7 @@ def check_args(args: argparse.Namespace) -> None:
             raise ConfigError(f"--export-wise-ft-fixed must lie in [0, 1] (0: zero-shot, 1: fine-tuned), got "
                               f"{args.export_wise_ft_fixed}")
 
+
 def run_folder_name(args: argparse.Namespace) -> str:
     """--experiment, or a name made of everything that tells runs apart, so that seeds never share a folder."""
     if args.experiment:
@@ -958,7 +959,14 @@ class Run:
                         weights=label if label == LAST_DIR else f"ModelEmaV3 (decay {self.args.export_ema})")
 
     def read_export(self) -> Dict[str, torch.Tensor]:
-        """The weights of the run's own export (a resumed run's selected model), read back through the zoo's loader."""
+        """The weights of the run's own export (a resumed run's selected model), read back through the zoo's loader.
+        An export that already is the run's WiSE-FT (written in its place, without --export-wise-ft) is refused:
+        mixing it again would be WiSE-FT of WiSE-FT."""
+        config_file = self.out_dir / "config.json"
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        if "wise_ft" in config.get("pretrained_cfg", {}).get("recipe", {}):
+            raise ConfigError(f"{self.out_dir} already holds this run's WiSE-FT in place of its fine-tune: the run "
+                              "is finished and its export is final; there is nothing to resume")
         model = copy.deepcopy(self.eval_model)
         clipood_zoo.load_weights(model, self.out_dir)
         return cpu_state(model)

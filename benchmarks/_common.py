@@ -121,11 +121,14 @@ def table(rows: Sequence[Dict[str, object]], columns: Optional[Sequence[str]] = 
 
 def portable(path: object) -> str:
     """``path`` as a results file records it: relative to the repository root when inside it (an absolute path of
-    the machine that ran the benchmark means nothing in a clone), else as given."""
-    try:
-        return Path(str(path)).resolve().relative_to(ROOT.resolve()).as_posix()
-    except ValueError:
-        return str(path)
+    the machine that ran the benchmark means nothing in a clone), as written before a symlink's target (data linked
+    into the clone is its data/ folder), else as given."""
+    for candidate in (Path(os.path.abspath(str(path))), Path(str(path)).resolve()):
+        try:
+            return candidate.relative_to(ROOT).as_posix()
+        except ValueError:
+            continue
+    return str(path)
 
 
 def save(name: str, info: Dict[str, object], payload: Dict[str, object], out_dir: Optional[Path] = None) -> Path:

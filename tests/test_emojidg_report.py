@@ -30,7 +30,7 @@ SELECTED = {"erm": {d: (1e-5, 300) if d == "line" else (1e-4, 1000) for d in DOM
 ACCURACY = {"zeroshot": 0.2, "erm": 0.45, "clipood": 0.8, "clipood@ema": 0.75, "clipood@last": 0.6, "lp_ft": 0.5,
             "ce_bma": 0.78, "fixed_margin": 0.97, "clipood_beta1.5": 0.7, "clipood_beta0.2": 0.65,
             "clipood_lambda0.1": 0.79, "clipood_tau0.05": 0.5, "ce_bma_tau0.05": 0.6, "flyp": 0.9,
-            "erm@wise_ft_fixed": 0.55, "clipood@wise_ft_fixed": 0.7}
+            "erm@wise_ft": 0.45, "clipood@wise_ft": 0.8, "erm@wise_ft_fixed": 0.55, "clipood@wise_ft_fixed": 0.7}
 
 
 class Fixture:
@@ -101,8 +101,8 @@ def study(tmp_path_factory):
     for d in DOMAINS:
         fx.run("zeroshot", d, None, None, 0, "zeroshot")
         for variant in ("erm", "clipood"):
-            weights = ("selected", "ema", "last", "wise_ft_fixed") if variant == "clipood" else (
-                "selected", "wise_ft_fixed")
+            weights = ("selected", "ema", "last", "wise_ft", "wise_ft_fixed") if variant == "clipood" else (
+                "selected", "wise_ft", "wise_ft_fixed")
             for lr in LRS:
                 for steps in STEPS:
                     for seed in (0, 1):
@@ -226,13 +226,14 @@ def test_ablations_read_clipoods_config_and_its_ema_and_last_rows(study):
 
 
 def test_wise_ft_tables_set_the_fixed_alpha_beside_each_fine_tune_on_the_same_runs(study):
-    """The fine-tune runs' wise_ft_fixed rows, at the fine-tune's own selected config (ERM's differs on line), against
-    the fine-tune: held-out top-1 and the paired intervals, on every image and on the new classes' images."""
+    """The fine-tune runs' own wise_ft and wise_ft_fixed rows, at the fine-tune's selected config (ERM's differs on
+    line), against the fine-tune: held-out top-1 and the paired intervals, on every image and on the new classes'."""
     fx, _, results, md = study
     for group, tuned in (("wise_ft_alpha_erm", "erm"), ("wise_ft_alpha_clipood", "clipood")):
         table = results["ablations"][group]
-        assert list(table["top1"]) == [tuned, "wise_ft" if tuned == "erm" else "clipood_wise_ft", f"{tuned}@wise_ft_fixed"]
+        assert list(table["top1"]) == [tuned, f"{tuned}@wise_ft", f"{tuned}@wise_ft_fixed"]
         assert table["top1"][f"{tuned}@wise_ft_fixed"] == expected_top1(fx, f"{tuned}@wise_ft_fixed")
+        assert table["top1"][f"{tuned}@wise_ft"] == expected_top1(fx, f"{tuned}@wise_ft")
         assert_interval(table["differences"][f"{tuned}@wise_ft_fixed - {tuned}"], fx, f"{tuned}@wise_ft_fixed", tuned)
         assert_interval(table["new_class_images_differences"][f"{tuned}@wise_ft_fixed - {tuned}"], fx,
                         f"{tuned}@wise_ft_fixed", tuned, emojidg.NEW_CLASSES)

@@ -1,8 +1,8 @@
 """The weights in weights/ load (sha256-checked) and still score what their model cards recorded.
 
-Each EmojiDG fine-tune's card records validate.py's top-1 of the shipped fp16 file on its held-out
-domain in the committed subset datasets/emojidg-mini (``mini_top1``); re-scoring it here catches a drift
-in the weights, the data, the transforms or the evaluation loop.
+Each EmojiDG fine-tune's card records validate.py's top-1 of the shipped model (its fp16 file; for a WiSE-FT
+entry, the mix of two such files) on its held-out domain in the committed subset datasets/emojidg-mini
+(``mini_top1``); re-scoring it here catches a drift in the weights, the data, the transforms or the evaluation loop.
 """
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from tests.shipped_cards import recorded_mini_top1
 
 REPO = Path(__file__).resolve().parent.parent
 MINI = REPO / "datasets" / "emojidg-mini"
-SHIPPED = sorted(MANIFEST)  # shipped_weights.json: what weights/ holds, with sha256
+SHIPPED = sorted(MANIFEST)  # shipped_weights.json: what weights/ holds, with sha256 (WiSE-FT: mixed from two of them)
 
 
 def test_every_shipped_name_is_listed_and_loads():

@@ -142,6 +142,21 @@ def test_export_wise_ft_fixed_mixes_the_export_at_the_given_alpha_beside_the_cho
     assert chosen["alpha"] == 1.0 and "scores" in chosen
 
 
+def test_a_run_whose_export_already_is_its_wise_ft_is_not_mixed_again_on_resume(shards, tmp_path, capsys):
+    """--method wise_ft writes WiSE-FT in place of the fine-tune; resuming from the kept checkpoint would mix that
+    mix again, so it is refused, and the export is left as it was."""
+    args = train_args(shards, tmp_path, "--steps", "2", "--method", "wise_ft", "--wise-ft-alphas", "0.5")
+    train.main(args)
+    run = tmp_path / "run"
+    before = (run / "model.safetensors").read_bytes()
+    with pytest.raises(SystemExit) as exc:
+        train.main([*args, "--resume", str(run)])
+    assert exc.value.code == 2
+    assert (f"train.py: error: {run} already holds this run's WiSE-FT in place of its fine-tune: the run is finished "
+            "and its export is final; there is nothing to resume") in capsys.readouterr().err
+    assert (run / "model.safetensors").read_bytes() == before
+
+
 def test_a_run_with_a_weight_average_also_exports_its_last_weights(shards, tmp_path):
     train.main(train_args(shards, tmp_path, "--steps", "3", "--method", "clipood"))
     run = tmp_path / "run"

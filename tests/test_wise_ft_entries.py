@@ -85,6 +85,21 @@ def test_a_saved_wise_ft_model_is_its_weights_and_an_overlaid_file_replaces_the_
                                                                                     "file": str(clipood)})
 
 
+def test_a_wise_ft_entry_is_pinned_to_the_files_it_was_measured_with():
+    """A source re-shipped after the mix was measured (another sha256 than the spec pins) is refused by name, and a
+    spec that is not two entries with weights of their own is refused before anything loads."""
+    pinned = {**spec(0.5), "sha256": {"zeroshot": SHIPPED[BASE]["sha256"], "finetuned": "0" * 64}}
+    with pytest.raises(clipood_zoo.WeightsIntegrityError, match=(
+            f"{UNSHIPPED} was measured as a mix of {FINE_TUNE} with sha256 0{{64}}, but {FINE_TUNE}'s weights are now "
+            f"{SHIPPED[FINE_TUNE]['sha256']}: {FINE_TUNE} was re-shipped since; re-ship {UNSHIPPED} with it")):
+        clipood_zoo.create_model(UNSHIPPED, pretrained=True, pretrained_cfg_overlay={"wise_ft": pinned})
+    assert SHIPPED["wise_ft_vitt_emojidg_3d"]["wise_ft"]["sha256"] == {
+        "zeroshot": SHIPPED[BASE]["sha256"], "finetuned": SHIPPED[FINE_TUNE]["sha256"]}  # what --ship pins
+    for bad in ({"zeroshot": BASE, "alpha": 0.5}, spec(0.5, finetuned="wise_ft_vitt_emojidg_3d")):
+        with pytest.raises(clipood_zoo.ConfigError, match="must name two entries with weights of their own"):
+            clipood_zoo.create_model(UNSHIPPED, pretrained=True, pretrained_cfg_overlay={"wise_ft": bad})
+
+
 def _staged(run_id):
     return rb.Staged(name=FINE_TUNE, run_id=run_id, model=None, sections={}, trained={})
 
@@ -118,5 +133,6 @@ def test_the_manifest_entry_of_a_mixed_wise_ft_names_its_sources_and_the_mixed_l
     log_scales = [load_file(REPO / "weights" / n / "model.safetensors")["head.logit_scale"].float().item()
                   for n in (BASE, FINE_TUNE)]
     assert written["kept"] == {"file": "kept/model.safetensors"}
-    assert written["wise_ft_vitt_emojidg_3d"] == {"wise_ft": spec(0.5), "train_command": "python x",
+    pins = {"zeroshot": SHIPPED[BASE]["sha256"], "finetuned": SHIPPED[FINE_TUNE]["sha256"]}  # of the files mixed
+    assert written["wise_ft_vitt_emojidg_3d"] == {"wise_ft": {**spec(0.5), "sha256": pins}, "train_command": "python x",
                                                   "logit_scale": round(math.exp(sum(log_scales) / 2), 4)}

@@ -519,10 +519,13 @@ def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
     SIGTERM (``terminate()``), and ignoring that one would hang the main process's exit. A thread of the worker
     waits for SIGTERM (blocked, so that it is only ever received there) and reads who sent it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # the default action (not a handler inherited from the main process, which a forked worker would run and
-    # survive), blocked before any thread of the worker exists, so every thread inherits the block
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if not hasattr(signal, "sigwaitinfo"):  # no way to read a sender (macOS, Windows): keep torch's SIGTERM
+        return
+    # blocked first (a job-wide SIGTERM arriving now waits for the thread), before any other thread of the worker
+    # exists, so every thread inherits the block; then the default action, not a handler inherited from the main
+    # process (which a forked worker would run and survive)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     threading.Thread(target=_obey_sigterm_from, args=(os.getppid(),), name="sigterm-from-main", daemon=True).start()
 
 
@@ -530,7 +533,7 @@ def _obey_sigterm_from(main_pid: int) -> None:
     while signal.sigwaitinfo({signal.SIGTERM}).si_pid != main_pid:
         pass  # another process's: the main process stops the run, then its workers
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # this thread alone: the one the next one reaches
-    os.kill(os.getpid(), signal.SIGTERM)  # die of it, as a worker stopped by terminate() always has
+    os.kill(os.getpid(), signal.SIGTERM)  # the worker dies of it, as terminate() means
 
 
 def _sample_stages(*, info: DatasetInfo, split: str, policy: _SkipPolicy, is_training: bool, seed: int,

@@ -12,7 +12,7 @@
 Weights live in the repo's ``weights/<name>/``; their sha256 is recorded in ``shipped_weights.json``
 (tools/emojidg/run_benchmark.py writes it, with the selected lr and steps and the exact train.py command of
 a fine-tune, which the cfg then says), and a name without an entry has no weights yet. A WiSE-FT entry whose
-fine-tune is the shipped ERM (or CLIPood) run stores no weights: its manifest entry says ``wise_ft`` (base,
+fine-tune is the shipped ERM run stores no weights: its manifest entry says ``wise_ft`` (base,
 fine-tune, alpha) and the weights are mixed from those two files at load time; ``weights/<name>/`` holds its card.
 """
 from __future__ import annotations

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.model import _build_vision_tower
 
-from ..errors import ConfigError, WeightsError
+from ..errors import ConfigError, WeightsError, WeightsIntegrityError
 from ..hub import fit_position_embedding, load_weights, resolve_weights
 from ..registry import ZooPretrainedCfg, resolve_pretrained_cfg
 from ..weight_space import interpolate_state_dicts
@@ -146,19 +146,33 @@ def timm_vision_cfg(clip_arch: str, model_name: str, in_chans: Optional[int] = N
     return vision if changed else None
 
 
+WISE_FT_ROLES = ("zeroshot", "finetuned")
+
+
 def load_wise_ft(model: ClipoodClassifier, spec: Mapping[str, Any], cache_dir: Optional[str] = None) -> Dict[str, Any]:
     """Load a WiSE-FT entry's weights, which are not stored: ``(1 - alpha) zeroshot + alpha finetuned`` of the two
     registered models ``spec`` names, each loaded (and sha256-checked) as ``create_model(name, pretrained=True)``
     would. A WiSE-FT model is the shipped fine-tune mixed with the shipped base (train.py's WiSE-FT interpolates
-    the run's exported weights), so shipping it costs no file. Returns the record of what was mixed."""
+    the run's exported weights), so shipping it costs no file. ``spec["sha256"]`` (role -> digest), when given, pins
+    the two files the mix was measured with: a source re-shipped since then is refused, not silently mixed.
+    Returns the record of what was mixed."""
+    name = model.pretrained_cfg["architecture"]
+    missing = [k for k in (*WISE_FT_ROLES, "alpha") if k not in spec]
+    if missing or any(resolve_pretrained_cfg(spec[role]).wise_ft for role in WISE_FT_ROLES if role in spec):
+        raise ConfigError(f"{name}'s wise_ft spec {dict(spec)} must name two entries with weights of their own (not "
+                          f"mixes) and alpha: {{'zeroshot': NAME, 'finetuned': NAME, 'alpha': A}}")
     alpha = float(spec["alpha"])
     try:
-        sources = {role: build_zoo_model(spec[role], pretrained=True, cache_dir=cache_dir)
-                   for role in ("zeroshot", "finetuned")}
+        sources = {role: build_zoo_model(spec[role], pretrained=True, cache_dir=cache_dir) for role in WISE_FT_ROLES}
     except WeightsError as e:
-        raise type(e)(f"{model.pretrained_cfg['architecture']} is WiSE-FT of two shipped models, mixed when it loads "
-                      f"({1 - alpha:g} x {spec['zeroshot']} + {alpha:g} x {spec['finetuned']}), and one could not be "
-                      f"loaded: {e}") from e
+        raise type(e)(f"{name} is WiSE-FT of two shipped models, mixed when it loads ({1 - alpha:g} x "
+                      f"{spec['zeroshot']} + {alpha:g} x {spec['finetuned']}), and one could not be loaded: {e}") from e
+    for role, source in sources.items():
+        pinned, loaded = spec.get("sha256", {}).get(role), source.pretrained_cfg["loaded_weights"]["sha256"]
+        if pinned is not None and pinned != loaded:
+            raise WeightsIntegrityError(
+                f"{name} was measured as a mix of {spec[role]} with sha256 {pinned}, but {spec[role]}'s weights are "
+                f"now {loaded}: {spec[role]} was re-shipped since; re-ship {name} with it (run_benchmark.py --ship)")
     mixed = interpolate_state_dicts(sources["zeroshot"].state_dict(), sources["finetuned"].state_dict(), alpha)
     fit_position_embedding(model, mixed)  # a model built with timm's img_size=
     model.load_state_dict(mixed)

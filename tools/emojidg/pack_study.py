@@ -93,9 +93,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=args.out.parent, prefix=f".{args.out.name}.") as tmp:
             counts = pack(args.study, Path(tmp) / "packed")
+            previous = Path(tmp) / "previous"
             if args.out.exists():  # the earlier pack moves aside (and goes with the temporary folder) only now
-                args.out.rename(Path(tmp) / "previous")
-            (Path(tmp) / "packed").rename(args.out)
+                args.out.rename(previous)
+            try:
+                (Path(tmp) / "packed").rename(args.out)
+            except OSError:
+                if previous.exists():
+                    previous.rename(args.out)
+                raise
     except (ClipoodError, OSError) as e:
         p.exit(2, f"pack_study.py: error: {e}\n")
     print(f"packed {counts['runs']} runs into {args.out} ({counts['with_predictions']} with their per-image "

@@ -82,7 +82,7 @@ from clipood_zoo.errors import TrainingError  # noqa: E402
 from clipood_zoo import sweep  # noqa: E402
 from clipood_zoo.data import emojidg  # noqa: E402
 from clipood_zoo.fileio import write_text_atomic  # noqa: E402
-from clipood_zoo.hub import model_card  # noqa: E402
+from clipood_zoo.hub import model_card, sha256_file  # noqa: E402
 from clipood_zoo.methods import METHODS  # noqa: E402
 from clipood_zoo.models.emoji import RECIPE  # noqa: E402
 from clipood_zoo.stats import paired_class_bootstrap  # noqa: E402
@@ -636,8 +636,10 @@ def write_mixed_card(s: Staged) -> None:
         (folder / stale).unlink(missing_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
     spec = s.wise_ft
-    what = (f"not stored: (1 - {spec['alpha']:g}) x {spec['zeroshot']} + {spec['alpha']:g} x {spec['finetuned']}, "
-            "mixed at load time from those two shipped files (each sha256-checked)")
+    sources = {role: f"{spec[role]} (sha256 {sha256_file(WEIGHTS / spec[role] / 'model.safetensors')})"
+               for role in ("zeroshot", "finetuned")}
+    what = (f"not stored: (1 - {spec['alpha']:g}) x {sources['zeroshot']} + {spec['alpha']:g} x "
+            f"{sources['finetuned']}, mixed at load time from those two shipped files, each checked against that sha256")
     cfg = {**s.model.pretrained_cfg, "architecture": s.name}
     write_text_atomic(folder / "README.md", model_card(s.name, cfg, what, s.sections,
                                                         load=f"clipood_zoo.create_model('{s.name}', pretrained=True)"))

@@ -39,7 +39,8 @@ def record_shipped(names: Sequence[str], trained: Optional[Dict[str, dict]] = No
     reads (so that the registered cfg says the scale the weights hold), and, for a fine-tune, how it was trained
     (``trained[name]``: its selected ``recipe`` values and ``train_command``, which the registered cfg then says).
     A name in ``wise_ft`` stores no file: its entry is its spec (``{zeroshot, finetuned, alpha}``, two shipped
-    names the registry mixes at load time) and the logit scale that mix holds. Other entries are kept; the file
+    names the registry mixes at load time, pinned to the sha256 of the files it was measured with) and the logit
+    scale that mix holds. Other entries are kept; the file
     is replaced whole (never half-written)."""
     manifest = json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {}
     for name in names:
@@ -51,6 +52,7 @@ def record_shipped(names: Sequence[str], trained: Optional[Dict[str, dict]] = No
         else:  # the head's log scale is interpolated like every other weight
             log_scale = ((1 - spec["alpha"]) * log_logit_scale(spec["zeroshot"])
                          + spec["alpha"] * log_logit_scale(spec["finetuned"]))
-            entry = {"wise_ft": dict(spec), "logit_scale": round(math.exp(log_scale), 4)}
+            pins = {role: sha256_file(WEIGHTS / spec[role] / "model.safetensors") for role in ("zeroshot", "finetuned")}
+            entry = {"wise_ft": {**spec, "sha256": pins}, "logit_scale": round(math.exp(log_scale), 4)}
         manifest[name] = {**entry, **(trained or {}).get(name, {})}
     write_text_atomic(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")

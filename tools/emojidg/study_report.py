@@ -39,6 +39,8 @@ LABELS = {"zeroshot": "zero-shot", "erm": "ERM", "clipood": "CLIPood (MMS + BMA)
           "croft": "CRoFT", "ce_bma": "CE + BMA (lambda 0)", "fixed_margin": "fixed margin + BMA",
           "clipood@ema": "MMS + EMA", "clipood_uniform": "MMS + uniform average (beta 1)",
           "clipood@last": "MMS, last weights",
+          "erm@wise_ft": "WiSE-FT (on ERM), alpha chosen on source val",
+          "clipood@wise_ft": "CLIPood + WiSE-FT, alpha chosen on source val",
           "erm@wise_ft_fixed": f"WiSE-FT (on ERM), alpha {WISE_FT_FIXED_ALPHA:g} fixed",
           "clipood@wise_ft_fixed": f"CLIPood + WiSE-FT, alpha {WISE_FT_FIXED_ALPHA:g} fixed"}
 SWEEPS = {"beta": "beta sweep (the BMA's Beta(beta, beta) weights over steps)",
@@ -48,8 +50,9 @@ SWEEPS = {"beta": "beta sweep (the BMA's Beta(beta, beta) weights over steps)",
 ABLATIONS = {"loss": ("clipood", "ce_bma", "fixed_margin"),
              "averaging": ("clipood", "clipood@ema", "clipood_uniform", "clipood@last"),
              # WiSE-FT's alpha chosen on source val against the paper's fixed alpha, on the same fine-tuning runs
-             "wise_ft_alpha_erm": ("erm", "wise_ft", "erm@wise_ft_fixed"),
-             "wise_ft_alpha_clipood": ("clipood", "clipood_wise_ft", "clipood@wise_ft_fixed")}
+             # (the fine-tune runs' own wise_ft rows, not the WiSE-FT variants, whose selected config may differ)
+             "wise_ft_alpha_erm": ("erm", "erm@wise_ft", "erm@wise_ft_fixed"),
+             "wise_ft_alpha_clipood": ("clipood", "clipood@wise_ft", "clipood@wise_ft_fixed")}
 TITLES = {"loss": "Ablation: loss (MMS vs CE vs fixed margin)",
           "averaging": "Ablation: weight averaging (BMA vs EMA vs uniform vs last)",
           "wise_ft_alpha_erm": "WiSE-FT on ERM: alpha chosen on source val vs fixed",
