@@ -21,8 +21,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "tools"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from emojidg.paths import repo_relative  # noqa: E402  results record repository paths as a clone has them
 
 # The shipped small family's image tower (clipood_zoo/model_configs/ViT-T-8-40-MiniLM.json: ViT width 192,
 # 6 layers, patch 8, 40 px, embed 384),
@@ -117,18 +120,6 @@ def table(rows: Sequence[Dict[str, object]], columns: Optional[Sequence[str]] = 
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
     return "\n".join([line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in cells])
-
-
-def portable(path: object) -> str:
-    """``path`` as a results file records it: relative to the repository root when inside it (an absolute path of
-    the machine that ran the benchmark means nothing in a clone), as written before a symlink's target (data linked
-    into the clone is its data/ folder), else as given."""
-    for candidate in (Path(os.path.abspath(str(path))), Path(str(path)).resolve()):
-        try:
-            return candidate.relative_to(ROOT).as_posix()
-        except ValueError:
-            continue
-    return str(path)
 
 
 def save(name: str, info: Dict[str, object], payload: Dict[str, object], out_dir: Optional[Path] = None) -> Path:

@@ -129,7 +129,7 @@ def main() -> None:
     if worst_http is not None:
         print(f"goal: loopback HTTP >= 0.9x disk at every worker count: worst {worst_http:.2f}x "
               f"{'OK' if worst_http >= 0.9 else 'MISSED'}")
-    C.save(args.out_name, info_m, {"rows": rows, "data_dir": C.portable(data_dir), "split": split,
+    C.save(args.out_name, info_m, {"rows": rows, "data_dir": C.repo_relative(data_dir), "split": split,
                                    "image_size": size, "batch_size": args.batch_size,
                                    "goal": "loader images/s >= 2x training-step images/s; loopback HTTP >= 0.9x disk",
                                    "best_ratio": best, "worst_http_vs_disk": worst_http})

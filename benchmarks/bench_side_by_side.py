@@ -63,7 +63,7 @@ def main() -> None:
     if data is None or not (data / "_info.json").is_file():
         p.error("no EmojiDG shards with a train split: build them (docs/emojidg/v2_plan.md, 'How to run v2') or "
                 "pass --data-dir")
-    info = {**C.machine_info(), "data": C.portable(data)}
+    info = {**C.machine_info(), "data": C.repo_relative(data)}
     seconds = {"one_at_a_time": [], "side_by_side": []}
     with tempfile.TemporaryDirectory(prefix="bench_side_by_side_") as tmp:
         for r in range(args.rounds):

@@ -82,7 +82,7 @@ from clipood_zoo.errors import TrainingError  # noqa: E402
 from clipood_zoo import sweep  # noqa: E402
 from clipood_zoo.data import emojidg  # noqa: E402
 from clipood_zoo.fileio import write_text_atomic  # noqa: E402
-from clipood_zoo.hub import model_card, sha256_file  # noqa: E402
+from clipood_zoo.hub import model_card  # noqa: E402
 from clipood_zoo.methods import METHODS  # noqa: E402
 from clipood_zoo.models.emoji import RECIPE  # noqa: E402
 from clipood_zoo.stats import paired_class_bootstrap  # noqa: E402
@@ -92,7 +92,7 @@ from train import build_parser as build_train_parser  # noqa: E402
 import validate  # noqa: E402
 from emojidg.paths import repo_relative  # noqa: E402
 from emojidg.selection import Selection, best_of, select  # noqa: E402
-from emojidg.shipped import WEIGHTS, record_shipped  # noqa: E402
+from emojidg.shipped import WEIGHTS, record_shipped, source_pins  # noqa: E402
 from emojidg.study_results import (  # noqa: E402
     RUN_SUFFIX, WISE_FT_FIXED_ALPHA, ZEROSHOT, Study, load_study, predictions_path, read_predictions, record_path,
 )
@@ -636,8 +636,7 @@ def write_mixed_card(s: Staged) -> None:
         (folder / stale).unlink(missing_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
     spec = s.wise_ft
-    sources = {role: f"{spec[role]} (sha256 {sha256_file(WEIGHTS / spec[role] / 'model.safetensors')})"
-               for role in ("zeroshot", "finetuned")}
+    sources = {role: f"{spec[role]} (sha256 {pin})" for role, pin in source_pins(spec).items()}
     what = (f"not stored: (1 - {spec['alpha']:g}) x {sources['zeroshot']} + {spec['alpha']:g} x "
             f"{sources['finetuned']}, mixed at load time from those two shipped files, each checked against that sha256")
     cfg = {**s.model.pretrained_cfg, "architecture": s.name}

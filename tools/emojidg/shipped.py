@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from clipood_zoo.fileio import write_text_atomic
 from clipood_zoo.hub import sha256_file
 from clipood_zoo.models.emoji import MANIFEST
+from clipood_zoo.models.factory import WISE_FT_ROLES
 
 from .paths import REPO
 
@@ -31,6 +32,11 @@ def registry_file(out: Path, name: str) -> bool:
 def log_logit_scale(name: str) -> float:
     """The log logit scale (``head.logit_scale``) ``weights/<name>/model.safetensors`` holds."""
     return float(load_file(WEIGHTS / name / "model.safetensors")["head.logit_scale"].float())
+
+
+def source_pins(spec: Dict) -> Dict[str, str]:
+    """role -> sha256 of the shipped file of each model a WiSE-FT ``spec`` mixes (what its card was measured with)."""
+    return {role: sha256_file(WEIGHTS / spec[role] / "model.safetensors") for role in WISE_FT_ROLES}
 
 
 def record_shipped(names: Sequence[str], trained: Optional[Dict[str, dict]] = None,
@@ -52,7 +58,6 @@ def record_shipped(names: Sequence[str], trained: Optional[Dict[str, dict]] = No
         else:  # the head's log scale is interpolated like every other weight
             log_scale = ((1 - spec["alpha"]) * log_logit_scale(spec["zeroshot"])
                          + spec["alpha"] * log_logit_scale(spec["finetuned"]))
-            pins = {role: sha256_file(WEIGHTS / spec[role] / "model.safetensors") for role in ("zeroshot", "finetuned")}
-            entry = {"wise_ft": {**spec, "sha256": pins}, "logit_scale": round(math.exp(log_scale), 4)}
+            entry = {"wise_ft": {**spec, "sha256": source_pins(spec)}, "logit_scale": round(math.exp(log_scale), 4)}
         manifest[name] = {**entry, **(trained or {}).get(name, {})}
     write_text_atomic(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
