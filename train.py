@@ -92,7 +92,7 @@ from clipood_zoo.data import DatasetInfo, create_loader, read_dataset_info
 from clipood_zoo.cli_utils import (
     AMP_DTYPES, add_data_limit_args, data_limits, default_device, format_results, model_for_dataset,
 )
-from clipood_zoo.errors import CheckpointError, RunInterrupted, TrainingError
+from clipood_zoo.errors import CheckpointError, RunInterrupted, TrainingError, WeightsError
 from clipood_zoo.fileio import FolderLock, check_writable_dir, inside, link_or_copy, write_text_atomic
 from clipood_zoo.evaluate import autocast, evaluate
 from clipood_zoo.methods import METHODS, TrainStep, create_method
@@ -561,8 +561,8 @@ class Run:
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.best = state["step"], state.get("best")
-        if self.wise_ft_alphas and self.best is not None:  # the export this best score selected, for WiSE-FT
-            self.selected_state = self.read_export()
+        if self.wise_ft_alphas and self.best is not None:  # WiSE-FT will mix the export this best score selected
+            self.refuse_an_export_that_is_wise_ft()
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
         self.history = [list(h) for h in state.get("checkpoint_hist", [])]
         # "epoch" is the epoch to run next: the current one until its evaluation and export are done.
@@ -958,17 +958,31 @@ class Run:
             self.export(metrics, model=model, out_dir=self.out_dir / label,
                         weights=label if label == LAST_DIR else f"ModelEmaV3 (decay {self.args.export_ema})")
 
-    def read_export(self) -> Dict[str, torch.Tensor]:
-        """The weights of the run's own export (a resumed run's selected model), read back through the zoo's loader.
-        An export that already is the run's WiSE-FT (written in its place, without --export-wise-ft) is refused:
-        mixing it again would be WiSE-FT of WiSE-FT."""
+    def refuse_an_export_that_is_wise_ft(self) -> None:
+        """A resumed run's export that already is its WiSE-FT (written in its place, without --export-wise-ft) is
+        refused before anything is trained or written: mixing it again would be WiSE-FT of WiSE-FT. Only the config
+        is read: an export the kill left half-written is redone by the resumed evaluation, not read here."""
         config_file = self.out_dir / "config.json"
-        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        try:
+            config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return  # not readable: no export to protect; the resumed evaluation writes a whole one
         if "wise_ft" in config.get("pretrained_cfg", {}).get("recipe", {}):
             raise ConfigError(f"{self.out_dir} already holds this run's WiSE-FT in place of its fine-tune: the run "
                               "is finished and its export is final; there is nothing to resume")
+
+    def read_export(self) -> Dict[str, torch.Tensor]:
+        """The weights of the run's own export, read back through the zoo's loader (sha256 checked): the selected
+        model of a run resumed after its last export. Read only once training is over, so that an export a kill
+        left half-written (weights new, config.json old) has been redone by the resumed evaluation first."""
         model = copy.deepcopy(self.eval_model)
-        clipood_zoo.load_weights(model, self.out_dir)
+        try:
+            clipood_zoo.load_weights(model, self.out_dir)
+        except WeightsError as e:
+            raise CheckpointError(
+                f"the run's selected export in {self.out_dir} cannot be read back to mix WiSE-FT. A run killed while "
+                "it wrote its WiSE-FT in place of that export (--method wise_ft) has lost the fine-tune: start it "
+                f"again (--overwrite), with --export-wise-ft to keep the fine-tune beside its WiSE-FT. ({e})") from None
         return cpu_state(model)
 
     def apply_wise_ft(self, out_dir: Optional[Path] = None) -> Dict[str, float]:
@@ -995,6 +1009,8 @@ class Run:
 
     def selected_model(self) -> torch.nn.Module:
         """A copy of the run's model holding its exported (selected) weights: what WiSE-FT mixes."""
+        if self.selected_state is None:  # resumed after the selected export: it is read back from the run folder
+            self.selected_state = self.read_export()
         model = copy.deepcopy(self.eval_model)
         model.load_state_dict(self.selected_state)
         return model

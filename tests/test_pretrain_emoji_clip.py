@@ -367,6 +367,19 @@ def _strings(value):
         yield value
 
 
+# an absolute or home path inside a longer string (a recorded command line, an option=value), not a URL's //host/...
+_PATH_INSIDE = re.compile(r"(?<![\w:/.~-])(?:~|/(?!/))[\w.~-]*(?:/[\w.-]+)+")
+
+
+@pytest.mark.parametrize("text, found", [
+    ("python train.py --data-dir /work/main/data --steps 3", "/work/main/data"), ("--output=/tmp/a", "/tmp/a"),
+    ("cd ~/runs/x && ls", "~/runs/x"), ("https://github.com/a/b", None), ("data/emojidg_v2/x", None),
+    ("100 img/s, 3/4 done", None)])
+def test_the_path_rule_finds_paths_inside_commands_and_not_urls_or_relative_paths(text, found):
+    match = _PATH_INSIDE.search(text)
+    assert (match and match.group(0)) == found
+
+
 def test_committed_records_hold_no_path_of_the_machine_that_wrote_them():
     """Shipped configs, results and study records are read in clones: a path of the machine that wrote them (the run
     folder a weights file was loaded from, the data a benchmark read) means nothing there and leaks that machine."""
@@ -381,7 +394,7 @@ def test_committed_records_hold_no_path_of_the_machine_that_wrote_them():
     for name in listed:
         data = (Path(REPO_ROOT) / name).read_bytes()
         paths = [s for s in _strings(json.loads(gzip.decompress(data) if name.endswith(".gz") else data))
-                 if s.startswith(("/", "~"))]
+                 if s.startswith(("/", "~")) or _PATH_INSIDE.search(s)]
         if paths:
             found[name] = paths[:3]
     assert not found

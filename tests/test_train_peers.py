@@ -1,4 +1,5 @@
 """train.py with the peer methods: WiSE-FT's exported interpolation, last weights beside the average, errors."""
+import hashlib
 import json
 import os
 import re
@@ -122,6 +123,69 @@ def test_wise_ft_interpolates_the_exported_weights_not_the_last_ones(shards, tmp
     assert not torch.equal(exported["visual.conv1.weight"], checkpoint["model"]["visual.conv1.weight"])
     for key, value in wise.items():
         assert torch.equal(value, exported[key]), key
+
+
+def test_a_run_killed_inside_its_export_resumes_and_redoes_it(shards, tmp_path, monkeypatch):
+    """Killed between an export's weights and its config.json, the folder holds new weights beside the previous
+    config (whose sha256 no longer matches them). The resumed run redoes that evaluation and its export, and only
+    then reads the export back for WiSE-FT: the WiSE-FT at alpha 1 is the redone export of epoch 1."""
+    import clipood_zoo.hub as hub
+    args = train_args(shards, tmp_path, "--epochs", "3", "--eval-interval", "1", "--method", "erm",
+                      "--wise-ft-alphas", "1", "--export-wise-ft")
+    run, write_text = tmp_path / "run", hub.write_text_atomic
+    configs_written = []
+
+    def killed_at_the_second_config(path, text):
+        if Path(path) == run / "config.json":
+            configs_written.append(path)
+            if len(configs_written) == 2:
+                raise _Preempted
+        write_text(path, text)
+    monkeypatch.setattr(hub, "write_text_atomic", killed_at_the_second_config)
+    _source_val_scores(monkeypatch, [90.0, 95.0])  # epoch 1 beats epoch 0: its export is the one killed
+    with pytest.raises(_Preempted):
+        train.main(args)
+    stale = json.loads((run / "config.json").read_text())
+    assert hashlib.sha256((run / "model.safetensors").read_bytes()).hexdigest() != stale["sha256"]  # half-written
+    monkeypatch.setattr(hub, "write_text_atomic", write_text)
+    _source_val_scores(monkeypatch, [95.0, 10.0])  # epoch 1's evaluation redone, then epoch 2's
+    train.main([*args, "--resume", str(run)])
+    config = json.loads((run / "config.json").read_text())
+    exported = run / "model.safetensors"
+    assert config["sha256"] == hashlib.sha256(exported.read_bytes()).hexdigest()
+    assert config["step"] * 3 == 2 * torch.load(run / "checkpoint.pt", weights_only=True)["step"]  # epoch 1's
+    wise = load_file(run / "wise_ft" / "model.safetensors")
+    for key, value in load_file(exported).items():
+        assert torch.equal(wise[key], value), key
+
+
+def test_a_run_killed_while_writing_its_wise_ft_in_place_says_the_fine_tune_is_lost(shards, tmp_path, monkeypatch,
+                                                                                      capsys):
+    """--method wise_ft overwrites the fine-tune's export with the mix: killed between the mix's weights and its
+    config.json, the fine-tune is gone. The resume says so and how to start again, and leaves the run's files."""
+    import clipood_zoo.hub as hub
+    args = train_args(shards, tmp_path, "--steps", "2", "--method", "wise_ft", "--wise-ft-alphas", "0.5")
+    run, write_text = tmp_path / "run", hub.write_text_atomic
+
+    def killed_writing_the_mix(path, text):
+        if Path(path) == run / "config.json" and "wise_ft" in json.loads(text)["pretrained_cfg"]["recipe"]:
+            raise _Preempted
+        write_text(path, text)
+    monkeypatch.setattr(hub, "write_text_atomic", killed_writing_the_mix)
+    with pytest.raises(_Preempted):
+        train.main(args)
+    monkeypatch.setattr(hub, "write_text_atomic", write_text)
+    exports = ("model.safetensors", "config.json", "README.md", "checkpoint.pt")
+    before = {name: (run / name).read_bytes() for name in exports}
+    with pytest.raises(SystemExit) as exc:
+        train.main([*args, "--resume", str(run)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert (f"train.py: error: the run's selected export in {run} cannot be read back to mix WiSE-FT. A run killed "
+            "while it wrote its WiSE-FT in place of that export (--method wise_ft) has lost the fine-tune: start it "
+            "again (--overwrite), with --export-wise-ft to keep the fine-tune beside its WiSE-FT. (sha256 mismatch for "
+            ) in err
+    assert {name: (run / name).read_bytes() for name in exports} == before
 
 
 def test_export_wise_ft_fixed_mixes_the_export_at_the_given_alpha_beside_the_chosen_one(shards, tmp_path):
