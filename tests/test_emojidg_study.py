@@ -79,6 +79,20 @@ def test_ablations_run_at_clipoods_selected_config_of_each_domain():
     assert flags["clipood_tau0.02"][-2:] == ["--temperature", "0.02"] and "--fixed-margin" in flags["fixed_margin"]
 
 
+def test_phase_all_seeds_the_papers_comparison_before_it_tunes_the_peers(data, tmp_path, capsys):
+    """On a CPU the study spans many sessions: ``all`` gives ERM, CLIPood and WiSE-FT their seeds before the peers'
+    grid starts (a variant-major grid alone would seed nothing until every peer is tuned)."""
+    assert rb.stages(["erm", "lp_ft", "clipood", "wise_ft", "croft"]) == [
+        ["erm", "clipood", "wise_ft"], ["erm", "lp_ft", "clipood", "wise_ft", "croft"]]
+    assert rb.stages(["erm", "clipood"]) == [["erm", "clipood"]] and rb.stages(["flyp"]) == [["flyp"]]
+    args = [a for a in argv(data, tmp_path, "--dry-run", "--phase", "all") if a != "wise_ft"]
+    args[args.index("clipood") + 1:args.index("clipood") + 1] = ["lp_ft"]
+    assert rb.main(args, runner=lambda cmd: pytest.fail(f"ran {cmd}")) == 0
+    headers = [line.split(":")[0] for line in capsys.readouterr().out.splitlines() if line.startswith("# phase")]
+    assert headers == ["# phase grid of erm, clipood", "# phase seeds of erm, clipood", "# phase grid",
+                       "# phase seeds", "# phase ablation"]
+
+
 # --- selection -----------------------------------------------------------------------------------------
 def _records():
     out = []

@@ -10,7 +10,8 @@ exported them) on the held-out style's split of the data's benchmark version (``
 with accuracy over every class, base / new / H, and open-set detection of the new classes
 (``--ood-classes new``), plus per-image predictions for report.py's paired intervals.
 
-Phases (``--phase``, default ``all``; each runs what is left of it):
+Phases (``--phase``, default ``all``: grid and seeds of ERM, CLIPood and their WiSE-FT, then grid and seeds of the
+peers, then the ablation (:func:`stages`); each runs what is left of it):
 
 - ``grid``: zero-shot (validate only), then every variant of :data:`GRID_VARIANTS` at every (lr, steps) of
   :data:`GRID` on ``--grid-seeds``. WiSE-FT and CLIPood + WiSE-FT train nothing of their own
@@ -124,6 +125,7 @@ TRAINED_VARIANTS: Dict[str, List[str]] = {
 DERIVED_VARIANTS: Dict[str, str] = {"wise_ft": "erm", "clipood_wise_ft": "clipood"}
 GRID_VARIANTS = ("erm", "clipood", "wise_ft", "clipood_wise_ft", "lp_ft", "flyp", "car_ft", "croft")
 HEADLINE = ("erm", "clipood", "wise_ft")  # >= 5 seeds, with zero-shot and the best peer
+PAPER_COMPARISON = ("erm", "clipood", "wise_ft", "clipood_wise_ft")  # tuned and seeded before the peers (stages)
 PEERS = ("lp_ft", "flyp", "car_ft", "croft")
 BETAS, LAMBDAS, TAUS = (0.1, 0.25, 2.0), (0.1, 0.6, 1.0), (0.02, 0.1)  # recipe: beta 0.5, lambda 0.3, tau 1/20
 ABLATIONS: Dict[str, List[str]] = {
@@ -431,24 +433,36 @@ def print_pending(phase: str, cells: int, runs: int, steps: Sequence[int]) -> No
           f"{runs * min(steps)} and {runs * max(steps)} optimizer steps", flush=True)
 
 
+def stages(variants: Sequence[str]) -> List[List[str]]:
+    """The variants ``--phase all`` tunes and seeds together, in order: ERM, CLIPood and their WiSE-FT first, then
+    the rest. On a CPU the study takes many sessions; in this order the paper's comparison has its seeds (and
+    intervals) long before the peers are tuned, instead of waiting for every peer's grid."""
+    first = [v for v in variants if v in PAPER_COMPARISON]
+    return [first, list(variants)] if first and len(first) < len(variants) else [list(variants)]
+
+
 def run_study(args: argparse.Namespace, opts: StudyOptions,
               runner: Optional[Callable[[Sequence[str]], int]] = None) -> Selection:
-    """Run (or print) the asked phases in order; the selection in between. Returns the selection."""
+    """Run (or print) the asked phases in order; the selection in between. ``all`` runs grid and seeds of each of
+    :func:`stages` in turn, then the ablation. Returns the selection."""
     phases = PHASES if args.phase == "all" else (args.phase,)
     steps = tuple(args.steps)
-    grid = grid_runs(args.variants, args.domains, args.grid_seeds, {"lr": tuple(args.lrs), "steps": steps})
-    if "grid" in phases:
-        run_phase("grid", grid, opts, args.dry_run, runner, [zeroshot_job(d, opts) for d in args.domains])
-    selection = kept_selection(opts, current_selection(grid, opts))
-    if selection and not args.dry_run:
-        write_text_atomic(opts.out / "selection.json", json.dumps(selection, indent=2) + "\n")
-    if "seeds" in phases:
-        runs, cells, waiting = seeds_runs(selection, args.variants, args.domains, args.grid_seeds,
-                                          args.headline_seeds, args.other_seeds)
-        if runs or not cells:
-            run_phase("seeds", runs, opts, args.dry_run, runner)
-        if cells:
-            print_pending("seeds", cells, waiting, steps)
+    groups = stages(args.variants) if args.phase == "all" else [list(args.variants)]
+    for variants in groups:
+        label = "" if variants == list(args.variants) else f" of {', '.join(variants)}"
+        grid = grid_runs(variants, args.domains, args.grid_seeds, {"lr": tuple(args.lrs), "steps": steps})
+        if "grid" in phases:
+            run_phase(f"grid{label}", grid, opts, args.dry_run, runner, [zeroshot_job(d, opts) for d in args.domains])
+        selection = kept_selection(opts, current_selection(grid, opts))
+        if selection and not args.dry_run:
+            write_text_atomic(opts.out / "selection.json", json.dumps(selection, indent=2) + "\n")
+        if "seeds" in phases:
+            runs, cells, waiting = seeds_runs(selection, variants, args.domains, args.grid_seeds,
+                                              args.headline_seeds, args.other_seeds)
+            if runs or not cells:
+                run_phase(f"seeds{label}", runs, opts, args.dry_run, runner)
+            if cells:
+                print_pending(f"seeds{label}", cells, waiting, steps)
     if "ablation" in phases:
         runs = ablation_runs(selection, args.domains, args.ablation_seeds)
         waiting = [d for d in args.domains if d not in selection.get("clipood", {})]
