@@ -58,7 +58,6 @@ import argparse
 import contextlib
 import copy
 import csv
-import hashlib
 import json
 import logging
 import math
@@ -94,6 +93,7 @@ from clipood_zoo.cli_utils import (
 )
 from clipood_zoo.errors import CheckpointError, RunInterrupted, TrainingError, WeightsError
 from clipood_zoo.fileio import FolderLock, check_writable_dir, inside, link_or_copy, write_text_atomic
+from clipood_zoo.hub import weights_digest
 from clipood_zoo.evaluate import autocast, evaluate
 from clipood_zoo.methods import METHODS, TrainStep, create_method
 from clipood_zoo.sharding import full_state_dict, shard_image_tower
@@ -395,16 +395,6 @@ def cpu_state(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def weights_digest(model: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        if isinstance(value, DTensor):  # FSDP: the whole tensor (a gather every rank takes part in, once per run)
-            value = value.full_tensor()
-        digest.update(key.encode())
-        digest.update(value.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 class Run:
     """Everything one training run holds, so the loop reads as timm's does."""
 
@@ -422,13 +412,15 @@ class Run:
 
         self.sources = source_domains(args, self.info)
         self.train_classes = self.info.class_subset(args.train_classes)
-        self.model = model_for_dataset(args.model, self.info, args.pretrained, args.checkpoint,
-                                       args.clip_pretrained).to(self.device)
+        self.model = model_for_dataset(args.model, self.info, args.pretrained, args.checkpoint, args.clip_pretrained,
+                                       with_text_tower=METHODS[args.method].needs_text_tower).to(self.device)
         if args.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.method = create_method(args.method, temperature=args.temperature, margin_lambda=args.margin_lambda,
                                     adaptive_margin=not args.fixed_margin, lp_steps=args.lp_steps,
-                                    carft_lambda=args.carft_lambda, croft_lambda=args.croft_lambda)
+                                    carft_lambda=args.carft_lambda, croft_lambda=args.croft_lambda,
+                                    context_classes=[self.model.class_names[c] for c in self.train_classes]
+                                    if self.model.class_names else None)
         self.method.prepare(self.model)
         self.wise_ft_alphas = args.wise_ft_alphas or self.method.default_wise_ft_alphas
         if self.wise_ft_alphas and args.val_split not in self.info.splits:
@@ -917,7 +909,7 @@ class Run:
         if self.nonfinite_steps:
             _logger.warning("Skipped %d of %d optimizer steps for a NaN/inf loss or gradient", self.nonfinite_steps,
                             self.total_steps)
-        digest = weights_digest(self.eval_model)
+        digest = weights_digest(self.eval_model)[:16]
         digests = [digest] * self.world_size
         if self.distributed:
             torch.distributed.all_gather_object(digests, digest)

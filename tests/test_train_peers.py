@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import clipood_zoo
 import train
 from clipood_zoo.cli_utils import model_for_dataset
 from clipood_zoo.data import read_dataset_info
@@ -245,9 +246,27 @@ def test_lp_ft_exports_a_trained_head_that_loads_back(shards, tmp_path):
     assert not isinstance(model.head.weight, torch.nn.Parameter)  # a plain frozen head again once exported
 
 
+def test_car_ft_builds_the_text_tower_that_made_the_head_and_regularises_towards_the_base_classes(shards, tmp_path):
+    """train.py builds the architecture's text tower for car_ft (the emoji models' bundled MiniLM; here the tiny
+    arch's, seeded as the run seeds it). Starting from weights whose head that tower embedded, the run trains, and
+    its recipe records the context: CLIP's 80 templates over the training (base) classes only."""
+    info = read_dataset_info(shards)
+    train.reseed(3, 0, rank=0)
+    start = model_for_dataset(TINY_ARCH, info, with_text_tower=True)
+    start.set_classes(start.class_names)  # the zero-shot head of this text tower
+    clipood_zoo.save_pretrained(start, tmp_path / "start")
+    train.main(train_args(shards, tmp_path, "--steps", "2", "--method", "car_ft", "--checkpoint",
+                          str(tmp_path / "start")))
+    recipe = json.loads((tmp_path / "run" / "config.json").read_text())["pretrained_cfg"]["recipe"]
+    assert recipe["method"] == "car_ft" and recipe["context_prompts"] == 80
+    assert recipe["context_classes"] == len(info.base_classes) < len(info.classes)
+    exported = load_file(tmp_path / "run" / "model.safetensors")
+    assert not torch.equal(exported["visual.conv1.weight"], start.state_dict()["visual.conv1.weight"])
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--wise-ft-alphas", "0.5", "1.5"], "--wise-ft-alphas must lie in [0, 1]"),
-    (["--method", "car_ft"], "car_ft embeds context prompts with the text tower"),
+    (["--method", "car_ft"], "car_ft: the model's text tower does not reproduce its class head"),
     (["--method", "lp_ft", "--lp-steps", "-1"], "lp_steps must be >= 0"),
     (["--export-ema", "1.0"], "--export-ema is an EMA decay in [0, 1)"),
     (["--export-ema", "0.9", "--model-ema"], "--export-ema keeps an EMA beside the run's average"),
