@@ -78,7 +78,6 @@ import open_clip
 import torch
 from timm.data import create_transform, resolve_data_config
 from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, NativeScaler
 from timm.utils.distributed import init_distributed_device_so
 from torch.distributed.device_mesh import init_device_mesh
@@ -96,6 +95,7 @@ from clipood_zoo.fileio import FolderLock, check_writable_dir, inside, link_or_c
 from clipood_zoo.hub import weights_digest
 from clipood_zoo.evaluate import autocast, evaluate
 from clipood_zoo.methods import METHODS, TrainStep, create_method
+from clipood_zoo.schedules import create_phased_scheduler
 from clipood_zoo.sharding import full_state_dict, shard_image_tower
 from clipood_zoo.weight_space import wise_ft
 
@@ -473,9 +473,9 @@ class Run:
                 if module is not None:
                     shard_image_tower(module, mesh)
         self.optimizer = create_optimizer_v2(self.model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay)
-        self.scheduler, _ = create_scheduler_v2(
-            self.optimizer, sched=args.sched, num_epochs=self.total_steps, updates_per_epoch=1, step_on_epochs=False,
-            warmup_epochs=args.warmup_steps, warmup_lr=args.warmup_lr, min_lr=args.min_lr)
+        self.scheduler = create_phased_scheduler(
+            self.optimizer, self.method.phase_starts(self.total_steps), self.total_steps, args.warmup_steps,
+            sched=args.sched, warmup_lr=args.warmup_lr, min_lr=args.min_lr)
         self.extra_ema = ModelEmaV3(self.model, decay=args.export_ema) if args.export_ema is not None else None
         self.amp_dtype = AMP_DTYPES[args.amp_dtype] if args.amp else None
         self.scaler = NativeScaler(device=self.device.type) if self.amp_dtype == torch.float16 else None

@@ -47,6 +47,11 @@ class Method:
     def prepare(self, model: nn.Module) -> None:
         """Set up what the method needs besides the model's own weights (nothing by default)."""
 
+    def phase_starts(self, total_steps: int) -> Tuple[int, ...]:
+        """The optimizer steps at which the learning-rate schedule starts (again, warmup included): one schedule
+        over the whole run by default (clipood_zoo.schedules)."""
+        return (0,)
+
     def resolve_temperature(self, model: nn.Module) -> float:
         """The method's tau, or the model's own (1 / its logit scale: 0.01 for OpenAI CLIP) when unset."""
         if self.temperature is None:
@@ -106,7 +111,8 @@ class LpFt(Method):
     parameters starting from the probed head. The head starts as the frozen class text embeddings and
     becomes a trained parameter (``make_trainable``); the first ``lp_steps`` optimizer steps update only it
     (the authors fit the probe by logistic regression on cached features; here it shares the run's
-    optimizer, schedule and weight decay, and the head's optimizer state carries into FT).
+    optimizer and weight decay, and the head's optimizer state carries into FT; the learning-rate schedule
+    starts again with its warmup for FT: ``phase_starts``).
 
     The text tower itself stays frozen and outside the model: after LP the head is a learned matrix, no
     longer the text tower's output, so ``set_classes`` (re-embedding class names) would discard it. Loss:
@@ -124,6 +130,12 @@ class LpFt(Method):
 
     def prepare(self, model: nn.Module) -> None:
         model.head.make_trainable()
+
+    def phase_starts(self, total_steps: int) -> Tuple[int, ...]:
+        """Fine-tuning starts its schedule again, warmup included, as a run of its own would (Kumar et al. fine-tune
+        in a second run): one schedule over both stages would start it mid-cosine, without warmup, on empty AdamW
+        moments for the image tower."""
+        return (0, self.lp_steps) if 0 < self.lp_steps < total_steps else (0,)
 
     def loss(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.step < self.lp_steps:

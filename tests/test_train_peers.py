@@ -1,6 +1,7 @@
 """train.py with the peer methods: WiSE-FT's exported interpolation, last weights beside the average, errors."""
 import hashlib
 import json
+import math
 import os
 import re
 import subprocess
@@ -262,6 +263,21 @@ def test_car_ft_builds_the_text_tower_that_made_the_head_and_regularises_towards
     assert recipe["context_classes"] == len(info.base_classes) < len(info.classes)
     exported = load_file(tmp_path / "run" / "model.safetensors")
     assert not torch.equal(exported["visual.conv1.weight"], start.state_dict()["visual.conv1.weight"])
+
+
+def test_lp_ft_fine_tunes_on_a_schedule_of_its_own_that_opens_with_the_warmup(shards, tmp_path, caplog):
+    """--lp-steps 2 of 6: the probe's cosine over 2 steps, then fine-tuning's over 4, each with its share of the
+    2 warmup steps (1 each), as Kumar et al.'s second run; the LP's last rate is not carried into fine-tuning."""
+    with caplog.at_level("INFO", logger="train"):
+        train.main(train_args(shards, tmp_path, "--steps", "6", "--method", "lp_ft", "--lp-steps", "2",
+                              "--warmup-steps", "2", "--warmup-lr", "0.0001"))
+    logged = [float(m) for m in re.findall(r"LR: ([0-9.e+-]+)", caplog.text)]  # after step s: the rate of step s
+
+    def cosine(t, length, lr=1e-3, warmup_lr=1e-4):  # timm's, warmup 1 step
+        return warmup_lr if t < 1 else 0.5 * lr * (1 + math.cos(math.pi * t / length))
+    expected = [cosine(t, 2) for t in range(2)] + [cosine(t, 4) for t in range(4)]
+    assert logged == pytest.approx(expected[1:] + [0.0], rel=1e-3)
+    assert logged[1] == pytest.approx(1e-4)  # fine-tuning's first step: the warmup rate
 
 
 @pytest.mark.parametrize("extra,message", [
