@@ -174,6 +174,9 @@ class CarFt(Method):
     more forward pass per step. The context prompts are averaged over ``context_classes`` (train.py passes the
     training classes: a base-to-new run never feeds the new classes' names to training), by default the model's.
 
+    The class head stays the frozen text embeddings, as for every method here but LP-FT (the paper also trains
+    a head initialised from them), so the comparison isolates the regulariser.
+
     The context prompts must live in the text space the class head came from: ``prepare`` checks that the
     model's text tower reproduces the head on a sample of classes. That refuses a text tower with weights of
     its own (an architecture whose text weights ship only with CLIP's, built without --clip-pretrained) rather

@@ -56,11 +56,14 @@ def test_other_prompts_or_other_weights_are_encoded_again(cache, encodes):
     assert other_names.shape == (2, base.shape[1])
 
 
-def test_callable_templates_are_not_cached(cache, encodes):
+def test_entries_are_keyed_by_the_prompts_so_callable_templates_share_them_with_format_strings(cache, encodes):
+    """open_clip's template sets are lambdas (CLIP's 80 ImageNet prompts): the key is the prompts they render."""
     text = tower()
-    for _ in range(2):
-        text.class_embeddings(NAMES, [lambda c: f"a {c}."], CPU)
-    assert len(encodes) == 2 and not cache.exists()
+    formatted = text.class_embeddings(NAMES, ["a {}.", "an {} icon."], CPU)
+    called = text.class_embeddings(NAMES, [lambda c: f"a {c}.", lambda c: f"an {c} icon."], CPU)
+    assert len(encodes) == 1 and torch.equal(formatted, called)
+    text.class_embeddings(NAMES, [lambda c: f"a {c}!", lambda c: f"an {c} icon."], CPU)
+    assert len(encodes) == 2
 
 
 def test_an_unreadable_entry_is_encoded_again_and_replaced(cache, encodes, caplog):

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from safetensors import SafetensorError
@@ -42,12 +42,11 @@ def cache_dir() -> Optional[Path]:
     return Path(root) / "text_embeddings" if root else None
 
 
-def entry_key(text_model: nn.Module, tokenizer: Any, templates: Sequence[Any], class_names: Sequence[str],
-              device: torch.device) -> Optional[str]:
-    """The sha256 naming the entry of ``class_names`` under ``templates``; None for templates that are not all
-    format strings (callables have no content to key on)."""
-    if not all(isinstance(t, str) for t in templates):
-        return None
+def entry_key(text_model: nn.Module, tokenizer: Any, templates: Sequence[Union[str, Callable[[str], str]]],
+              class_names: Sequence[str], device: torch.device) -> str:
+    """The sha256 naming the embeddings of ``class_names`` under ``templates`` (format strings or callables, as
+    open_clip takes them): keyed by the prompts themselves, class by class, so equal prompts share an entry."""
+    prompts = [[t.format(c) if isinstance(t, str) else t(c) for t in templates] for c in class_names]
     digest = getattr(text_model, "_clipood_text_digest", None)
     if digest is None:  # hashing ~100 MB of text weights once per tower, not once per call
         digest = weights_digest(text_model)
@@ -55,15 +54,14 @@ def entry_key(text_model: nn.Module, tokenizer: Any, templates: Sequence[Any], c
     inner = getattr(tokenizer, "tokenizer", None)  # open_clip's HFTokenizer wraps a transformers tokenizer
     tokenizer_id = [type(tokenizer).__name__, getattr(tokenizer, "context_length", None),
                     getattr(inner, "name_or_path", None), type(inner).__name__ if inner is not None else None]
-    payload = json.dumps([digest, tokenizer_id, torch.device(device).type, list(templates), list(class_names)],
-                         ensure_ascii=False)
+    payload = json.dumps([digest, tokenizer_id, torch.device(device).type, prompts], ensure_ascii=False)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def cached(key: Optional[str], encode: Callable[[], torch.Tensor]) -> torch.Tensor:
+def cached(key: str, encode: Callable[[], torch.Tensor]) -> torch.Tensor:
     """The entry ``key`` names, else ``encode()``'s tensor, stored under ``key`` (when the cache is on)."""
     folder = cache_dir()
-    if key is None or folder is None:
+    if folder is None:
         return encode()
     path = folder / f"{key}.safetensors"
     if path.is_file():
