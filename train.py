@@ -58,7 +58,6 @@ import argparse
 import contextlib
 import copy
 import csv
-import hashlib
 import json
 import logging
 import math
@@ -79,7 +78,6 @@ import open_clip
 import torch
 from timm.data import create_transform, resolve_data_config
 from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, NativeScaler
 from timm.utils.distributed import init_distributed_device_so
 from torch.distributed.device_mesh import init_device_mesh
@@ -94,8 +92,10 @@ from clipood_zoo.cli_utils import (
 )
 from clipood_zoo.errors import CheckpointError, RunInterrupted, TrainingError, WeightsError
 from clipood_zoo.fileio import FolderLock, check_writable_dir, inside, link_or_copy, write_text_atomic
+from clipood_zoo.hub import weights_digest
 from clipood_zoo.evaluate import autocast, evaluate
 from clipood_zoo.methods import METHODS, TrainStep, create_method
+from clipood_zoo.schedules import create_phased_scheduler
 from clipood_zoo.sharding import full_state_dict, shard_image_tower
 from clipood_zoo.weight_space import wise_ft
 
@@ -395,16 +395,6 @@ def cpu_state(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def weights_digest(model: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        if isinstance(value, DTensor):  # FSDP: the whole tensor (a gather every rank takes part in, once per run)
-            value = value.full_tensor()
-        digest.update(key.encode())
-        digest.update(value.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 class Run:
     """Everything one training run holds, so the loop reads as timm's does."""
 
@@ -422,13 +412,15 @@ class Run:
 
         self.sources = source_domains(args, self.info)
         self.train_classes = self.info.class_subset(args.train_classes)
-        self.model = model_for_dataset(args.model, self.info, args.pretrained, args.checkpoint,
-                                       args.clip_pretrained).to(self.device)
+        self.model = model_for_dataset(args.model, self.info, args.pretrained, args.checkpoint, args.clip_pretrained,
+                                       with_text_tower=METHODS[args.method].needs_text_tower).to(self.device)
         if args.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.method = create_method(args.method, temperature=args.temperature, margin_lambda=args.margin_lambda,
                                     adaptive_margin=not args.fixed_margin, lp_steps=args.lp_steps,
-                                    carft_lambda=args.carft_lambda, croft_lambda=args.croft_lambda)
+                                    carft_lambda=args.carft_lambda, croft_lambda=args.croft_lambda,
+                                    context_classes=[self.model.class_names[c] for c in self.train_classes]
+                                    if self.model.class_names else None)
         self.method.prepare(self.model)
         self.wise_ft_alphas = args.wise_ft_alphas or self.method.default_wise_ft_alphas
         if self.wise_ft_alphas and args.val_split not in self.info.splits:
@@ -481,9 +473,9 @@ class Run:
                 if module is not None:
                     shard_image_tower(module, mesh)
         self.optimizer = create_optimizer_v2(self.model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay)
-        self.scheduler, _ = create_scheduler_v2(
-            self.optimizer, sched=args.sched, num_epochs=self.total_steps, updates_per_epoch=1, step_on_epochs=False,
-            warmup_epochs=args.warmup_steps, warmup_lr=args.warmup_lr, min_lr=args.min_lr)
+        self.scheduler = create_phased_scheduler(
+            self.optimizer, self.method.phase_starts(self.total_steps), self.total_steps, args.warmup_steps,
+            sched=args.sched, warmup_lr=args.warmup_lr, min_lr=args.min_lr)
         self.extra_ema = ModelEmaV3(self.model, decay=args.export_ema) if args.export_ema is not None else None
         self.amp_dtype = AMP_DTYPES[args.amp_dtype] if args.amp else None
         self.scaler = NativeScaler(device=self.device.type) if self.amp_dtype == torch.float16 else None
@@ -917,7 +909,7 @@ class Run:
         if self.nonfinite_steps:
             _logger.warning("Skipped %d of %d optimizer steps for a NaN/inf loss or gradient", self.nonfinite_steps,
                             self.total_steps)
-        digest = weights_digest(self.eval_model)
+        digest = weights_digest(self.eval_model)[:16]
         digests = [digest] * self.world_size
         if self.distributed:
             torch.distributed.all_gather_object(digests, digest)

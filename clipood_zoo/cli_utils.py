@@ -47,15 +47,17 @@ def default_device() -> str:
 
 
 def model_for_dataset(name: str, info: DatasetInfo, pretrained: bool = False, checkpoint: Optional[str] = None,
-                      clip_pretrained: Optional[str] = None) -> nn.Module:
+                      clip_pretrained: Optional[str] = None, with_text_tower: bool = False) -> nn.Module:
     """A zoo model by registry name, or a new classifier on an open_clip architecture, over ``info``'s classes.
 
     An open_clip architecture gets the dataset's class names (embedded by the text tower when
     ``clip_pretrained`` loads CLIP weights); a zoo model must already classify the dataset's classes
-    unless it has a text tower to re-embed them (``align_classes``).
+    unless it has a text tower to re-embed them (``align_classes``). ``with_text_tower``: keep the
+    architecture's own text tower beside the image tower (for a method that embeds prompts of its own).
     """
     if is_model(name):
-        model = create_model(name, pretrained=pretrained, checkpoint_path=checkpoint, clip_pretrained=clip_pretrained)
+        model = create_model(name, pretrained=pretrained, checkpoint_path=checkpoint, clip_pretrained=clip_pretrained,
+                             with_text_tower=with_text_tower)
         random_head = not (pretrained or checkpoint or clip_pretrained)
         if random_head and not model.class_names and model.num_classes == len(info.classes):
             # an entry whose class names are unknown offline (CoOp's datasets), built without weights: its head is
@@ -63,7 +65,7 @@ def model_for_dataset(name: str, info: DatasetInfo, pretrained: bool = False, ch
             model.class_names = [prettify_class_name(c) for c in info.classes]
     else:
         model = build_classifier(name, class_names=[prettify_class_name(c) for c in info.classes],
-                                 clip_pretrained=clip_pretrained)
+                                 clip_pretrained=clip_pretrained, with_text_tower=with_text_tower)
         model.pretrained_cfg = {**default_cfg(name).to_dict(), "architecture": name}
         if checkpoint:
             model.pretrained_cfg["loaded_weights"] = load_weights(model, checkpoint)

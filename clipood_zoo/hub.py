@@ -55,6 +55,18 @@ def sha256_file(path: PathLike) -> str:
     return digest.hexdigest()
 
 
+def weights_digest(model: nn.Module) -> str:
+    """sha256 of a module's whole weights (name and float32 values of every state-dict entry, sorted by name): equal
+    for equal weights on any device; an FSDP-sharded tensor is gathered (a collective every rank takes part in)."""
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        if hasattr(value, "full_tensor"):  # a DTensor
+            value = value.full_tensor()
+        digest.update(key.encode())
+        digest.update(value.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def verify_sha256(data: bytes, expected: Optional[str], path: PathLike) -> None:
     """Check the bytes about to be parsed (not a second read of ``path``, which could differ)."""
     if not expected:

@@ -28,10 +28,12 @@ class Method:
     ``step`` is the number of optimizer steps done so far; the training loop keeps it current, for
     methods with phases. ``default_wise_ft_alphas``: the WiSE-FT grid applied after training when the
     user gives none (empty: no interpolation). ``has_unused_parameters``: some steps leave parameters
-    without gradients (DDP must then be told to look for them).
+    without gradients (DDP must then be told to look for them). ``needs_text_tower``: the method embeds prompts
+    of its own, so the model is built with its architecture's text tower.
     """
 
     name: ClassVar[str]
+    needs_text_tower: ClassVar[bool] = False  # train.py then builds the model with its text tower
     default_bma: ClassVar[bool] = False
     default_wise_ft_alphas: ClassVar[Tuple[float, ...]] = ()
     has_unused_parameters: ClassVar[bool] = False
@@ -44,6 +46,11 @@ class Method:
 
     def prepare(self, model: nn.Module) -> None:
         """Set up what the method needs besides the model's own weights (nothing by default)."""
+
+    def phase_starts(self, total_steps: int) -> Tuple[int, ...]:
+        """The optimizer steps at which the learning-rate schedule starts (again, warmup included): one schedule
+        over the whole run by default (clipood_zoo.schedules)."""
+        return (0,)
 
     def resolve_temperature(self, model: nn.Module) -> float:
         """The method's tau, or the model's own (1 / its logit scale: 0.01 for OpenAI CLIP) when unset."""
@@ -104,7 +111,8 @@ class LpFt(Method):
     parameters starting from the probed head. The head starts as the frozen class text embeddings and
     becomes a trained parameter (``make_trainable``); the first ``lp_steps`` optimizer steps update only it
     (the authors fit the probe by logistic regression on cached features; here it shares the run's
-    optimizer, schedule and weight decay, and the head's optimizer state carries into FT).
+    optimizer and weight decay, and the head's optimizer state carries into FT; the learning-rate schedule
+    starts again with its warmup for FT: ``phase_starts``).
 
     The text tower itself stays frozen and outside the model: after LP the head is a learned matrix, no
     longer the text tower's output, so ``set_classes`` (re-embedding class names) would discard it. Loss:
@@ -122,6 +130,12 @@ class LpFt(Method):
 
     def prepare(self, model: nn.Module) -> None:
         model.head.make_trainable()
+
+    def phase_starts(self, total_steps: int) -> Tuple[int, ...]:
+        """Fine-tuning starts its schedule again, warmup included, as a run of its own would (Kumar et al. fine-tune
+        in a second run): one schedule over both stages would start it mid-cosine, without warmup, on empty AdamW
+        moments for the image tower."""
+        return (0, self.lp_steps) if 0 < self.lp_steps < total_steps else (0,)
 
     def loss(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.step < self.lp_steps:
@@ -157,30 +171,61 @@ class CarFt(Method):
 
     ``prepare`` keeps a frozen copy of the zero-shot image tower as the teacher: one more image tower of
     weights in memory (no optimizer state, no stored activations: its forward runs without grad), and one
-    more forward pass per step. Needs the text tower (--clip-pretrained) to embed the context prompts.
+    more forward pass per step. The context prompts are averaged over ``context_classes`` (train.py passes the
+    training classes: a base-to-new run never feeds the new classes' names to training), by default the model's.
+
+    The class head stays the frozen text embeddings, as for every method here but LP-FT (the paper also trains
+    a head initialised from them), so the comparison isolates the regulariser.
+
+    The context prompts must live in the text space the class head came from: ``prepare`` checks that the
+    model's text tower reproduces the head on a sample of classes. That refuses a text tower with weights of
+    its own (an architecture whose text weights ship only with CLIP's, built without --clip-pretrained) rather
+    than regularise towards random directions.
     """
 
     name = "car_ft"
+    needs_text_tower = True
+    HEAD_CHECK_CLASSES = 8  # classes re-embedded to check the text tower against the head
+    HEAD_CHECK_MIN_COSINE = 0.99  # fp16 shipped heads reproduce to ~0.9999
 
     def __init__(self, temperature: Optional[float] = None, carft_lambda: float = 1.0,
-                 context_templates: Optional[Sequence[str]] = None):
+                 context_templates: Optional[Sequence[str]] = None,
+                 context_classes: Optional[Sequence[str]] = None):
         super().__init__(temperature)
         if not carft_lambda >= 0:
             raise ConfigError(f"carft_lambda must be >= 0, got {carft_lambda}")
         self.carft_lambda = carft_lambda
         self.context_templates = context_templates
+        self.context_classes = context_classes
         self.teacher: Optional[nn.Module] = None
         self.context: Optional[torch.Tensor] = None
 
     def prepare(self, model: nn.Module) -> None:
         if model.text_tower is None:
             raise ConfigError("car_ft embeds context prompts with the text tower, and this model has none: start from "
-                              "CLIP weights (--clip-pretrained <tag>) or a model created with a text tower")
-        templates = self.context_templates or TEMPLATE_SETS["openai_imagenet"]
+                              "CLIP weights (--clip-pretrained <tag>) or create the model with with_text_tower=True")
         device = model.head.weight.device
-        per_template = [model.text_tower.class_embeddings(model.class_names, [t], device).mean(0) for t in templates]
+        self.check_text_tower_made_the_head(model, device)
+        templates = self.context_templates or TEMPLATE_SETS["openai_imagenet"]
+        classes = list(self.context_classes or model.class_names)
+        per_template = [model.text_tower.class_embeddings(classes, [t], device).mean(0) for t in templates]
         self.context = F.normalize(torch.stack(per_template), dim=-1)
         self.teacher = deepcopy(model.visual).requires_grad_(False).eval()
+
+    def check_text_tower_made_the_head(self, model: nn.Module, device: torch.device) -> None:
+        if not model.class_names:
+            raise ConfigError("car_ft embeds context prompts of the model's class names, and its head has none: start "
+                              "from CLIP weights (--clip-pretrained <tag>) or weights that carry their class names")
+        n = len(model.class_names)
+        rows = sorted(set(torch.linspace(0, n - 1, min(self.HEAD_CHECK_CLASSES, n)).round().long().tolist()))
+        embedded = model.text_tower.class_embeddings([model.class_names[r] for r in rows], model.templates, device)
+        cosine = float((embedded * F.normalize(model.head.weight[rows], dim=-1)).sum(-1).min())
+        if cosine < self.HEAD_CHECK_MIN_COSINE:
+            raise ConfigError(
+                f"car_ft: the model's text tower does not reproduce its class head (lowest cosine {cosine:.3f} over "
+                f"{len(rows)} classes, {self.HEAD_CHECK_MIN_COSINE} needed), so context prompts and classes would "
+                "live in different text spaces. Its text weights are not the ones that made the head: start from "
+                "CLIP weights (--clip-pretrained <tag>) so that one text tower makes both.")
 
     def loss(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.teacher is None:
@@ -194,7 +239,8 @@ class CarFt(Method):
 
     def describe(self) -> Dict[str, object]:
         return {**super().describe(), "carft_lambda": self.carft_lambda,
-                "context_prompts": len(self.context) if self.context is not None else None}
+                "context_prompts": len(self.context) if self.context is not None else None,
+                "context_classes": len(self.context_classes) if self.context_classes else "all"}
 
 
 class Croft(Method):

@@ -97,8 +97,15 @@ def test_croft_loss_is_ce_plus_lambda_penalty():
     assert method.loss(model, images, target).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_carft_keeps_a_frozen_zero_shot_teacher_and_context_prompts():
+def _text_tower_model():
+    """A tiny classifier whose head is its own text tower's class embeddings (as CLIP's zero-shot head is)."""
     model = build_classifier("clipood-test-tiny", class_names=CLASSES, with_text_tower=True)
+    model.set_classes(CLASSES)
+    return model
+
+
+def test_carft_keeps_a_frozen_zero_shot_teacher_and_context_prompts():
+    model = _text_tower_model()
     templates = ["a photo of a {}.", "a sketch of a {}.", "a painting of a {}."]
     method = create_method("car_ft", carft_lambda=2.0, context_templates=templates)
     method.prepare(model)
@@ -125,6 +132,31 @@ def test_carft_keeps_a_frozen_zero_shot_teacher_and_context_prompts():
 def test_carft_without_a_text_tower_says_how_to_get_one():
     with pytest.raises(ConfigError, match="--clip-pretrained"):
         create_method("car_ft").prepare(build_classifier("clipood-test-tiny", class_names=CLASSES))
+
+
+def test_carft_context_averages_the_training_classes_only():
+    """A base-to-new run passes its training classes: the new classes' names never reach the regulariser."""
+    model, templates, base = _text_tower_model(), ["a photo of a {}.", "a sketch of a {}."], CLASSES[:2]
+    method = create_method("car_ft", context_templates=templates, context_classes=base)
+    method.prepare(model)
+    for k, t in enumerate(templates):
+        per_class = torch.stack([model.text_tower.class_embeddings([c], [t], torch.device("cpu"))[0] for c in base])
+        torch.testing.assert_close(method.context[k], F.normalize(per_class.mean(0), dim=0))
+    everything = create_method("car_ft", context_templates=templates)
+    everything.prepare(model)
+    assert not torch.allclose(everything.context, method.context)
+
+
+def test_carft_refuses_a_text_tower_that_did_not_make_the_head():
+    """A text tower built with weights of its own (random here) beside a head it did not embed: the context
+    prompts would be in another space than the classes, so car_ft says so instead of training."""
+    model = build_classifier("clipood-test-tiny", class_names=CLASSES, with_text_tower=True)  # random head
+    with pytest.raises(ConfigError) as exc:
+        create_method("car_ft").prepare(model)
+    assert str(exc.value).startswith("car_ft: the model's text tower does not reproduce its class head (lowest cosine ")
+    assert "over 4 classes, 0.99 needed)" in str(exc.value) and "--clip-pretrained <tag>" in str(exc.value)
+    model.set_classes(CLASSES)
+    create_method("car_ft", context_templates=["a {}."]).prepare(model)  # its own embeddings: accepted
 
 
 def test_lp_ft_trains_only_the_text_initialised_head_then_everything():
@@ -166,7 +198,7 @@ def batches(tmp_path_factory):
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_trains_two_steps_to_finite_changed_weights(name, batches):
-    model = build_classifier("clipood-test-tiny", class_names=CLASSES, with_text_tower=True)
+    model = _text_tower_model()
     method = create_method(name, lp_steps=1, context_templates=["a photo of a {}.", "a sketch of a {}."])
     method.prepare(model)
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -1,6 +1,7 @@
 """train.py with the peer methods: WiSE-FT's exported interpolation, last weights beside the average, errors."""
 import hashlib
 import json
+import math
 import os
 import re
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import clipood_zoo
 import train
 from clipood_zoo.cli_utils import model_for_dataset
 from clipood_zoo.data import read_dataset_info
@@ -245,9 +247,42 @@ def test_lp_ft_exports_a_trained_head_that_loads_back(shards, tmp_path):
     assert not isinstance(model.head.weight, torch.nn.Parameter)  # a plain frozen head again once exported
 
 
+def test_car_ft_builds_the_text_tower_that_made_the_head_and_regularises_towards_the_base_classes(shards, tmp_path):
+    """train.py builds the architecture's text tower for car_ft (the emoji models' bundled MiniLM; here the tiny
+    arch's, seeded as the run seeds it). Starting from weights whose head that tower embedded, the run trains, and
+    its recipe records the context: CLIP's 80 templates over the training (base) classes only."""
+    info = read_dataset_info(shards)
+    train.reseed(3, 0, rank=0)
+    start = model_for_dataset(TINY_ARCH, info, with_text_tower=True)
+    start.set_classes(start.class_names)  # the zero-shot head of this text tower
+    clipood_zoo.save_pretrained(start, tmp_path / "start")
+    train.main(train_args(shards, tmp_path, "--steps", "2", "--method", "car_ft", "--checkpoint",
+                          str(tmp_path / "start")))
+    recipe = json.loads((tmp_path / "run" / "config.json").read_text())["pretrained_cfg"]["recipe"]
+    assert recipe["method"] == "car_ft" and recipe["context_prompts"] == 80
+    assert recipe["context_classes"] == len(info.base_classes) < len(info.classes)
+    exported = load_file(tmp_path / "run" / "model.safetensors")
+    assert not torch.equal(exported["visual.conv1.weight"], start.state_dict()["visual.conv1.weight"])
+
+
+def test_lp_ft_fine_tunes_on_a_schedule_of_its_own_that_opens_with_the_warmup(shards, tmp_path, caplog):
+    """--lp-steps 2 of 6: the probe's cosine over 2 steps, then fine-tuning's over 4, each with its share of the
+    2 warmup steps (1 each), as Kumar et al.'s second run; the LP's last rate is not carried into fine-tuning."""
+    with caplog.at_level("INFO", logger="train"):
+        train.main(train_args(shards, tmp_path, "--steps", "6", "--method", "lp_ft", "--lp-steps", "2",
+                              "--warmup-steps", "2", "--warmup-lr", "0.0001"))
+    logged = [float(m) for m in re.findall(r"LR: ([0-9.e+-]+)", caplog.text)]  # after step s: the rate of step s
+
+    def cosine(t, length, lr=1e-3, warmup_lr=1e-4):  # timm's, warmup 1 step
+        return warmup_lr if t < 1 else 0.5 * lr * (1 + math.cos(math.pi * t / length))
+    expected = [cosine(t, 2) for t in range(2)] + [cosine(t, 4) for t in range(4)]
+    assert logged == pytest.approx(expected[1:] + [0.0], rel=1e-3)
+    assert logged[1] == pytest.approx(1e-4)  # fine-tuning's first step: the warmup rate
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--wise-ft-alphas", "0.5", "1.5"], "--wise-ft-alphas must lie in [0, 1]"),
-    (["--method", "car_ft"], "car_ft embeds context prompts with the text tower"),
+    (["--method", "car_ft"], "car_ft: the model's text tower does not reproduce its class head"),
     (["--method", "lp_ft", "--lp-steps", "-1"], "lp_steps must be >= 0"),
     (["--export-ema", "1.0"], "--export-ema is an EMA decay in [0, 1)"),
     (["--export-ema", "0.9", "--model-ema"], "--export-ema keeps an EMA beside the run's average"),

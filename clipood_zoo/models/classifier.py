@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..hub import load_pretrained_file
+from .text_cache import cached, entry_key
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)  # CLIPood's single DomainBed template
 TEMPLATE_SETS = {"openai_imagenet": OPENAI_IMAGENET_TEMPLATES, "simple_imagenet": SIMPLE_IMAGENET_TEMPLATES}
@@ -117,13 +118,15 @@ class FrozenTextTower:
     def class_embeddings(
         self, class_names: Sequence[str], templates: Sequence[str], device: torch.device
     ) -> torch.Tensor:
-        """[C, D] normalised, template-averaged embeddings (open_clip's zero-shot recipe)."""
+        """[C, D] normalised, template-averaged embeddings (open_clip's zero-shot recipe), from the on-disk cache
+        (:mod:`.text_cache`) when these prompts went through these text weights before."""
         self.model.to(device)
-        weights = build_zero_shot_classifier(
-            self.model, self.tokenizer, list(class_names), list(templates),
-            num_classes_per_batch=32, device=device, use_tqdm=len(class_names) > 256,
-        )
-        return weights.T.contiguous()
+        def encode() -> torch.Tensor:
+            return build_zero_shot_classifier(
+                self.model, self.tokenizer, list(class_names), list(templates),
+                num_classes_per_batch=32, device=device, use_tqdm=len(class_names) > 256,
+            ).T.contiguous()
+        return cached(entry_key(self.model, self.tokenizer, templates, class_names, device), encode).to(device)
 
 
 class ClipoodClassifier(nn.Module):
@@ -235,7 +238,8 @@ class ClipoodClassifier(nn.Module):
         if self.text_tower is None:
             raise ConfigError(
                 "this model has no text tower, so it cannot embed new class names; create it with "
-                "with_text_tower=True (random text weights) or clip_pretrained=<open_clip tag> "
+                "with_text_tower=True (the architecture's own text weights: the bundled MiniLM of the emoji models, "
+                "random for a CLIP architecture) or clip_pretrained=<open_clip tag> "
                 "(e.g. create_model(name, clip_pretrained='openai'))"
             )
         if isinstance(templates, str):
