@@ -248,6 +248,21 @@ def test_lp_ft_exports_a_trained_head_that_loads_back(shards, tmp_path):
     assert not isinstance(model.head.weight, torch.nn.Parameter)  # a plain frozen head again once exported
 
 
+def test_lp_ft_probes_only_the_base_rows_for_its_optimizer_steps_under_gradient_accumulation(shards, tmp_path):
+    """The LP stage counts optimizer steps, not batches: with --grad-accum-steps 2 and --lp-steps 2 of 2 the image
+    tower ends as it started; the head's base rows are trained and its new rows (no gradient, no decay) are not."""
+    train.main(train_args(shards, tmp_path, "--steps", "2", "--method", "lp_ft", "--lp-steps", "2",
+                          "--grad-accum-steps", "2"))
+    exported, zeroshot = load_file(tmp_path / "run" / "model.safetensors"), zeroshot_weights(shards)
+    for key, value in zeroshot.items():
+        if key != "head.weight":
+            assert torch.equal(exported[key], value), key
+    info = read_dataset_info(shards)
+    base, new = list(info.base_classes), list(info.new_classes)
+    assert not torch.equal(exported["head.weight"][base], zeroshot["head.weight"][base])
+    assert torch.equal(exported["head.weight"][new], zeroshot["head.weight"][new])
+
+
 def test_car_ft_builds_the_text_tower_that_made_the_head_and_regularises_towards_the_base_classes(shards, tmp_path):
     """train.py builds the architecture's text tower for car_ft (the emoji models' bundled MiniLM; here the tiny
     arch's, seeded as the run seeds it). Starting from weights whose head that tower embedded, the run trains, and
