@@ -6,8 +6,10 @@ Leave-one-domain-out, as DomainBed and the CLIPood paper run it:
     python train.py --model clip_vitt_emoji --pretrained --data-dir data/emojidg --holdout 3d \
         --train-classes base --method clipood --steps 500 --lr 1e-4 --output output/
 
-trains on the other domains' ``train`` split (base classes only with ``--train-classes base``), picks
-the evaluation with the best accuracy on the source domains' ``val`` split, and exports that model
+trains on the other domains' ``train`` split (base classes only with ``--train-classes base``, scored
+against the base classes' head rows only: CoOp's base-to-new, where the new classes' names take no part in
+training), picks the evaluation with the best accuracy on the source domains' ``val`` split (over the same
+rows), and exports that model
 (the BMA weights for CLIPood) with ``save_pretrained`` into the run's output folder, so that
 ``create_model(name, checkpoint_path=<run folder>)`` and ``validate.py --checkpoint`` load it.
 Multi-process: ``torchrun --nproc_per_node N train.py ...`` (NCCL on GPU, gloo on CPU).
@@ -421,6 +423,7 @@ class Run:
                                     carft_lambda=args.carft_lambda, croft_lambda=args.croft_lambda,
                                     context_classes=[self.model.class_names[c] for c in self.train_classes]
                                     if self.model.class_names else None)
+        self.method.restrict_to(self.train_classes, self.model.num_classes)
         self.method.prepare(self.model)
         self.wise_ft_alphas = args.wise_ft_alphas or self.method.default_wise_ft_alphas
         if self.wise_ft_alphas and args.val_split not in self.info.splits:
@@ -1016,10 +1019,12 @@ class Run:
         self.export(metrics, model=mixed, out_dir=self.out_dir / WISE_FT_FIXED_DIR, wise_ft={"alpha": alpha})
 
     def evaluate_source(self, model: torch.nn.Module) -> float:
-        """Top-1 of ``model`` on the source domains' val split (what WiSE-FT's alpha is chosen on)."""
-        return evaluate(model, self.loader(self.args.val_split, self.sources, self.train_classes), device=self.device,
-                        domain_names=self.info.domains, amp_dtype=self.amp_dtype,
-                        channels_last=self.args.channels_last)["top1"]
+        """Top-1 of ``model`` on the source domains' val split (what the export and WiSE-FT's alpha are chosen on),
+        over the training classes' head rows, as training scores them (validate.py --classes base for a base run):
+        selection never involves the new classes' names either."""
+        return evaluate(model, self.loader(self.args.val_split, self.sources, self.train_classes, relabel=True),
+                        device=self.device, domain_names=self.info.domains, amp_dtype=self.amp_dtype,
+                        channels_last=self.args.channels_last, logit_columns=self.train_classes)["top1"]
 
 
 class _CountingLoader:

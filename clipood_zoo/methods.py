@@ -43,6 +43,26 @@ class Method:
             raise ConfigError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
         self.step = 0
+        self.class_rows: Optional[torch.Tensor] = None  # the head rows training scores (restrict_to)
+        self.positions: Optional[torch.Tensor] = None  # a class's index in the head -> its position among them
+
+    def restrict_to(self, classes: Optional[Sequence[int]], num_classes: int) -> None:
+        """Score training batches against these classes' head rows only: CoOp's base-to-new protocol, which
+        CLIPood follows, trains on the base classes' names alone, so the new classes' names take no part in
+        training, not even as negatives in the softmax. None, or every class: the whole head."""
+        if classes is None or sorted(classes) == list(range(num_classes)):
+            self.class_rows = self.positions = None
+            return
+        self.class_rows = torch.as_tensor(list(classes), dtype=torch.long)
+        self.positions = torch.full((num_classes,), -1, dtype=torch.long)
+        self.positions[self.class_rows] = torch.arange(len(self.class_rows))
+
+    def head_and_targets(self, model: nn.Module, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The head rows a loss scores and the batch's targets as positions among them (restrict_to)."""
+        weight = model.head.weight
+        if self.class_rows is None:
+            return weight, target
+        return weight[self.class_rows.to(weight.device)], self.positions.to(target.device)[target]
 
     def prepare(self, model: nn.Module) -> None:
         """Set up what the method needs besides the model's own weights (nothing by default)."""
@@ -71,7 +91,8 @@ class Erm(Method):
     name = "erm"
 
     def loss(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return mms_loss(model.forward_features(images), model.head.weight, target,
+        weight, target = self.head_and_targets(model, target)
+        return mms_loss(model.forward_features(images), weight, target,
                         temperature=self.resolve_temperature(model), margin_lambda=0.0)
 
 
@@ -89,7 +110,8 @@ class Clipood(Method):
         self.adaptive_margin = adaptive_margin
 
     def loss(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return mms_loss(model.forward_features(images), model.head.weight, target,
+        weight, target = self.head_and_targets(model, target)
+        return mms_loss(model.forward_features(images), weight, target,
                         temperature=self.resolve_temperature(model), margin_lambda=self.margin_lambda,
                         adaptive=self.adaptive_margin)
 
@@ -143,7 +165,8 @@ class LpFt(Method):
                 features = model.forward_features(images)
         else:
             features = model.forward_features(images)
-        logits = model.forward_head(features, pre_logits=True) @ model.head.weight.T / self.resolve_temperature(model)
+        weight, target = self.head_and_targets(model, target)
+        logits = model.forward_head(features, pre_logits=True) @ weight.T / self.resolve_temperature(model)
         return F.cross_entropy(logits.float(), target)
 
     def describe(self) -> Dict[str, object]:
@@ -159,7 +182,8 @@ class Flyp(Method):
     name = "flyp"
 
     def loss(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return flyp_contrastive_loss(model.forward_features(images), model.head.weight, target,
+        weight, target = self.head_and_targets(model, target)
+        return flyp_contrastive_loss(model.forward_features(images), weight, target,
                                      temperature=self.resolve_temperature(model))
 
 
@@ -234,7 +258,8 @@ class CarFt(Method):
         features = model.forward_features(images)
         with torch.no_grad():
             teacher_features = self.teacher(images)
-        ce = mms_loss(features, model.head.weight, target, temperature=tau, margin_lambda=0.0)
+        weight, target = self.head_and_targets(model, target)
+        ce = mms_loss(features, weight, target, temperature=tau, margin_lambda=0.0)
         return ce + self.carft_lambda * carft_context_kl(teacher_features, features, self.context, temperature=tau)
 
     def describe(self) -> Dict[str, object]:
@@ -259,9 +284,9 @@ class Croft(Method):
 
     def loss(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         features = model.forward_features(images)
-        ce = mms_loss(features, model.head.weight, target, temperature=self.resolve_temperature(model),
-                      margin_lambda=0.0)
-        return ce + self.croft_lambda * croft_energy_gradient_penalty(features, model.head.weight)
+        weight, target = self.head_and_targets(model, target)
+        ce = mms_loss(features, weight, target, temperature=self.resolve_temperature(model), margin_lambda=0.0)
+        return ce + self.croft_lambda * croft_energy_gradient_penalty(features, weight)
 
     def describe(self) -> Dict[str, object]:
         return {**super().describe(), "croft_lambda": self.croft_lambda}

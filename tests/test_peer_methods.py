@@ -214,3 +214,51 @@ def test_every_method_trains_two_steps_to_finite_changed_weights(name, batches):
     after = model.state_dict()
     assert all(torch.isfinite(v).all() for v in after.values())
     assert not torch.equal(before["visual.conv1.weight"], after["visual.conv1.weight"])
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_a_method_restricted_to_the_training_classes_never_scores_the_other_rows(name):
+    """CoOp's base-to-new protocol: the new classes' head rows take no part in training, not even as negatives.
+    Changing them changes neither the loss nor the gradient, and they get no gradient themselves (LP-FT)."""
+    model = _text_tower_model()
+    method = create_method(name, lp_steps=0, context_templates=["a photo of a {}."])
+    method.restrict_to([2, 0], num_classes=4)  # training classes 2 and 0, in that order
+    method.prepare(model)
+    images, target = torch.randn(4, 3, 32, 32), torch.tensor([0, 2, 2, 0])
+    loss = method.loss(model, images, target)
+    loss.backward()
+    grad = model.visual.conv1.weight.grad.clone()
+    if isinstance(model.head.weight, torch.nn.Parameter):
+        assert torch.count_nonzero(model.head.weight.grad[[1, 3]]) == 0
+    model.zero_grad()
+    with torch.no_grad():
+        model.head.weight[[1, 3]] = torch.randn(2, model.head.weight.shape[1])
+    moved = method.loss(model, images, target)
+    moved.backward()
+    assert moved.item() == pytest.approx(loss.item(), rel=1e-6)
+    torch.testing.assert_close(model.visual.conv1.weight.grad, grad)
+
+
+def test_erm_restricted_to_the_training_classes_is_cross_entropy_over_their_rows():
+    model = _text_tower_model()
+    method = create_method("erm")
+    method.restrict_to([2, 0], num_classes=4)
+    images, target = torch.randn(4, 3, 32, 32), torch.tensor([0, 2, 2, 0])
+    features = F.normalize(model.forward_features(images), dim=-1)
+    by_hand = F.cross_entropy(100.0 * features @ model.head.weight[[2, 0]].T, torch.tensor([1, 0, 0, 1]))
+    assert method.loss(model, images, target).item() == pytest.approx(by_hand.item(), rel=1e-5)
+    method.restrict_to([0, 1, 2, 3], num_classes=4)  # every class: the whole head, targets unchanged
+    whole = F.cross_entropy(100.0 * features @ model.head.weight.T, target)
+    assert method.loss(model, images, target).item() == pytest.approx(whole.item(), rel=1e-5)
+
+
+def test_lp_fts_trained_head_gets_no_weight_decay():
+    """Only the training classes' rows get gradients: decay alone would shrink the new classes' zero-shot rows."""
+    from timm.optim import create_optimizer_v2
+
+    model = _text_tower_model()
+    create_method("lp_ft", lp_steps=1).prepare(model)
+    groups = create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=0.1).param_groups
+    (head_group,) = [g for g in groups if any(p is model.head.weight for p in g["params"])]
+    assert head_group["weight_decay"] == 0.0
+    assert any(g["weight_decay"] == 0.1 for g in groups)

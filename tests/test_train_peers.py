@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 import clipood_zoo
 import train
+import validate
 from clipood_zoo.cli_utils import model_for_dataset
 from clipood_zoo.data import read_dataset_info
 from clipood_zoo.data.synthetic import write_synthetic_dataset
@@ -247,6 +248,21 @@ def test_lp_ft_exports_a_trained_head_that_loads_back(shards, tmp_path):
     assert not isinstance(model.head.weight, torch.nn.Parameter)  # a plain frozen head again once exported
 
 
+def test_lp_ft_probes_only_the_base_rows_for_its_optimizer_steps_under_gradient_accumulation(shards, tmp_path):
+    """The LP stage counts optimizer steps, not batches: with --grad-accum-steps 2 and --lp-steps 2 of 2 the image
+    tower ends as it started; the head's base rows are trained and its new rows (no gradient, no decay) are not."""
+    train.main(train_args(shards, tmp_path, "--steps", "2", "--method", "lp_ft", "--lp-steps", "2",
+                          "--grad-accum-steps", "2"))
+    exported, zeroshot = load_file(tmp_path / "run" / "model.safetensors"), zeroshot_weights(shards)
+    for key, value in zeroshot.items():
+        if key != "head.weight":
+            assert torch.equal(exported[key], value), key
+    info = read_dataset_info(shards)
+    base, new = list(info.base_classes), list(info.new_classes)
+    assert not torch.equal(exported["head.weight"][base], zeroshot["head.weight"][base])
+    assert torch.equal(exported["head.weight"][new], zeroshot["head.weight"][new])
+
+
 def test_car_ft_builds_the_text_tower_that_made_the_head_and_regularises_towards_the_base_classes(shards, tmp_path):
     """train.py builds the architecture's text tower for car_ft (the emoji models' bundled MiniLM; here the tiny
     arch's, seeded as the run seeds it). Starting from weights whose head that tower embedded, the run trains, and
@@ -278,6 +294,25 @@ def test_lp_ft_fine_tunes_on_a_schedule_of_its_own_that_opens_with_the_warmup(sh
     expected = [cosine(t, 2) for t in range(2)] + [cosine(t, 4) for t in range(4)]
     assert logged == pytest.approx(expected[1:] + [0.0], rel=1e-3)
     assert logged[1] == pytest.approx(1e-4)  # fine-tuning's first step: the warmup rate
+
+
+def test_source_val_scores_the_training_classes_rows_as_validate_py_classes_base_does(shards, tmp_path):
+    """A base-to-new run selects on its source domains' val images over the base classes' head rows only, as it
+    trains: the selection is validate.py --classes base of the export, computed independently by validate.py."""
+    info = read_dataset_info(shards)
+    start = model_for_dataset(TINY_ARCH, info)
+    with torch.no_grad():  # the new classes' rows: the base rows, a little longer, so they win on base images
+        start.head.weight[list(info.new_classes)] = 1.01 * start.head.weight[list(info.base_classes)]
+    clipood_zoo.save_pretrained(start, tmp_path / "start")
+    result = train.main(train_args(shards, tmp_path, "--steps", "2", "--method", "erm", "--lr", "1e-6",
+                                   "--checkpoint", str(tmp_path / "start")))
+    sources = [d for d in info.domains if d != "sketch"]
+    (row,) = validate.main(["--model", TINY_ARCH, "--checkpoint", str(tmp_path / "run"), "--data-dir", str(shards),
+                            "--split", "val", "--domains", *sources, "--classes", "base", "--workers", "0"])
+    assert result["best_source_top1"] == pytest.approx(row["top1"], abs=1e-3)
+    (whole,) = validate.main(["--model", TINY_ARCH, "--checkpoint", str(tmp_path / "run"), "--data-dir", str(shards),
+                              "--split", "val", "--domains", *sources, "--workers", "0"])
+    assert whole["num_samples"] > row["num_samples"]  # the new classes' val images are not selected on either
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -225,8 +225,11 @@ class ClipoodClassifier(nn.Module):
         self.visual.set_grad_checkpointing(enable)
 
     def no_weight_decay(self) -> set:
+        """timm's no-decay names: the image tower's, and a trained head (LP-FT): a base-to-new run trains only
+        the base classes' rows, and decay alone would shrink the new classes' rows, which no gradient reaches."""
         nwd = getattr(self.visual, "no_weight_decay", lambda: set())()
-        return {f"visual.{n}" for n in nwd}
+        trained_head = {"head.weight"} if isinstance(self.head.weight, nn.Parameter) else set()
+        return {f"visual.{n}" for n in nwd} | trained_head
 
     # --- open-vocabulary use ----------------------------------------------------------------
     def set_classes(self, class_names: Sequence[str], templates: Optional[Templates] = None) -> None:
