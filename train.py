@@ -420,9 +420,7 @@ class Run:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.method = create_method(args.method, temperature=args.temperature, margin_lambda=args.margin_lambda,
                                     adaptive_margin=not args.fixed_margin, lp_steps=args.lp_steps,
-                                    carft_lambda=args.carft_lambda, croft_lambda=args.croft_lambda,
-                                    context_classes=[self.model.class_names[c] for c in self.train_classes]
-                                    if self.model.class_names else None)
+                                    carft_lambda=args.carft_lambda, croft_lambda=args.croft_lambda)
         self.method.restrict_to(self.train_classes, self.model.num_classes)
         self.method.prepare(self.model)
         self.wise_ft_alphas = args.wise_ft_alphas or self.method.default_wise_ft_alphas
@@ -975,9 +973,10 @@ class Run:
             clipood_zoo.load_weights(model, self.out_dir)
         except WeightsError as e:
             raise CheckpointError(
-                f"the run's selected export in {self.out_dir} cannot be read back to mix WiSE-FT. A run killed while "
-                "it wrote its WiSE-FT in place of that export (--method wise_ft) has lost the fine-tune: start it "
-                f"again (--overwrite), with --export-wise-ft to keep the fine-tune beside its WiSE-FT. ({e})") from None
+                f"the run's selected export in {self.out_dir} cannot be read back to mix WiSE-FT. If the run was "
+                "killed while it wrote its WiSE-FT in place of that export (--method wise_ft), the fine-tune is lost: "
+                "start it again (--overwrite), with --export-wise-ft to keep the fine-tune beside its WiSE-FT. "
+                f"({e})") from None
         return cpu_state(model)
 
     def apply_wise_ft(self, out_dir: Optional[Path] = None) -> Dict[str, float]:

@@ -82,7 +82,10 @@ class Method:
         raise NotImplementedError
 
     def describe(self) -> Dict[str, object]:
-        return {"method": self.name, "temperature": self.temperature}
+        """The method's record in a run's recipe: its hyper-parameters, and the classes training scored (since
+        2026-11-29 a base run scores the base classes' rows only; before, every row)."""
+        return {"method": self.name, "temperature": self.temperature,
+                "trained_class_rows": "all" if self.class_rows is None else len(self.class_rows)}
 
 
 class Erm(Method):
@@ -133,8 +136,9 @@ class LpFt(Method):
     parameters starting from the probed head. The head starts as the frozen class text embeddings and
     becomes a trained parameter (``make_trainable``); the first ``lp_steps`` optimizer steps update only it
     (the authors fit the probe by logistic regression on cached features; here it shares the run's
-    optimizer and weight decay, and the head's optimizer state carries into FT; the learning-rate schedule
-    starts again with its warmup for FT: ``phase_starts``).
+    optimizer, without weight decay on the head (``ClipoodClassifier.no_weight_decay``: rows of classes that
+    training does not score get no gradient, and decay alone would shrink them), and the head's optimizer state
+    carries into FT; the learning-rate schedule starts again with its warmup for FT: ``phase_starts``).
 
     The text tower itself stays frozen and outside the model: after LP the head is a learned matrix, no
     longer the text tower's output, so ``set_classes`` (re-embedding class names) would discard it. Loss:
@@ -195,8 +199,8 @@ class CarFt(Method):
 
     ``prepare`` keeps a frozen copy of the zero-shot image tower as the teacher: one more image tower of
     weights in memory (no optimizer state, no stored activations: its forward runs without grad), and one
-    more forward pass per step. The context prompts are averaged over ``context_classes`` (train.py passes the
-    training classes: a base-to-new run never feeds the new classes' names to training), by default the model's.
+    more forward pass per step. The context prompts are averaged over the classes training scores (``restrict_to``:
+    a base-to-new run never feeds the new classes' names to training), by default every class of the model.
 
     The class head stays the frozen text embeddings, as for every method here but LP-FT (the paper also trains
     a head initialised from them), so the comparison isolates the regulariser.
@@ -213,14 +217,12 @@ class CarFt(Method):
     HEAD_CHECK_MIN_COSINE = 0.99  # fp16 shipped heads reproduce to ~0.9999
 
     def __init__(self, temperature: Optional[float] = None, carft_lambda: float = 1.0,
-                 context_templates: Optional[Sequence[str]] = None,
-                 context_classes: Optional[Sequence[str]] = None):
+                 context_templates: Optional[Sequence[str]] = None):
         super().__init__(temperature)
         if not carft_lambda >= 0:
             raise ConfigError(f"carft_lambda must be >= 0, got {carft_lambda}")
         self.carft_lambda = carft_lambda
         self.context_templates = context_templates
-        self.context_classes = context_classes
         self.teacher: Optional[nn.Module] = None
         self.context: Optional[torch.Tensor] = None
 
@@ -231,7 +233,8 @@ class CarFt(Method):
         device = model.head.weight.device
         self.check_text_tower_made_the_head(model, device)
         templates = self.context_templates or TEMPLATE_SETS["openai_imagenet"]
-        classes = list(self.context_classes or model.class_names)
+        rows = range(len(model.class_names)) if self.class_rows is None else self.class_rows.tolist()
+        classes = [model.class_names[r] for r in rows]
         per_template = [model.text_tower.class_embeddings(classes, [t], device).mean(0) for t in templates]
         self.context = F.normalize(torch.stack(per_template), dim=-1)
         self.teacher = deepcopy(model.visual).requires_grad_(False).eval()
@@ -264,8 +267,7 @@ class CarFt(Method):
 
     def describe(self) -> Dict[str, object]:
         return {**super().describe(), "carft_lambda": self.carft_lambda,
-                "context_prompts": len(self.context) if self.context is not None else None,
-                "context_classes": len(self.context_classes) if self.context_classes else "all"}
+                "context_prompts": len(self.context) if self.context is not None else None}
 
 
 class Croft(Method):

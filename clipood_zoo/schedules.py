@@ -15,6 +15,8 @@ import torch
 from timm.scheduler import create_scheduler_v2
 from timm.scheduler.scheduler import Scheduler
 
+from .errors import CheckpointError
+
 
 class PhasedScheduler:
     """timm schedulers, one per phase of the optimizer steps (``starts[i]`` opens phase i); ``step_update(n)``
@@ -34,9 +36,12 @@ class PhasedScheduler:
         return {"starts": self.starts, "phases": [s.state_dict() for s in self.schedulers]}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        if state.get("starts") != self.starts:
-            raise ValueError(f"a schedule in phases starting at {state.get('starts')} cannot resume one starting at "
-                             f"{self.starts}")
+        stored = state.get("starts", [0])  # timm's own state: a schedule of one phase
+        if stored != self.starts:
+            raise CheckpointError(
+                f"the checkpoint's learning-rate schedule starts at optimizer steps {stored}, this run's at "
+                f"{self.starts}: it was written by another method or an older train.py (before LP-FT restarted its "
+                "schedule for fine-tuning). Start the run again (--overwrite) rather than resume it.")
         for scheduler, phase in zip(self.schedulers, state["phases"]):
             scheduler.load_state_dict(phase)
 
@@ -46,10 +51,12 @@ def create_phased_scheduler(optimizer: torch.optim.Optimizer, starts: Sequence[i
     """timm's scheduler (``create_scheduler_v2(..., **timm_kwargs)``) over ``total_steps`` optimizer steps, started
     again at each of ``starts`` (0 first); a single phase is timm's scheduler itself, exactly as without phases."""
     bounds = [*starts, total_steps]
+    lengths = [end - begin for begin, end in zip(bounds, bounds[1:])]
+    warmups = [round(warmup_steps * length / total_steps) for length in lengths[:-1]]
+    warmups.append(max(warmup_steps - sum(warmups), 0))  # the phases' warmups add up to the run's
     schedulers = []
-    for begin, end in zip(bounds, bounds[1:]):
-        length = end - begin
+    for length, warmup in zip(lengths, warmups):
         scheduler, _ = create_scheduler_v2(optimizer, num_epochs=length, updates_per_epoch=1, step_on_epochs=False,
-                                           warmup_epochs=round(warmup_steps * length / total_steps), **timm_kwargs)
+                                           warmup_epochs=warmup, **timm_kwargs)
         schedulers.append(scheduler)
     return schedulers[0] if len(schedulers) == 1 else PhasedScheduler(schedulers, starts)

@@ -2,13 +2,16 @@
 
 Everything runs on CPU with random-init models the tests make; no network, no downloaded weights.
 """
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub is imported: tests must never reach a hub
 # text embeddings are cached on disk (clipood_zoo.models.text_cache): in a folder of this session, never the user's
 os.environ["CLIPOOD_ZOO_CACHE"] = tempfile.mkdtemp(prefix="clipood-zoo-cache-")
+atexit.register(shutil.rmtree, os.environ["CLIPOOD_ZOO_CACHE"], ignore_errors=True)
 
 import open_clip  # noqa: E402
 import pytest  # noqa: E402

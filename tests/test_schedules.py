@@ -5,6 +5,7 @@ import pytest
 import torch
 from timm.scheduler import CosineLRScheduler
 
+from clipood_zoo.errors import CheckpointError
 from clipood_zoo.schedules import PhasedScheduler, create_phased_scheduler
 
 
@@ -49,19 +50,19 @@ def test_one_phase_is_timms_own_scheduler_with_the_same_rates():
         [by_hand(t, 10, 2) for t in range(10)])
 
 
-def test_a_phased_schedule_resumes_from_its_state_and_refuses_other_phases():
-    opt = optimizer()
-    first = create_phased_scheduler(opt, (0, 3), 8, 0, sched="cosine", warmup_lr=0.0, min_lr=0.0)
-    for n in range(1, 6):
-        first.step_update(n)
-    state = first.state_dict()
-    resumed_opt = optimizer()
-    resumed = create_phased_scheduler(resumed_opt, (0, 3), 8, 0, sched="cosine", warmup_lr=0.0, min_lr=0.0)
-    resumed.load_state_dict(state)
-    for n in range(6, 8):
-        first.step_update(n)
-        resumed.step_update(n)
-        assert resumed_opt.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+def test_a_phased_schedule_refuses_the_state_of_other_phases_or_of_timms_single_schedule():
+    state = create_phased_scheduler(optimizer(), (0, 3), 8, 0, sched="cosine", warmup_lr=0.0, min_lr=0.0).state_dict()
+    assert state["starts"] == [0, 3] and len(state["phases"]) == 2
     other = create_phased_scheduler(optimizer(), (0, 4), 8, 0, sched="cosine", warmup_lr=0.0, min_lr=0.0)
-    with pytest.raises(ValueError, match=r"phases starting at \[0, 3\] cannot resume one starting at \[0, 4\]"):
+    with pytest.raises(CheckpointError, match=r"starts at optimizer steps \[0, 3\], this run's at \[0, 4\]"):
         other.load_state_dict(state)
+    single = create_phased_scheduler(optimizer(), (0,), 8, 0, sched="cosine", warmup_lr=0.0, min_lr=0.0)
+    with pytest.raises(CheckpointError, match=r"starts at optimizer steps \[0\], this run's at \[0, 4\]"):
+        other.load_state_dict(single.state_dict())  # an lp_ft checkpoint written before the schedule restarted
+
+
+def test_the_phases_warmups_add_up_to_the_runs():
+    opt = optimizer()
+    scheduler = create_phased_scheduler(opt, (0, 5), total_steps=10, warmup_steps=3, sched="cosine", warmup_lr=0.1,
+                                        min_lr=0.0)
+    assert [s.warmup_t for s in scheduler.schedulers] == [2, 1]  # round(1.5) = 2, then the rest: 1

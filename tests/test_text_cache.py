@@ -56,6 +56,22 @@ def test_other_prompts_or_other_weights_are_encoded_again(cache, encodes):
     assert other_names.shape == (2, base.shape[1])
 
 
+def test_the_same_weights_in_another_structure_or_under_autocast_are_encoded_again(cache, encodes):
+    """Keys cover what changes the encoding besides the weights: the modules (QuickGELU for GELU, as open_clip's
+    force_quick_gelu builds) and autocast."""
+    from open_clip.transformer import QuickGELU
+
+    text = tower()
+    gelu = text.class_embeddings(NAMES, ["a {}."], CPU)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        text.class_embeddings(NAMES, ["a {}."], CPU)
+    other = tower()  # the same weights
+    for block in other.model.transformer.resblocks:
+        block.mlp.gelu = QuickGELU()
+    quick = other.class_embeddings(NAMES, ["a {}."], CPU)
+    assert len(encodes) == 3 and not torch.allclose(gelu, quick)
+
+
 def test_entries_are_keyed_by_the_prompts_so_callable_templates_share_them_with_format_strings(cache, encodes):
     """open_clip's template sets are lambdas (CLIP's 80 ImageNet prompts): the key is the prompts they render."""
     text = tower()

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 import clipood_zoo
 import train
 import validate
+from clipood_zoo import ConfigError
 from clipood_zoo.cli_utils import model_for_dataset
 from clipood_zoo.data import read_dataset_info
 from clipood_zoo.data.synthetic import write_synthetic_dataset
@@ -184,10 +185,10 @@ def test_a_run_killed_while_writing_its_wise_ft_in_place_says_the_fine_tune_is_l
         train.main([*args, "--resume", str(run)])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert (f"train.py: error: the run's selected export in {run} cannot be read back to mix WiSE-FT. A run killed "
-            "while it wrote its WiSE-FT in place of that export (--method wise_ft) has lost the fine-tune: start it "
-            "again (--overwrite), with --export-wise-ft to keep the fine-tune beside its WiSE-FT. (sha256 mismatch for "
-            ) in err
+    assert (f"train.py: error: the run's selected export in {run} cannot be read back to mix WiSE-FT. If the run "
+            "was killed while it wrote its WiSE-FT in place of that export (--method wise_ft), the fine-tune is lost: "
+            "start it again (--overwrite), with --export-wise-ft to keep the fine-tune beside its WiSE-FT. (sha256 "
+            "mismatch for ") in err
     assert {name: (run / name).read_bytes() for name in exports} == before
 
 
@@ -263,6 +264,16 @@ def test_lp_ft_probes_only_the_base_rows_for_its_optimizer_steps_under_gradient_
     assert torch.equal(exported["head.weight"][new], zeroshot["head.weight"][new])
 
 
+def test_a_text_tower_built_for_a_methods_prompts_never_re_embeds_the_datasets_classes(shards):
+    """car_ft asks for the architecture's text tower; without CLIP's weights that tower may be random, so it must
+    not replace a zoo model's loaded head with its embeddings of the dataset's names (which car_ft's head check
+    would then pass): a model that does not classify the dataset's classes is refused as without a tower."""
+    info = read_dataset_info(shards)
+    with pytest.raises(ConfigError, match="not all of them the model's"):
+        model_for_dataset("testzoo_tiny_toy_a", info, with_text_tower=True)
+    assert model_for_dataset(TINY_ARCH, info, with_text_tower=True).text_tower is not None
+
+
 def test_car_ft_builds_the_text_tower_that_made_the_head_and_regularises_towards_the_base_classes(shards, tmp_path):
     """train.py builds the architecture's text tower for car_ft (the emoji models' bundled MiniLM; here the tiny
     arch's, seeded as the run seeds it). Starting from weights whose head that tower embedded, the run trains, and
@@ -276,7 +287,7 @@ def test_car_ft_builds_the_text_tower_that_made_the_head_and_regularises_towards
                           str(tmp_path / "start")))
     recipe = json.loads((tmp_path / "run" / "config.json").read_text())["pretrained_cfg"]["recipe"]
     assert recipe["method"] == "car_ft" and recipe["context_prompts"] == 80
-    assert recipe["context_classes"] == len(info.base_classes) < len(info.classes)
+    assert recipe["trained_class_rows"] == len(info.base_classes) < len(info.classes)
     exported = load_file(tmp_path / "run" / "model.safetensors")
     assert not torch.equal(exported["visual.conv1.weight"], start.state_dict()["visual.conv1.weight"])
 

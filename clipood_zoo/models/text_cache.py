@@ -2,9 +2,11 @@
 
 The same prompts through the same text weights give the same embeddings, and on a CPU encoding them is the slow
 part of starting some runs: CAR-FT's context is CLIP's 80 templates times every training class (about 18,000
-prompts for EmojiDG, some six CPU-minutes per run). An entry is keyed by the sha256 of the text weights, the
-tokenizer, the device type and the prompts, so a hit is what encoding would give. Entries are safetensors
-(never unpickled), written atomically.
+prompts for EmojiDG, some six CPU-minutes per run). An entry is keyed by the sha256 of the text tower's weights
+and their dtypes, its module structure (activation, pooling, projection: ``repr``), the tokenizer, the device
+type, whether autocast is on, and the whole ordered grid of prompts, so a hit is what encoding would give. The
+weights' digest is taken once per tower: the tower is frozen (FrozenTextTower). Entries are safetensors (never
+unpickled), written atomically.
 
 Where: ``$CLIPOOD_ZOO_CACHE/text_embeddings`` (default ``$XDG_CACHE_HOME/clipood_zoo``, i.e. ``~/.cache/clipood_zoo``);
 ``CLIPOOD_ZOO_CACHE=`` (empty) turns it off. An entry that cannot be read is encoded again and replaced; a cache
@@ -45,16 +47,20 @@ def cache_dir() -> Optional[Path]:
 def entry_key(text_model: nn.Module, tokenizer: Any, templates: Sequence[Union[str, Callable[[str], str]]],
               class_names: Sequence[str], device: torch.device) -> str:
     """The sha256 naming the embeddings of ``class_names`` under ``templates`` (format strings or callables, as
-    open_clip takes them): keyed by the prompts themselves, class by class, so equal prompts share an entry."""
+    open_clip takes them): keyed by the rendered prompts, so a lambda and a format string that render the same
+    prompts share an entry (the whole [classes x templates] grid, in order: one entry per call)."""
     prompts = [[t.format(c) if isinstance(t, str) else t(c) for t in templates] for c in class_names]
     digest = getattr(text_model, "_clipood_text_digest", None)
-    if digest is None:  # hashing ~100 MB of text weights once per tower, not once per call
-        digest = weights_digest(text_model)
+    if digest is None:  # hashing ~100 MB of text weights once per (frozen) tower, not once per call
+        dtypes = sorted({str(v.dtype) for v in text_model.state_dict().values()})
+        digest = hashlib.sha256(f"{weights_digest(text_model)}|{dtypes}|{text_model!r}".encode()).hexdigest()
         text_model._clipood_text_digest = digest
     inner = getattr(tokenizer, "tokenizer", None)  # open_clip's HFTokenizer wraps a transformers tokenizer
     tokenizer_id = [type(tokenizer).__name__, getattr(tokenizer, "context_length", None),
                     getattr(inner, "name_or_path", None), type(inner).__name__ if inner is not None else None]
-    payload = json.dumps([digest, tokenizer_id, torch.device(device).type, prompts], ensure_ascii=False)
+    device_type = torch.device(device).type
+    payload = json.dumps([digest, tokenizer_id, device_type, torch.is_autocast_enabled(device_type), prompts],
+                         ensure_ascii=False)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 

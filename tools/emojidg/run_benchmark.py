@@ -120,8 +120,9 @@ TRAINED_VARIANTS: Dict[str, List[str]] = {
     "car_ft": ["--method", "car_ft"],
     # lambda 1: the authors sweep lambda2 over {0, 1, 10, 100, 1000} on an adapter blended in at 0.2, which scales
     # their penalty by about 0.2^2, so 1 here is about their 25 (their default 5 is about 0.2 here). At the zero-shot
-    # weights its gradient on the features is 1/256 of cross-entropy's (one batch of 64, held out 3d): CRoFT is
-    # expected to stay close to ERM; telling more needs a lambda sweep this grid does not afford.
+    # weights its gradient on the features is 1/238 of cross-entropy's (one batch of 64 base-class images of the
+    # 3d-held-out sources, over the base rows, 2026-11-29): CRoFT is expected to stay close to ERM; telling more
+    # needs a lambda sweep this grid does not afford.
     "croft": ["--method", "croft"],
 }
 # WiSE-FT is a fine-tune plus a choice of alpha: every ERM and CLIPood run exports its WiSE-FT (--export-wise-ft),
