@@ -71,12 +71,9 @@ def model_for_dataset(name: str, info: DatasetInfo, pretrained: bool = False, ch
             model.pretrained_cfg["loaded_weights"] = load_weights(model, checkpoint)
     model.pretrained_cfg.update(clip_pretrained=clip_pretrained, initial_weights=initial_weights(
         clip_pretrained, model.pretrained_cfg.pop("loaded_weights", None)))
-    # a text tower asked for a method's own prompts, not loaded with CLIP's weights, may hold weights of its own
-    # (random for a CLIP architecture): it never re-embeds the dataset's classes over the loaded head
-    method_tower = model.text_tower if with_text_tower and not clip_pretrained else None
-    model.text_tower = None if method_tower is not None else model.text_tower
-    align_classes(model, info)
-    model.text_tower = method_tower or model.text_tower
+    # only CLIP's own text weights re-embed the dataset's classes: a tower asked for a method's prompts without them
+    # may hold weights of its own (random for a CLIP architecture), and never replaces the loaded head
+    align_classes(model, info, embed_names=bool(clip_pretrained))
     return model
 
 

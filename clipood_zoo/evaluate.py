@@ -33,12 +33,13 @@ def head_rows_for(model_names: Sequence[str], dataset_names: Sequence[str]) -> O
     return None if any(r is None for r in found) else found
 
 
-def align_classes(model: nn.Module, info: DatasetInfo) -> None:
+def align_classes(model: nn.Module, info: DatasetInfo, embed_names: bool = True) -> None:
     """Make the head hold the dataset's classes in its label order, or say why it cannot.
 
     A dataset whose classes are the model's (or some of them) in another order, say sorted folder names,
     gets the model's own head rows, selected and reordered by name; otherwise a model with a text tower
-    embeds the dataset's names.
+    embeds the dataset's names, unless ``embed_names`` is False (a tower whose weights may not be the ones that
+    made the head, e.g. a CLIP architecture's random one built for a method's own prompts).
     """
     if model.class_names and same_classes(model.class_names, info.classes):
         return
@@ -48,7 +49,7 @@ def align_classes(model: nn.Module, info: DatasetInfo) -> None:
                      model.pretrained_cfg.get("architecture", "the model"), info.path, len(rows), model.num_classes)
         model.keep_classes(rows)
         return
-    if model.text_tower is not None:
+    if embed_names and model.text_tower is not None:
         model.set_classes([prettify_class_name(c) for c in info.classes])
         return
     name = model.pretrained_cfg.get("architecture", "the model")

@@ -62,7 +62,9 @@ class Method:
         weight = model.head.weight
         if self.class_rows is None:
             return weight, target
-        return weight[self.class_rows.to(weight.device)], self.positions.to(target.device)[target]
+        if self.class_rows.device != weight.device:  # moved once, not copied to the device every step
+            self.class_rows, self.positions = self.class_rows.to(weight.device), self.positions.to(weight.device)
+        return weight[self.class_rows], self.positions[target]
 
     def prepare(self, model: nn.Module) -> None:
         """Set up what the method needs besides the model's own weights (nothing by default)."""
