@@ -196,6 +196,19 @@ def run_subprocess(cmd: Sequence[str], log: Optional[Path] = None, env: Optional
         return subprocess.run(list(cmd), cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
 
 
+_SAY_LOCK = threading.Lock()
+
+
+def say(line: str, file: Optional[Any] = None) -> None:
+    """Write ``line`` and its newline to ``file`` (stdout by default) in one write, flushed. Runs side by side
+    report from their own threads, and ``print`` writes the text and the newline separately: two reports could
+    join on one line of the runner's log."""
+    stream = sys.stdout if file is None else file
+    with _SAY_LOCK:
+        stream.write(f"{line}\n")
+        stream.flush()
+
+
 def threads_env(jobs: int) -> Dict[str, str]:
     """This process's environment with ``OMP_NUM_THREADS`` = the cores it may use shared out among ``jobs`` runs
     (at least one each), unless the user set it: torch would start a thread per core in every run, and ``jobs``
@@ -226,7 +239,7 @@ def run_side_by_side(tasks: Sequence[Callable[[], None]], jobs: int) -> None:
             try:
                 task()
             except BaseException as e:  # noqa: BLE001 - SystemExit too: raised in the caller's thread below
-                print(f"# failed: {e}", file=sys.stderr, flush=True)
+                say(f"# failed: {e}", file=sys.stderr)
                 with lock:
                     errors.append(e)
 
@@ -256,7 +269,7 @@ def run_sweep(jobs: Sequence[Job], table: int, label: str, opts: SweepOptions, d
     for job in jobs:
         commands = pending_commands(job)
         if not commands:
-            print(f"# done: {job.name} ({job.result})", flush=True)
+            say(f"# done: {job.name} ({job.result})")
         run_commands(commands, job, dry_run, runner)
     stem = opts.output / f"table{table}_{label}"
     summary = [stem.with_suffix(".csv"), stem.with_suffix(".md")]
@@ -276,7 +289,7 @@ def run_commands(commands: Sequence[Sequence[str]], job: Job, dry_run: bool,
                  runner: Callable[[Sequence[str]], int]) -> None:
     """Print each of ``job``'s commands and, unless ``dry_run``, run it; a failure stops with :func:`_check`'s error."""
     for cmd in commands:
-        print(shlex.join(cmd), flush=True)
+        say(shlex.join(cmd))
         if not dry_run:
             _check(runner(cmd), cmd, job)
 

@@ -158,3 +158,40 @@ def test_the_umask_is_read_without_being_changed(monkeypatch, tmp_path):
     finally:
         monkeypatch.undo()
         os.umask(old)
+
+
+class _Writes:
+    """A stream that keeps each write call apart: a report split over two calls can be joined by another thread's."""
+
+    def __init__(self):
+        self.writes = []
+
+    def write(self, text):
+        self.writes.append(text)
+
+    def flush(self):
+        pass
+
+
+def test_reports_from_runs_side_by_side_are_whole_lines_in_one_write(tmp_path, monkeypatch):
+    out, err = _Writes(), _Writes()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    job = sweep.Job("a", tmp_path / "a", tmp_path / "a.json", ["train.py", "--x"], ["validate.py"], {})
+    sweep.run_commands([job.train, job.validate], job, dry_run=True, runner=None)
+    assert out.writes == ["train.py --x\n", "validate.py\n"]
+    out.writes.clear()
+    with pytest.raises(RuntimeError):
+        sweep.run_side_by_side([lambda: None, lambda: (_ for _ in ()).throw(RuntimeError("boom"))], 2)
+    assert out.writes == [] and err.writes == ["# failed: boom\n"]
+    out.writes.clear()
+    meet = threading.Barrier(2, timeout=120)
+
+    def report(name):
+        meet.wait()
+        for i in range(500):
+            sweep.say(f"# {name}: line {i}")
+
+    sweep.run_side_by_side([lambda: report("a"), lambda: report("b")], 2)
+    lines = "".join(out.writes).splitlines()
+    assert sorted(lines) == sorted(f"# {n}: line {i}" for n in "ab" for i in range(500))

@@ -407,7 +407,7 @@ def run_phase(phase: str, runs: Sequence[StudyRun], opts: StudyOptions, dry_run:
             sweep.run_commands(commands, j, dry_run, runner or sweep.run_subprocess)
             return
         log = opts.out / "logs" / f"{j.name}.log"
-        print(f"# {j.name}: output in {log}", flush=True)
+        sweep.say(f"# {j.name}: output in {log}")
         try:
             sweep.run_commands(commands, j, dry_run,
                                functools.partial(sweep.run_subprocess, log=log, env=sweep.threads_env(opts.jobs)))
