@@ -228,6 +228,9 @@ def test_ablations_read_clipoods_config_and_its_ema_and_last_rows(study):
     assert_interval(ab["beta_sweep"]["differences"]["clipood@bma_beta1.5 - clipood"], fx, "clipood@bma_beta1.5",
                     "clipood")
     assert "| CLIPood, beta = 0.2 |" in md
+    for title in ("Ablation: weight averaging", "Ablation: beta sweep"):  # which step each arm's weights are from
+        section = md.split(f"## {title}")[1].split("##")[0]
+        assert study_report.AT_THE_END in section
     assert_interval(ab["tau_sweep"]["differences"]["clipood_tau0.05 - clipood"], fx, "clipood_tau0.05", "clipood")
     assert ab["lambda_sweep"]["top1"]["clipood_lambda0.1"] == expected_top1(fx, "clipood_lambda0.1")
     (line,) = [x for x in md.splitlines() if x.startswith("| MMS + uniform average (beta 1) |")][:1]

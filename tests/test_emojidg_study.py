@@ -196,7 +196,8 @@ def test_grid_phase_writes_the_layout_of_the_contract(study):
             run_id = f"{variant}-3d-lr0.001-st{steps}-s0"
             record = json.loads((results / f"{run_id}.run.json").read_text())
             # CLIPood's runs also give the beta sweep: averages of their own steps (train.py --export-bma-betas)
-            weights = ["selected", *(["last", "ema", "bma_beta0.1", "bma_beta0.25", "bma_beta1", "bma_beta2"]
+            weights = ["selected", *(["last", "ema", "bma_beta0.1", "bma_beta0.25", "bma_beta0.5", "bma_beta1",
+                                      "bma_beta2"]
                                      if variant == "clipood" else []), "wise_ft", "wise_ft_fixed"]
             assert record == {
                 "run_id": run_id, "variant": variant, "domain": "3d", "lr": 0.001, "steps": steps, "seed": 0,

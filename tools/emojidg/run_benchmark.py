@@ -110,10 +110,12 @@ PHASES = ("grid", "seeds", "ablation")
 # beside the alpha source val chooses, WiSE-FT at the paper's fixed alpha (source val chose 1 in every v1-recipe run)
 EXPORT_WISE_FT = ["--wise-ft-alphas", *WISE_FT_ALPHAS, "--export-wise-ft",
                   "--export-wise-ft-fixed", f"{WISE_FT_FIXED_ALPHA:g}"]
-# the beta sweep (recipe 0.5; 1 is the uniform average): every clipood run exports these averages of its own steps
+# the beta sweep (1 is the uniform average): every clipood run exports these averages of its own steps
 # (--export-bma-betas), since an average never feeds back into training. The sweep then costs no run of its own, has
-# every seed of CLIPood, and compares the betas on one trajectory.
-BETAS = (0.1, 0.25, 1.0, 2.0)
+# every seed of CLIPood, and compares the betas on one trajectory. The recipe's 0.5 is among them: the run's selected
+# export is its BMA at the step source val chose, and these are all taken at the end of training, so bma_beta0.5 is
+# the reference for comparing averages at the same step.
+BETAS = (0.1, 0.25, 0.5, 1.0, 2.0)
 # trained variant -> train.py flags (lr, steps, seed and data come from the run)
 TRAINED_VARIANTS: Dict[str, List[str]] = {
     "erm": ["--method", "erm", *EXPORT_WISE_FT],

@@ -58,6 +58,11 @@ TITLES = {"loss": "Ablation: loss (MMS vs CE vs fixed margin)",
           "wise_ft_alpha_erm": "WiSE-FT on ERM: alpha chosen on source val vs fixed",
           "wise_ft_alpha_clipood": "CLIPood + WiSE-FT: alpha chosen on source val vs fixed",
           **{f"{p}_sweep": f"Ablation: {what}" for p, what in SWEEPS.items()}}
+# what a reader must know to read a table's arms: which weights are taken at which step
+AT_THE_END = ("The EMA, the last weights and every beta's average are the CLIPood runs' weights at the end of "
+              "training; CLIPood's own row is its selected export, the BMA at the step source val chose (the last "
+              "step in a run that evaluates once); the row beta = 0.5, where there is one, is that BMA at the end.")
+NOTES = {"averaging": AT_THE_END, "beta_sweep": AT_THE_END}
 SHORT = {"clipood": "CLIPood", "erm": "ERM"}  # the arm a table compares with, in its sentences
 WISE_FT_GROUPS = ("wise_ft_alpha_erm", "wise_ft_alpha_clipood")  # also compared on the new classes' images
 SWEEP_NAME = re.compile(r"clipood_(?P<param>lambda|tau)(?P<value>.+)")  # a sweep's runs of their own
@@ -349,7 +354,8 @@ def build(study: Study, out: Path) -> Tuple[str, Dict]:
           "at 95% true-positive rate): lower is better. No intervals (the rows hold no per-image scores):\n",
           open_set_markdown(headline)]
     for group, names in groups.items():
-        md += [f"## {TITLES[group]}\n\nHeld-out top-1 (%), {heading({n: arms[n] for n in names})}, at "
+        md += [f"## {TITLES[group]}\n\n" + (f"{NOTES[group]} " if group in NOTES else "") +
+               f"Held-out top-1 (%), {heading({n: arms[n] for n in names})}, at "
                f"{SHORT[names[0]]}'s selected (lr, steps):\n", accuracy_markdown({n: arms[n] for n in names}),
                f"Paired differences vs {SHORT[names[0]]} (as above):\n", differences_markdown(group_diffs[group])]
         if group in group_new_diffs:
