@@ -104,12 +104,14 @@ from clipood_zoo.weight_space import wise_ft
 _logger = logging.getLogger("train")
 LAST_DIR = "last"  # sub-folder of a run with a weight average that holds the run's last weights
 EMA_DIR = "ema"  # sub-folder holding the --export-ema weights
+BMA_DIR_PREFIX = "bma_beta"  # sub-folders bma_beta<beta> holding the --export-bma-betas averages
 WISE_FT_DIR = "wise_ft"  # sub-folder holding the --export-wise-ft weights
 WISE_FT_FIXED_DIR = "wise_ft_fixed"  # sub-folder holding the --export-wise-ft-fixed weights
 EXTRA_DIRS = (LAST_DIR, EMA_DIR, WISE_FT_DIR, WISE_FT_FIXED_DIR)  # every sub-folder export a run may write
 MAX_NONFINITE_RUN = 10  # consecutive skipped steps after which a run is taken to have diverged
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL (sysexits.h): stopped by a signal after a checkpoint, "try again" with --resume
-SHARDS_GLOB = f"{CHECKPOINT_NAME}.shards-*"  # --fsdp: the folders of sharded model/average/optimizer states
+SHARDS_GLOB = f"{CHECKPOINT_NAME}.shards-*"
+BMA_DIRS_GLOB = f"{BMA_DIR_PREFIX}*"  # --fsdp: the folders of sharded model/average/optimizer states
 RESULT_NAME = "result.json"  # written last: a run folder holding it holds a finished run
 SUMMARY_NAME = "summary.csv"
 RUN_FILES = ("args.json", SUMMARY_NAME, RESULT_NAME, CHECKPOINT_NAME, "model.safetensors", "config.json", "README.md")
@@ -156,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--export-ema", type=float, default=None, metavar="DECAY",
                    help="also keep timm's EMA with this decay beside the run's own average and export it to <run>/ema/ "
                         "(one run then gives last, EMA and BMA weights)")
+    g.add_argument("--export-bma-betas", type=float, nargs="+", default=None, metavar="BETA",
+                   help="also keep a Beta moving average with each of these betas beside the run's own average, over "
+                        "the same steps, and export each to <run>/bma_beta<BETA>/ (1: the uniform average). An average "
+                        "never feeds back into training, so one run gives the whole beta sweep on one trajectory")
     g.add_argument("--wise-ft-alphas", type=float, nargs="+", default=None,
                    help="WiSE-FT: after training, interpolate with the zero-shot weights at each alpha, keep the best "
                         "on the source domains' val split (default for --method wise_ft: 0 0.25 0.5 0.75 1)")
@@ -245,9 +251,15 @@ def check_args(args: argparse.Namespace) -> None:
     if args.export_ema is not None and args.model_ema:
         raise ConfigError("--export-ema keeps an EMA beside the run's average, but --model-ema already makes the EMA "
                           "the run's average; drop one of them")
-    if args.fsdp and (args.model_ema or args.export_ema is not None or args.wise_ft_alphas):
-        raise ConfigError("--fsdp works with BMA or the last weights: timm's EMA (--model-ema, --export-ema) and "
-                          "WiSE-FT (--wise-ft-alphas) need the whole model on each rank; drop one of them")
+    for beta in args.export_bma_betas or ():
+        if not 0 < beta < math.inf:  # also refuses nan
+            raise ConfigError(f"--export-bma-betas are Beta(beta, beta) parameters > 0 (1: the uniform average), got {beta}")
+    if args.export_bma_betas is not None and len(set(map(bma_dir, args.export_bma_betas))) < len(args.export_bma_betas):
+        raise ConfigError(f"--export-bma-betas names a beta twice: {' '.join(f'{b:g}' for b in args.export_bma_betas)}")
+    if args.fsdp and (args.model_ema or args.export_ema is not None or args.export_bma_betas or args.wise_ft_alphas):
+        raise ConfigError("--fsdp works with BMA or the last weights: timm's EMA (--model-ema, --export-ema), the extra "
+                          "averages (--export-bma-betas) and WiSE-FT (--wise-ft-alphas) need the whole model on each "
+                          "rank; drop one of them")
     if args.fsdp and args.checkpoint_hist:
         raise ConfigError("--checkpoint-hist keeps copies of checkpoint.pt, whose --fsdp shards live in folders "
                           "beside it; drop one of them")
@@ -314,10 +326,15 @@ def clear_previous_run(out_dir: Path, args: argparse.Namespace) -> None:
                           "choose another --seed or --experiment")
     for path in [*(out_dir / name for name in RUN_FILES), *out_dir.glob("checkpoint-*.pt")]:
         path.unlink(missing_ok=True)  # unlink removes a symlink, never what it points to
-    for name in EXTRA_DIRS:
-        remove_subfolder(out_dir / name)
+    for path in [*(out_dir / name for name in EXTRA_DIRS), *out_dir.glob(BMA_DIRS_GLOB)]:
+        remove_subfolder(path)
     for shards in out_dir.glob(SHARDS_GLOB):
         remove_subfolder(shards)
+
+
+def bma_dir(beta: float) -> str:
+    """The sub-folder of the --export-bma-betas average with ``beta`` (``bma_beta0.1``, ``bma_beta1``)."""
+    return f"{BMA_DIR_PREFIX}{beta:g}"
 
 
 def remove_subfolder(path: Path) -> None:
@@ -478,6 +495,8 @@ class Run:
             self.optimizer, self.method.phase_starts(self.total_steps), self.total_steps, args.warmup_steps,
             sched=args.sched, warmup_lr=args.warmup_lr, min_lr=args.min_lr)
         self.extra_ema = ModelEmaV3(self.model, decay=args.export_ema) if args.export_ema is not None else None
+        self.extra_bmas = {beta: ModelBma(self.model, total_steps=self.total_steps, beta=beta, exclude_buffers=True)
+                           for beta in args.export_bma_betas or ()}
         self.amp_dtype = AMP_DTYPES[args.amp_dtype] if args.amp else None
         self.scaler = NativeScaler(device=self.device.type) if self.amp_dtype == torch.float16 else None
 
@@ -525,7 +544,7 @@ class Run:
                 "--margin-lambda": a.margin_lambda, "--fixed-margin": a.fixed_margin, "--seed": a.seed,
                 "--scale": list(a.scale), "--hflip": a.hflip, "--color-jitter": a.color_jitter,
                 "--lp-steps": a.lp_steps, "--carft-lambda": a.carft_lambda, "--croft-lambda": a.croft_lambda,
-                "--export-ema": a.export_ema, "--fsdp": a.fsdp}
+                "--export-ema": a.export_ema, "--export-bma-betas": a.export_bma_betas, "--fsdp": a.fsdp}
 
     def check_resumable(self, path: str, stored: Optional[Dict[str, Any]]) -> None:
         if stored is None:
@@ -574,6 +593,12 @@ class Run:
             if state.get("ema") is None:
                 raise ConfigError(f"{path} was written without --export-ema; resume with the run's own flags")
             self.extra_ema.module.load_state_dict(state["ema"])
+        stored = state.get("bmas") or {}
+        if set(stored) != {f"{b:g}" for b in self.extra_bmas}:
+            written = f"--export-bma-betas {' '.join(stored)}" if stored else "no --export-bma-betas"
+            raise ConfigError(f"{path} was written with {written}; resume with the run's own flags")
+        for beta, bma in self.extra_bmas.items():
+            bma.module.load_state_dict(stored[f"{beta:g}"])
         self.optimizer.load_state_dict(state["optimizer"])
 
     def save(self) -> None:
@@ -589,7 +614,8 @@ class Run:
                             scheduler=self.scheduler, scaler=self.scaler, step=self.step, epoch=self.next_epoch,
                             extra={"best": self.best, "nonfinite_steps": self.nonfinite_steps,
                                    "run_args": self.defining_args(), "checkpoint_hist": self.history,
-                                   "ema": self.extra_ema.module.state_dict() if self.extra_ema is not None else None},
+                                   "ema": self.extra_ema.module.state_dict() if self.extra_ema is not None else None,
+                                   "bmas": {f"{b:g}": bma.module.state_dict() for b, bma in self.extra_bmas.items()}},
                             shards=shards)
             for old in self.out_dir.glob(SHARDS_GLOB):  # only once the new checkpoint names its own shards
                 if old.name != shards:
@@ -736,6 +762,8 @@ class Run:
                 self.average.update(self.model, step=self.step)
             if self.extra_ema is not None:
                 self.extra_ema.update(self.model, step=self.step)
+            for bma in self.extra_bmas.values():
+                bma.update(self.model, step=self.step)
             if self.step % args.log_interval == 0 or self.step == self.total_steps:
                 # img/s over the whole run in this process (evaluations and saves included), not since the last line
                 elapsed = time.monotonic() - self.train_started
@@ -787,11 +815,12 @@ class Run:
 
     def export(self, metrics: Dict[str, float], model: Optional[torch.nn.Module] = None,
                out_dir: Optional[Path] = None, weights: Optional[str] = None,
-               wise_ft: Optional[Dict[str, Any]] = None) -> None:
+               wise_ft: Optional[Dict[str, Any]] = None, bma_beta: Optional[float] = None) -> None:
         """``save_pretrained`` of ``model`` (default: the evaluated one) into ``out_dir`` (default: the run folder; a
         symlink planted where a sub-folder export goes is removed, never written through).
 
-        ``weights`` names what is exported when it is not the run's evaluated model ('last'); ``wise_ft``
+        ``weights`` names what is exported when it is not the run's evaluated model ('last'), with ``bma_beta`` the
+        beta of an extra BMA; ``wise_ft``
         records the chosen alpha and the validation score of each alpha. Every rank calls it (with --fsdp the
         weights are gathered, which takes them all); rank 0 writes.
         """
@@ -803,7 +832,7 @@ class Run:
                   "bma_beta": args.bma_beta if isinstance(self.average, ModelBma) else None,
                   "seed": args.seed}
         if weights is not None:
-            recipe.update(weight_average=weights, bma_beta=None)
+            recipe.update(weight_average=weights, bma_beta=bma_beta)
         if wise_ft is not None:
             recipe["wise_ft"] = wise_ft
         model = self.eval_model if model is None else model
@@ -940,16 +969,17 @@ class Run:
             self.eval_skipped = counted
 
     def export_extra_weights(self) -> None:
-        """Last weights (when the run exports an average) and the --export-ema EMA, each evaluated and exported into
-        its own sub-folder: the study compares last, EMA and averaged weights of one run."""
-        extra = [(LAST_DIR, self.model)] if self.average is not None else []
+        """Last weights (when the run exports an average), the --export-ema EMA and the --export-bma-betas averages,
+        each evaluated and exported into its own sub-folder: the study compares last, EMA and averaged weights, and
+        BMA's betas, on one run."""
+        extra = [(LAST_DIR, self.model, LAST_DIR, None)] if self.average is not None else []
         if self.extra_ema is not None:
-            extra.append((EMA_DIR, self.extra_ema.module))
-        for label, model in extra:
+            extra.append((EMA_DIR, self.extra_ema.module, f"ModelEmaV3 (decay {self.args.export_ema})", None))
+        extra += [(bma_dir(beta), bma.module, "ModelBma", beta) for beta, bma in self.extra_bmas.items()]
+        for folder, model, weights, beta in extra:
             with self.samples_already_counted():
                 metrics = self.evaluate(model)
-            self.export(metrics, model=model, out_dir=self.out_dir / label,
-                        weights=label if label == LAST_DIR else f"ModelEmaV3 (decay {self.args.export_ema})")
+            self.export(metrics, model=model, out_dir=self.out_dir / folder, weights=weights, bma_beta=beta)
 
     def refuse_an_export_that_is_wise_ft(self) -> None:
         """A resumed run's export that already is its WiSE-FT (written in its place, without --export-wise-ft) is

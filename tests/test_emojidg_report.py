@@ -28,7 +28,8 @@ SELECTED = {"erm": {d: (1e-5, 300) if d == "line" else (1e-4, 1000) for d in DOM
             "lp_ft": {d: (1e-4, 300) for d in DOMAINS[:3]}}  # lp_ft has no results on the last style
 # probability of a correct image per variant (and weights); the ablations run at CLIPood's config
 ACCURACY = {"zeroshot": 0.2, "erm": 0.45, "clipood": 0.8, "clipood@ema": 0.75, "clipood@last": 0.6, "lp_ft": 0.5,
-            "ce_bma": 0.78, "fixed_margin": 0.97, "clipood_beta1.5": 0.7, "clipood_beta0.2": 0.65,
+            "ce_bma": 0.78, "fixed_margin": 0.97, "clipood@bma_beta1.5": 0.7, "clipood@bma_beta0.2": 0.65,
+            "clipood@bma_beta1": 0.72,
             "clipood_lambda0.1": 0.79, "clipood_tau0.05": 0.5, "ce_bma_tau0.05": 0.6, "flyp": 0.9,
             "erm@wise_ft": 0.45, "clipood@wise_ft": 0.8, "erm@wise_ft_fixed": 0.55, "clipood@wise_ft_fixed": 0.7}
 
@@ -101,8 +102,9 @@ def study(tmp_path_factory):
     for d in DOMAINS:
         fx.run("zeroshot", d, None, None, 0, "zeroshot")
         for variant in ("erm", "clipood"):
-            weights = ("selected", "ema", "last", "wise_ft", "wise_ft_fixed") if variant == "clipood" else (
-                "selected", "wise_ft", "wise_ft_fixed")
+            # CLIPood's runs export the beta sweep's averages (on "line" without beta 1, as an older run would)
+            weights = ("selected", "ema", "last", "bma_beta1.5", "bma_beta0.2", *(("bma_beta1",) if d != "line" else ()),
+                       "wise_ft", "wise_ft_fixed") if variant == "clipood" else ("selected", "wise_ft", "wise_ft_fixed")
             for lr in LRS:
                 for steps in STEPS:
                     for seed in (0, 1):
@@ -111,7 +113,7 @@ def study(tmp_path_factory):
         if d in SELECTED["lp_ft"]:
             fx.run("lp_ft", d, *SELECTED["lp_ft"][d], 0, "grid", ood=False)
         lr, steps = SELECTED["clipood"][d]
-        for variant in ("ce_bma", "fixed_margin", "clipood_beta1.5", "clipood_beta0.2", "clipood_lambda0.1",
+        for variant in ("ce_bma", "fixed_margin", "clipood_lambda0.1",
                         "clipood_tau0.05", "ce_bma_tau0.05"):
             for seed in (0, 1):
                 fx.run(variant, d, lr, steps, seed, "ablation")
@@ -217,12 +219,22 @@ def test_ablations_read_clipoods_config_and_its_ema_and_last_rows(study):
     assert ab["loss"]["top1"]["ce_bma"]["3d"]["n"] == 2
     assert ab["averaging"]["top1"]["clipood@ema"] == expected_top1(fx, "clipood@ema")
     assert ab["averaging"]["top1"]["clipood@last"] == expected_top1(fx, "clipood@last")
-    assert ab["averaging"]["top1"]["clipood_uniform"] == {}
+    uniform = expected_top1(fx, "clipood@bma_beta1")
+    assert ab["averaging"]["top1"]["clipood@bma_beta1"] == uniform and "line" not in uniform and "avg" not in uniform
     assert_interval(ab["averaging"]["differences"]["clipood@last - clipood"], fx, "clipood@last", "clipood")
-    assert list(ab["beta_sweep"]["top1"]) == ["clipood", "clipood_beta0.2", "clipood_beta1.5"]  # sorted by value
+    assert list(ab["beta_sweep"]["top1"]) == ["clipood", "clipood@bma_beta0.2", "clipood@bma_beta1",
+                                              "clipood@bma_beta1.5"]  # sorted by value
+    assert ab["beta_sweep"]["top1"]["clipood@bma_beta0.2"] == expected_top1(fx, "clipood@bma_beta0.2")
+    assert_interval(ab["beta_sweep"]["differences"]["clipood@bma_beta1.5 - clipood"], fx, "clipood@bma_beta1.5",
+                    "clipood")
+    assert "| CLIPood, beta = 0.2 |" in md
+    for title in ("Ablation: weight averaging", "Ablation: beta sweep"):  # which step each arm's weights are from
+        section = md.split(f"## {title}")[1].split("##")[0]
+        assert study_report.AT_THE_END in section
     assert_interval(ab["tau_sweep"]["differences"]["clipood_tau0.05 - clipood"], fx, "clipood_tau0.05", "clipood")
     assert ab["lambda_sweep"]["top1"]["clipood_lambda0.1"] == expected_top1(fx, "clipood_lambda0.1")
-    assert "| MMS + uniform average (beta 1) | missing | missing | missing | missing | missing | 0 / 0 / 0 / 0 |" in md
+    (line,) = [x for x in md.splitlines() if x.startswith("| MMS + uniform average (beta 1) |")][:1]
+    assert line.endswith("| missing | missing | 3 / 3 / 3 / 0 |")
 
 
 def test_wise_ft_tables_set_the_fixed_alpha_beside_each_fine_tune_on_the_same_runs(study):

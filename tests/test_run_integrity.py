@@ -70,6 +70,20 @@ def test_resume_with_another_schedule_is_refused_naming_the_argument(shards, tmp
     assert (run / "checkpoint.pt").read_bytes() == before
 
 
+def test_resume_asking_for_averages_its_checkpoint_never_kept_is_refused(shards, tmp_path, capsys):
+    """A checkpoint of an older train.py records no --export-bma-betas: the averages it would need are not in it."""
+    train.main(train_args(shards, tmp_path, "--steps", "4", "--method", "clipood"))
+    run = tmp_path / "run"
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    del state["run_args"]["--export-bma-betas"], state["bmas"]
+    torch.save(state, run / "checkpoint.pt")
+    before = (run / "checkpoint.pt").read_bytes()
+    err = exits_with(train.main, train_args(shards, tmp_path, "--steps", "4", "--method", "clipood",
+                                            "--export-bma-betas", "0.25", "--resume", str(run)), capsys)
+    assert err.startswith(f"train.py: error: {run} was written with no --export-bma-betas; resume with the run's own flags")
+    assert (run / "checkpoint.pt").read_bytes() == before
+
+
 def test_grad_accumulation_longer_than_an_epoch_is_refused_before_training(shards, tmp_path, capsys):
     err = exits_with(train.main, train_args(shards, tmp_path, "--steps", "2", "--grad-accum-steps", "50"), capsys)
     assert ("train.py: error: --grad-accum-steps 50 takes 50 batches per optimizer step, but an epoch of the 'train' "
@@ -130,10 +144,11 @@ def test_seeds_get_their_own_folders_and_a_finished_run_needs_overwrite(shards, 
     (run / "checkpoint-0.pt").write_bytes(b"the replaced run's")
     (run / train.EMA_DIR).mkdir()  # a sub-folder export of the replaced run (--export-ema), which this run lacks
     (run / train.EMA_DIR / "model.safetensors").write_bytes(b"the replaced run's")
+    (run / train.bma_dir(0.25)).mkdir()  # and one of its --export-bma-betas averages
     again = train.main(args(1, "--overwrite"))
     assert again["output"] == first["output"] and (run / train.RESULT_NAME).exists()
     assert not (run / "checkpoint-0.pt").exists()  # nothing of the replaced run is left to be mistaken for this one
-    assert not (run / train.EMA_DIR).exists()
+    assert not (run / train.EMA_DIR).exists() and not (run / "bma_beta0.25").exists()
 
 
 @pytest.mark.parametrize("experiment", ["../../x", "..", "a/b", ""])

@@ -332,6 +332,10 @@ def test_source_val_scores_the_training_classes_rows_as_validate_py_classes_base
     (["--method", "lp_ft", "--lp-steps", "-1"], "lp_steps must be >= 0"),
     (["--export-ema", "1.0"], "--export-ema is an EMA decay in [0, 1)"),
     (["--export-ema", "0.9", "--model-ema"], "--export-ema keeps an EMA beside the run's average"),
+    (["--export-bma-betas", "0.5", "0"], "--export-bma-betas are Beta(beta, beta) parameters > 0 (1: the uniform "
+                                         "average), got 0.0"),
+    (["--export-bma-betas", "inf"], "--export-bma-betas are Beta(beta, beta) parameters > 0"),
+    (["--export-bma-betas", "1", "1.0"], "--export-bma-betas names a beta twice: 1 1"),
     (["--method", "wise_ft", "--val-split", "nosuch"], "WiSE-FT chooses alpha on the source domains' 'nosuch' split"),
     (["--method", "erm", "--export-wise-ft"], "--export-wise-ft exports WiSE-FT beside the run, but --method erm has"),
     (["--method", "wise_ft", "--export-wise-ft-fixed", "0.5"], "--export-wise-ft-fixed exports a fixed-alpha WiSE-FT "
@@ -368,6 +372,45 @@ def test_export_ema_keeps_timms_ema_beside_bma_and_last(shards, tmp_path, monkey
     assert saved[-1][2] is not None  # the EMA is checkpointed, so a resumed run continues it
 
 
+def beta_average(thetas, beta):
+    """Independently of clipood_zoo.bma: sum_k a_k theta_k / sum_k a_k over theta_0..theta_T, a_k the Beta(beta, beta)
+    density at (k + 0.5) / (T + 1), written from the formula with math.gamma."""
+    total = len(thetas) - 1
+    norm = math.gamma(beta) ** 2 / math.gamma(2 * beta)
+    a = [((k + 0.5) / (total + 1)) ** (beta - 1) * (1 - (k + 0.5) / (total + 1)) ** (beta - 1) / norm
+         for k in range(total + 1)]
+    return {key: sum(w * t[key].double() for w, t in zip(a, thetas)) / sum(a) for key in thetas[0]}
+
+
+def test_export_bma_betas_are_beta_averages_of_the_runs_own_steps(shards, tmp_path, monkeypatch):
+    saved, initial = [], []
+    real_save, real_bma = train.save_checkpoint, train.ModelBma
+    monkeypatch.setattr(train, "save_checkpoint", lambda path, **kw: (saved.append(
+        (kw["step"], {k: v.clone() for k, v in kw["model"].named_parameters()})), real_save(path, **kw)))
+
+    class RecordingBma(real_bma):
+        def __init__(self, model, **kw):  # theta_0: the weights every average starts from
+            initial.append({k: v.detach().clone() for k, v in model.named_parameters()})
+            super().__init__(model, **kw)
+
+    monkeypatch.setattr(train, "ModelBma", RecordingBma)
+    train.main(train_args(shards, tmp_path, "--steps", "3", "--method", "clipood", "--export-bma-betas", "0.25", "1",
+                          "--checkpoint-interval", "1"))
+    run = tmp_path / "run"
+    thetas = [initial[0], *(weights for _, weights in sorted(dict(saved).items()))]
+    assert len(thetas) == 4 and all(torch.equal(initial[0][k], i[k]) for i in initial for k in i)
+    for beta in (0.25, 1.0):
+        exported = load_file(run / f"bma_beta{beta:g}" / "model.safetensors")
+        expected = beta_average(thetas, beta)
+        for key, value in expected.items():
+            torch.testing.assert_close(exported[key].double(), value, rtol=1e-5, atol=1e-6)
+        recipe = json.loads((run / f"bma_beta{beta:g}" / "config.json").read_text())["pretrained_cfg"]["recipe"]
+        assert (recipe["weight_average"], recipe["bma_beta"]) == ("ModelBma", beta)
+    uniform = beta_average(thetas, 1.0)
+    assert all(torch.allclose(uniform[k], sum(t[k].double() for t in thetas) / 4) for k in uniform)  # beta 1: uniform
+    assert not all(torch.allclose(uniform[k], beta_average(thetas, 0.25)[k]) for k in uniform)  # betas tell apart
+
+
 def test_two_process_ddp_lp_ft_with_wise_ft_and_ema(shards, tmp_path):
     """The LP phase leaves the tower without gradients (DDP must look for unused parameters); WiSE-FT and the
     extra EMA evaluate on every rank."""
@@ -386,8 +429,8 @@ def test_two_process_ddp_lp_ft_with_wise_ft_and_ema(shards, tmp_path):
 
 
 def test_resumed_run_continues_the_ema_and_interpolates_with_the_initial_weights(shards, tmp_path, monkeypatch):
-    flags = ("--steps", "4", "--method", "clipood", "--export-ema", "0.5", "--wise-ft-alphas", "0.5",
-             "--checkpoint-interval", "2")
+    flags = ("--steps", "4", "--method", "clipood", "--export-ema", "0.5", "--export-bma-betas", "0.25",
+             "--wise-ft-alphas", "0.5", "--checkpoint-interval", "2")
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     train.main(train_args(shards, straight, *flags))
     real_save = train.Run.save
@@ -402,7 +445,7 @@ def test_resumed_run_continues_the_ema_and_interpolates_with_the_initial_weights
         train.main(train_args(shards, killed, *flags))
     monkeypatch.setattr(train.Run, "save", real_save)
     train.main(train_args(shards, killed, *flags, "--resume", str(killed / "run")))
-    for name in ("model.safetensors", "ema/model.safetensors", "last/model.safetensors"):
+    for name in ("model.safetensors", "ema/model.safetensors", "last/model.safetensors", "bma_beta0.25/model.safetensors"):
         a, b = load_file(straight / "run" / name), load_file(killed / "run" / name)
         for key, value in a.items():
             assert torch.equal(value, b[key]), (name, key)

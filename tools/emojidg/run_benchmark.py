@@ -28,17 +28,17 @@ peers, then the ablation (:func:`stages`); each runs what is left of it):
 
 Layout under ``--out`` (read by tools/emojidg/report.py; only ever extended)::
 
-    runs/<run_id>/                     train.py's run folder (exported model; last/, ema/, wise_ft/, wise_ft_fixed/
-                                        beside it)
+    runs/<run_id>/                     train.py's run folder (exported model; last/, ema/, bma_beta<b>/, wise_ft/,
+                                        wise_ft_fixed/ beside it)
     results/zeroshot-<domain>.json     validate.py rows of the base model (weights "selected")
     results/<run_id>.json              validate.py rows of the run, one per weights ("weights" field)
     results/<run_id>.predictions.json  validate.py --predictions-file of the same call: {"split": "test", "models":
-                                        {"<model>|weights=<selected|last|ema|wise_ft|wise_ft_fixed>": {target,
+                                        {"<model>|weights=<selected|last|ema|bma_beta<b>|wise_ft|...>": {target,
                                         domain, prediction, split, weights}}} (one split per call; validate.py's
                                         docstring has the format)
     results/<run_id>.run.json          {run_id, variant, domain, lr, steps, seed, source_val_top1, phase,
-                                        train_args, weights: {selected, last?, ema?, wise_ft?, wise_ft_fixed?: paths
-                                        relative to --out}}; a derived run's: its fine-tune's train_args, weights {selected:
+                                        train_args, weights: {selected, last?, ema?, bma_beta<b>?, wise_ft?,
+                                        wise_ft_fixed?: paths relative to --out}}; a derived run's: its fine-tune's train_args, weights {selected:
                                         runs/<fine-tune run_id>/wise_ft}, derived_from: <fine-tune run_id>, and
                                         results/<run_id>.json (+ .predictions.json) are the fine-tune's wise_ft
                                         rows (and predictions) relabelled "selected"
@@ -88,7 +88,7 @@ from clipood_zoo.methods import METHODS  # noqa: E402
 from clipood_zoo.models.emoji import RECIPE  # noqa: E402
 from clipood_zoo.stats import paired_class_bootstrap  # noqa: E402
 from clipood_zoo.weight_space import interpolate_state_dicts  # noqa: E402
-from train import EMA_DIR, LAST_DIR, WISE_FT_DIR, WISE_FT_FIXED_DIR  # noqa: E402
+from train import EMA_DIR, LAST_DIR, WISE_FT_DIR, WISE_FT_FIXED_DIR, bma_dir  # noqa: E402
 from train import build_parser as build_train_parser  # noqa: E402
 import validate  # noqa: E402
 from emojidg.paths import repo_relative  # noqa: E402
@@ -110,10 +110,17 @@ PHASES = ("grid", "seeds", "ablation")
 # beside the alpha source val chooses, WiSE-FT at the paper's fixed alpha (source val chose 1 in every v1-recipe run)
 EXPORT_WISE_FT = ["--wise-ft-alphas", *WISE_FT_ALPHAS, "--export-wise-ft",
                   "--export-wise-ft-fixed", f"{WISE_FT_FIXED_ALPHA:g}"]
+# the beta sweep (1 is the uniform average): every clipood run exports these averages of its own steps
+# (--export-bma-betas), since an average never feeds back into training. The sweep then costs no run of its own, has
+# every seed of CLIPood, and compares the betas on one trajectory. The recipe's 0.5 is among them: the run's selected
+# export is its BMA at the step source val chose, and these are all taken at the end of training, so bma_beta0.5 is
+# the reference for comparing averages at the same step.
+BETAS = (0.1, 0.25, 0.5, 1.0, 2.0)
 # trained variant -> train.py flags (lr, steps, seed and data come from the run)
 TRAINED_VARIANTS: Dict[str, List[str]] = {
     "erm": ["--method", "erm", *EXPORT_WISE_FT],
-    "clipood": ["--method", "clipood", "--export-ema", str(EMA_DECAY), *EXPORT_WISE_FT],
+    "clipood": ["--method", "clipood", "--export-ema", str(EMA_DECAY),
+                "--export-bma-betas", *(f"{b:g}" for b in BETAS), *EXPORT_WISE_FT],
     "lp_ft": ["--method", "lp_ft"],  # --lp-steps: LP_SHARE of the run's steps
     "flyp": ["--method", "flyp"],
     # train.py's default lambda 1: the paper publishes no code and no single value
@@ -133,12 +140,10 @@ GRID_VARIANTS = ("erm", "clipood", "wise_ft", "clipood_wise_ft", "lp_ft", "flyp"
 HEADLINE = ("erm", "clipood", "wise_ft")  # >= 5 seeds, with zero-shot and the best peer
 PAPER_COMPARISON = ("erm", "clipood", "wise_ft", "clipood_wise_ft")  # tuned and seeded before the peers (stages)
 PEERS = ("lp_ft", "flyp", "car_ft", "croft")
-BETAS, LAMBDAS, TAUS = (0.1, 0.25, 2.0), (0.1, 0.6, 1.0), (0.02, 0.1)  # recipe: beta 0.5, lambda 0.3, tau 1/20
+LAMBDAS, TAUS = (0.1, 0.6, 1.0), (0.02, 0.1)  # recipe: lambda 0.3, tau 1/20
 ABLATIONS: Dict[str, List[str]] = {
     "ce_bma": ["--method", "clipood", "--margin-lambda", "0"],
     "fixed_margin": ["--method", "clipood", "--fixed-margin"],
-    "clipood_uniform": ["--method", "clipood", "--bma-beta", "1"],
-    **{f"clipood_beta{b:g}": ["--method", "clipood", "--bma-beta", f"{b:g}"] for b in BETAS},
     **{f"clipood_lambda{m:g}": ["--method", "clipood", "--margin-lambda", f"{m:g}"] for m in LAMBDAS},
     **{f"clipood_tau{t:g}": ["--method", "clipood", "--temperature", f"{t:g}"] for t in TAUS},
     # the margin is relative to tau (MMS divides (f - lambda t_y) @ T by it): CE at the same taus isolates its effect
@@ -178,17 +183,18 @@ class StudyRun:
     @property
     def weights(self) -> List[str]:
         """The weights a trained run exports: its selection, the last weights of a run with a weight average
-        (train.py exports them into ``last/``), the --export-ema EMA (``ema/``), the --export-wise-ft WiSE-FT
-        (``wise_ft/``)."""
+        (train.py exports them into ``last/``), the --export-ema EMA (``ema/``), the --export-bma-betas averages
+        (``bma_beta<b>/``), the --export-wise-ft WiSE-FT (``wise_ft/``)."""
         flags = self.flags
         averaged = METHODS[flags[flags.index("--method") + 1]].default_bma  # no variant turns BMA off
+        betas = BETAS if "--export-bma-betas" in flags else ()  # the flag's values are BETAS (TRAINED_VARIANTS)
         return ["selected", *(["last"] if averaged else []), *(["ema"] if "--export-ema" in flags else []),
-                *(["wise_ft"] if "--export-wise-ft" in flags else []),
+                *map(bma_dir, betas), *(["wise_ft"] if "--export-wise-ft" in flags else []),
                 *(["wise_ft_fixed"] if "--export-wise-ft-fixed" in flags else [])]
 
 
 WEIGHTS_DIRS = {"selected": "", "last": LAST_DIR, "ema": EMA_DIR, "wise_ft": WISE_FT_DIR,  # sub-folder of the run
-                "wise_ft_fixed": WISE_FT_FIXED_DIR}
+                "wise_ft_fixed": WISE_FT_FIXED_DIR, **{bma_dir(b): bma_dir(b) for b in BETAS}}
 
 
 def trained_runs(runs: Sequence[StudyRun]) -> List[StudyRun]:

@@ -2,10 +2,10 @@
 
 Each method is read at its selected (lr, steps) per held-out domain from ``selection.json`` (the runner
 chose it on the source domains' val split; nothing here selects). The ablations are read at CLIPood's
-selected (lr, steps): ``ce_bma``, ``fixed_margin``, ``clipood_uniform``, the sweeps
-``clipood_beta<b>``, ``clipood_lambda<l>``, ``clipood_tau<t>`` and CE at those taus ``ce_bma_tau<t>`` (the
-margin against tau) are runs of their own; EMA and last weights
-are the ``"ema"``/``"last"`` rows of the CLIPood runs. A cell averages the seeds found there (all
+selected (lr, steps): ``ce_bma``, ``fixed_margin``, the sweeps ``clipood_lambda<l>``, ``clipood_tau<t>`` and CE
+at those taus ``ce_bma_tau<t>`` (the margin against tau) are runs of their own; EMA, last weights and the beta
+sweep (``bma_beta<b>``, the uniform average at b = 1) are the ``"ema"``/``"last"``/``"bma_beta<b>"`` rows of
+the CLIPood runs themselves (an average never feeds back into training). A cell averages the seeds found there (all
 phases), and every table shows how many; a cell without results is "missing", and an average over
 the held-out styles exists only when every style has results.
 
@@ -37,7 +37,7 @@ HEADLINE = ("zeroshot", "erm", "clipood", "wise_ft", "clipood_wise_ft", "lp_ft",
 LABELS = {"zeroshot": "zero-shot", "erm": "ERM", "clipood": "CLIPood (MMS + BMA)", "wise_ft": "WiSE-FT (on ERM)",
           "clipood_wise_ft": "CLIPood + WiSE-FT", "lp_ft": "LP-FT", "flyp": "FLYP", "car_ft": "CAR-FT",
           "croft": "CRoFT", "ce_bma": "CE + BMA (lambda 0)", "fixed_margin": "fixed margin + BMA",
-          "clipood@ema": "MMS + EMA", "clipood_uniform": "MMS + uniform average (beta 1)",
+          "clipood@ema": "MMS + EMA", "clipood@bma_beta1": "MMS + uniform average (beta 1)",
           "clipood@last": "MMS, last weights",
           "erm@wise_ft": "WiSE-FT (on ERM), alpha chosen on source val",
           "clipood@wise_ft": "CLIPood + WiSE-FT, alpha chosen on source val",
@@ -48,7 +48,7 @@ SWEEPS = {"beta": "beta sweep (the BMA's Beta(beta, beta) weights over steps)",
           "tau": "tau sweep (the margin against the temperature it is relative to)"}
 # the ablation tables: arms compared with the first (at its selected (lr, steps)), and each table's title
 ABLATIONS = {"loss": ("clipood", "ce_bma", "fixed_margin"),
-             "averaging": ("clipood", "clipood@ema", "clipood_uniform", "clipood@last"),
+             "averaging": ("clipood", "clipood@ema", "clipood@bma_beta1", "clipood@last"),
              # WiSE-FT's alpha chosen on source val against the paper's fixed alpha, on the same fine-tuning runs
              # (the fine-tune runs' own wise_ft rows, not the WiSE-FT variants, whose selected config may differ)
              "wise_ft_alpha_erm": ("erm", "erm@wise_ft", "erm@wise_ft_fixed"),
@@ -58,9 +58,15 @@ TITLES = {"loss": "Ablation: loss (MMS vs CE vs fixed margin)",
           "wise_ft_alpha_erm": "WiSE-FT on ERM: alpha chosen on source val vs fixed",
           "wise_ft_alpha_clipood": "CLIPood + WiSE-FT: alpha chosen on source val vs fixed",
           **{f"{p}_sweep": f"Ablation: {what}" for p, what in SWEEPS.items()}}
+# what a reader must know to read a table's arms: which weights are taken at which step
+AT_THE_END = ("The EMA, the last weights and every beta's average are the CLIPood runs' weights at the end of "
+              "training; CLIPood's own row is its selected export, the BMA at the step source val chose (the last "
+              "step in a run that evaluates once); the row beta = 0.5, where there is one, is that BMA at the end.")
+NOTES = {"averaging": AT_THE_END, "beta_sweep": AT_THE_END}
 SHORT = {"clipood": "CLIPood", "erm": "ERM"}  # the arm a table compares with, in its sentences
 WISE_FT_GROUPS = ("wise_ft_alpha_erm", "wise_ft_alpha_clipood")  # also compared on the new classes' images
-SWEEP_NAME = re.compile(r"clipood_(?P<param>beta|lambda|tau)(?P<value>.+)")
+SWEEP_NAME = re.compile(r"clipood_(?P<param>lambda|tau)(?P<value>.+)")  # a sweep's runs of their own
+BMA_SWEEP = re.compile(r"clipood@bma_beta(?P<value>.+)")  # the beta sweep: averages of the CLIPood runs' steps
 CE_AT_TAU = re.compile(r"ce_bma_tau(?P<value>.+)")  # CE + BMA at a sweep's tau: the margin's effect at that tau
 # (A, B, images, the paper's claim that A beats B); the verdict comes from the interval of A - B averaged over
 # styles, on every image ("all") or on the new classes' images ("new": classes no fine-tune trained on).
@@ -71,7 +77,7 @@ CLAIMS = (("clipood", "zeroshot", "all", "CLIPood improves on zero-shot CLIP on 
           ("clipood", "ce_bma", "all", "the margin metric softmax (MMS) beats cross-entropy (both with BMA)"),
           ("clipood", "fixed_margin", "all", "the class-adaptive margin beats a fixed margin"),
           ("clipood", "clipood@ema", "all", "BMA beats an exponential moving average"),
-          ("clipood", "clipood_uniform", "all", "BMA beats a uniform average of the weights"),
+          ("clipood", "clipood@bma_beta1", "all", "BMA beats a uniform average of the weights"),
           ("clipood", "clipood@last", "all", "BMA beats the last weights"))
 OPEN_SET = ("ood_auroc_mcm", "ood_fpr95_mcm", "ood_auroc_energy", "ood_fpr95_energy")
 PLOT_FILE = "accuracy_vs_steps.png"
@@ -79,11 +85,15 @@ Cells = Dict[str, List[Scored]]  # domain -> the seeds of one arm
 
 
 def label(name: str) -> str:
+    if name in LABELS:
+        return LABELS[name]
+    if match := BMA_SWEEP.fullmatch(name):
+        return f"CLIPood, beta = {match['value']}"
     if match := SWEEP_NAME.fullmatch(name):
         return f"CLIPood, {match['param']} = {match['value']}"
     if match := CE_AT_TAU.fullmatch(name):
         return f"CE + BMA, tau = {match['value']}"
-    return LABELS.get(name, name)
+    return name
 
 
 def arm(study: Study, name: str) -> Cells:
@@ -208,8 +218,15 @@ def interval_json(cells: Dict[str, PairedInterval]) -> Dict:
 
 
 def sweep_arms(study: Study, param: str) -> List[str]:
-    names = {s.run.variant for s in study.scored if (m := SWEEP_NAME.fullmatch(s.run.variant)) and m["param"] == param}
-    return sorted(names, key=lambda n: float(SWEEP_NAME.fullmatch(n)["value"]))
+    """The arms of a sweep, in increasing order of the value: for beta the CLIPood runs' own averages
+    (``clipood@bma_beta<b>``), for lambda and tau runs of their own (``clipood_<param><value>``)."""
+    if param == "beta":
+        names = {f"clipood@{s.weights}" for s in study.scored if s.run.variant == "clipood"}
+        pattern = BMA_SWEEP
+    else:
+        names = {s.run.variant for s in study.scored if (m := SWEEP_NAME.fullmatch(s.run.variant)) and m["param"] == param}
+        pattern = SWEEP_NAME
+    return sorted((n for n in names if pattern.fullmatch(n)), key=lambda n: float(pattern.fullmatch(n)["value"]))
 
 
 def margin_vs_tau_pairs(study: Study) -> Dict[str, Tuple[str, str]]:
@@ -337,7 +354,8 @@ def build(study: Study, out: Path) -> Tuple[str, Dict]:
           "at 95% true-positive rate): lower is better. No intervals (the rows hold no per-image scores):\n",
           open_set_markdown(headline)]
     for group, names in groups.items():
-        md += [f"## {TITLES[group]}\n\nHeld-out top-1 (%), {heading({n: arms[n] for n in names})}, at "
+        md += [f"## {TITLES[group]}\n\n" + (f"{NOTES[group]} " if group in NOTES else "") +
+               f"Held-out top-1 (%), {heading({n: arms[n] for n in names})}, at "
                f"{SHORT[names[0]]}'s selected (lr, steps):\n", accuracy_markdown({n: arms[n] for n in names}),
                f"Paired differences vs {SHORT[names[0]]} (as above):\n", differences_markdown(group_diffs[group])]
         if group in group_new_diffs:
