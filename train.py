@@ -87,6 +87,7 @@ from torch.distributed.tensor import DTensor
 
 import clipood_zoo
 from clipood_zoo import ClipoodError, ConfigError, ModelBma
+from clipood_zoo.bma import PAPER_BETA
 from clipood_zoo.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_shards, save_checkpoint, save_shards
 from clipood_zoo.data import DatasetInfo, create_loader, read_dataset_info
 from clipood_zoo.cli_utils import (
@@ -107,11 +108,11 @@ EMA_DIR = "ema"  # sub-folder holding the --export-ema weights
 BMA_DIR_PREFIX = "bma_beta"  # sub-folders bma_beta<beta> holding the --export-bma-betas averages
 WISE_FT_DIR = "wise_ft"  # sub-folder holding the --export-wise-ft weights
 WISE_FT_FIXED_DIR = "wise_ft_fixed"  # sub-folder holding the --export-wise-ft-fixed weights
-EXTRA_DIRS = (LAST_DIR, EMA_DIR, WISE_FT_DIR, WISE_FT_FIXED_DIR)  # every sub-folder export a run may write
+EXTRA_DIRS = (LAST_DIR, EMA_DIR, WISE_FT_DIR, WISE_FT_FIXED_DIR)  # the sub-folder exports of fixed names (and below)
 MAX_NONFINITE_RUN = 10  # consecutive skipped steps after which a run is taken to have diverged
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL (sysexits.h): stopped by a signal after a checkpoint, "try again" with --resume
-SHARDS_GLOB = f"{CHECKPOINT_NAME}.shards-*"
-BMA_DIRS_GLOB = f"{BMA_DIR_PREFIX}*"  # --fsdp: the folders of sharded model/average/optimizer states
+SHARDS_GLOB = f"{CHECKPOINT_NAME}.shards-*"  # --fsdp: the folders of sharded model/average/optimizer states
+BMA_DIRS_GLOB = f"{BMA_DIR_PREFIX}*"  # the --export-bma-betas sub-folder exports
 RESULT_NAME = "result.json"  # written last: a run folder holding it holds a finished run
 SUMMARY_NAME = "summary.csv"
 RUN_FILES = ("args.json", SUMMARY_NAME, RESULT_NAME, CHECKPOINT_NAME, "model.safetensors", "config.json", "README.md")
@@ -151,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=None, help="tau (default: 1 / the model's logit scale)")
     g.add_argument("--margin-lambda", type=float, default=0.3)
     g.add_argument("--fixed-margin", action="store_true", help="ablation: the same margin for every wrong class")
-    g.add_argument("--bma-beta", type=float, default=0.5, help="Beta(beta, beta) weights; 0 disables BMA")
+    g.add_argument("--bma-beta", type=float, default=PAPER_BETA, help="Beta(beta, beta) weights; 0 disables BMA")
     g.add_argument("--no-bma", action="store_true", help="evaluate and export the last weights")
     g.add_argument("--model-ema", action="store_true", help="timm's ModelEmaV3 instead of BMA (the paper's ablation)")
     g.add_argument("--model-ema-decay", type=float, default=0.999)
@@ -255,7 +256,7 @@ def check_args(args: argparse.Namespace) -> None:
         if not 0 < beta < math.inf:  # also refuses nan
             raise ConfigError(f"--export-bma-betas are Beta(beta, beta) parameters > 0 (1: the uniform average), got {beta}")
     if args.export_bma_betas is not None and len(set(map(bma_dir, args.export_bma_betas))) < len(args.export_bma_betas):
-        raise ConfigError(f"--export-bma-betas names a beta twice: {' '.join(f'{b:g}' for b in args.export_bma_betas)}")
+        raise ConfigError(f"--export-bma-betas names a beta twice: {' '.join(map(beta_key, args.export_bma_betas))}")
     if args.fsdp and (args.model_ema or args.export_ema is not None or args.export_bma_betas or args.wise_ft_alphas):
         raise ConfigError("--fsdp works with BMA or the last weights: timm's EMA (--model-ema, --export-ema), the extra "
                           "averages (--export-bma-betas) and WiSE-FT (--wise-ft-alphas) need the whole model on each "
@@ -332,9 +333,14 @@ def clear_previous_run(out_dir: Path, args: argparse.Namespace) -> None:
         remove_subfolder(shards)
 
 
+def beta_key(beta: float) -> str:
+    """How an --export-bma-betas beta is named in checkpoints and folders (``0.1``, ``1``: 1 and 1.0 are one beta)."""
+    return f"{beta:g}"
+
+
 def bma_dir(beta: float) -> str:
     """The sub-folder of the --export-bma-betas average with ``beta`` (``bma_beta0.1``, ``bma_beta1``)."""
-    return f"{BMA_DIR_PREFIX}{beta:g}"
+    return f"{BMA_DIR_PREFIX}{beta_key(beta)}"
 
 
 def remove_subfolder(path: Path) -> None:
@@ -544,7 +550,8 @@ class Run:
                 "--margin-lambda": a.margin_lambda, "--fixed-margin": a.fixed_margin, "--seed": a.seed,
                 "--scale": list(a.scale), "--hflip": a.hflip, "--color-jitter": a.color_jitter,
                 "--lp-steps": a.lp_steps, "--carft-lambda": a.carft_lambda, "--croft-lambda": a.croft_lambda,
-                "--export-ema": a.export_ema, "--export-bma-betas": a.export_bma_betas, "--fsdp": a.fsdp}
+                "--export-ema": a.export_ema, "--fsdp": a.fsdp,
+                "--export-bma-betas": sorted(map(beta_key, a.export_bma_betas or ())) or None}  # a set: any order
 
     def check_resumable(self, path: str, stored: Optional[Dict[str, Any]]) -> None:
         if stored is None:
@@ -594,11 +601,11 @@ class Run:
                 raise ConfigError(f"{path} was written without --export-ema; resume with the run's own flags")
             self.extra_ema.module.load_state_dict(state["ema"])
         stored = state.get("bmas") or {}
-        if set(stored) != {f"{b:g}" for b in self.extra_bmas}:
+        if set(stored) != set(map(beta_key, self.extra_bmas)):
             written = f"--export-bma-betas {' '.join(stored)}" if stored else "no --export-bma-betas"
             raise ConfigError(f"{path} was written with {written}; resume with the run's own flags")
         for beta, bma in self.extra_bmas.items():
-            bma.module.load_state_dict(stored[f"{beta:g}"])
+            bma.module.load_state_dict(stored[beta_key(beta)])
         self.optimizer.load_state_dict(state["optimizer"])
 
     def save(self) -> None:
@@ -615,7 +622,8 @@ class Run:
                             extra={"best": self.best, "nonfinite_steps": self.nonfinite_steps,
                                    "run_args": self.defining_args(), "checkpoint_hist": self.history,
                                    "ema": self.extra_ema.module.state_dict() if self.extra_ema is not None else None,
-                                   "bmas": {f"{b:g}": bma.module.state_dict() for b, bma in self.extra_bmas.items()}},
+                                   "bmas": {beta_key(b): bma.module.state_dict()
+                                            for b, bma in self.extra_bmas.items()}},
                             shards=shards)
             for old in self.out_dir.glob(SHARDS_GLOB):  # only once the new checkpoint names its own shards
                 if old.name != shards:
@@ -819,10 +827,10 @@ class Run:
         """``save_pretrained`` of ``model`` (default: the evaluated one) into ``out_dir`` (default: the run folder; a
         symlink planted where a sub-folder export goes is removed, never written through).
 
-        ``weights`` names what is exported when it is not the run's evaluated model ('last'), with ``bma_beta`` the
-        beta of an extra BMA; ``wise_ft``
-        records the chosen alpha and the validation score of each alpha. Every rank calls it (with --fsdp the
-        weights are gathered, which takes them all); rank 0 writes.
+        ``weights`` names what is exported when it is not the run's evaluated model (``last``, ``ModelEmaV3 (decay
+        d)``, or ``ModelBma`` with ``bma_beta`` its beta); ``wise_ft`` records the chosen alpha and the validation
+        score of each alpha. Every rank calls it (with --fsdp the weights are gathered, which takes them all); rank 0
+        writes.
         """
         args = self.args
         method = self.method.describe()

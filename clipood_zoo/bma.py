@@ -23,6 +23,7 @@ from .errors import ConfigError
 from .sharding import local_shard
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+PAPER_BETA = 0.5  # CLIPood's Beta(0.5, 0.5): weights the start and the end of training more than the middle
 
 
 def bma_weights(total_steps: int, beta: float) -> torch.Tensor:
@@ -33,7 +34,12 @@ def bma_weights(total_steps: int, beta: float) -> torch.Tensor:
         raise ConfigError(f"beta must be > 0 (0.5 in the paper; 1 is the uniform average), got {beta}")
     x = (torch.arange(total_steps + 1, dtype=torch.float64) + 0.5) / (total_steps + 1)
     b = torch.tensor(float(beta), dtype=torch.float64)
-    return torch.distributions.Beta(b, b).log_prob(x).exp()
+    weights = torch.distributions.Beta(b, b).log_prob(x).exp()
+    if not (torch.isfinite(weights).all() and (weights > 0).all()):  # a large beta underflows at the ends
+        raise ConfigError(f"Beta({beta:g}, {beta:g}) weights over {total_steps} steps underflow to 0 at the start and "
+                          "the end of the run, so the average would be 0/0 there; use a smaller beta (0.5 in the "
+                          "paper; 1 is the uniform average)")
+    return weights
 
 
 class ModelBma(nn.Module):
@@ -58,7 +64,7 @@ class ModelBma(nn.Module):
         self,
         model: nn.Module,
         total_steps: int,
-        beta: float = 0.5,
+        beta: float = PAPER_BETA,
         device: Optional[torch.device] = None,
         foreach: bool = True,
         exclude_buffers: bool = False,

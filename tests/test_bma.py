@@ -49,6 +49,17 @@ def test_weights_are_the_beta_pdf():
         assert w[t].item() == pytest.approx(beta_pdf((t + 0.5) / 10, 0.5), rel=1e-9)
 
 
+def test_a_beta_whose_weights_underflow_is_refused_not_averaged_into_nan():
+    assert (bma_weights(3000, 50.0) > 0).all()  # large but representable: kept
+    with pytest.raises(ConfigError) as exc:
+        bma_weights(3000, 200.0)
+    assert str(exc.value) == ("Beta(200, 200) weights over 3000 steps underflow to 0 at the start and the end of the "
+                              "run, so the average would be 0/0 there; use a smaller beta (0.5 in the paper; 1 is the "
+                              "uniform average)")
+    with pytest.raises(ConfigError, match="underflow to 0"):
+        ModelBma(nn.Linear(2, 2), total_steps=3000, beta=200.0)
+
+
 @pytest.mark.parametrize("beta", [0.5, 1.0, 2.0])
 @pytest.mark.parametrize("foreach", [True, False])
 def test_running_average_equals_explicit_weighted_average(beta, foreach):

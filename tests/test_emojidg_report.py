@@ -29,7 +29,7 @@ SELECTED = {"erm": {d: (1e-5, 300) if d == "line" else (1e-4, 1000) for d in DOM
 # probability of a correct image per variant (and weights); the ablations run at CLIPood's config
 ACCURACY = {"zeroshot": 0.2, "erm": 0.45, "clipood": 0.8, "clipood@ema": 0.75, "clipood@last": 0.6, "lp_ft": 0.5,
             "ce_bma": 0.78, "fixed_margin": 0.97, "clipood@bma_beta1.5": 0.7, "clipood@bma_beta0.2": 0.65,
-            "clipood@bma_beta1": 0.72,
+            "clipood@bma_beta1": 0.72, "clipood@bma_beta0.5": 0.82,
             "clipood_lambda0.1": 0.79, "clipood_tau0.05": 0.5, "ce_bma_tau0.05": 0.6, "flyp": 0.9,
             "erm@wise_ft": 0.45, "clipood@wise_ft": 0.8, "erm@wise_ft_fixed": 0.55, "clipood@wise_ft_fixed": 0.7}
 
@@ -102,8 +102,10 @@ def study(tmp_path_factory):
     for d in DOMAINS:
         fx.run("zeroshot", d, None, None, 0, "zeroshot")
         for variant in ("erm", "clipood"):
-            # CLIPood's runs export the beta sweep's averages (on "line" without beta 1, as an older run would)
-            weights = ("selected", "ema", "last", "bma_beta1.5", "bma_beta0.2", *(("bma_beta1",) if d != "line" else ()),
+            # CLIPood's runs export the beta sweep's averages at the end of training; on "line" without beta 1 and
+            # the paper's 0.5, as a run made before train.py --export-bma-betas
+            weights = ("selected", "ema", "last", "bma_beta1.5", "bma_beta0.2",
+                       *(("bma_beta1", "bma_beta0.5") if d != "line" else ()),
                        "wise_ft", "wise_ft_fixed") if variant == "clipood" else ("selected", "wise_ft", "wise_ft_fixed")
             for lr in LRS:
                 for steps in STEPS:
@@ -128,10 +130,13 @@ def study(tmp_path_factory):
 
 
 def selected_cell(fx, name, domain):
-    """The fixture's own record of what the report must read for ``name`` on ``domain``."""
+    """The fixture's own record of what the report must read for ``name`` on ``domain``: CLIPood's final BMA is its
+    bma_beta0.5 export, or where its runs never exported one (line) their selected export."""
     variant = name.split("@")[0]
     if variant == "zeroshot":
         return fx.cell(name, domain)
+    if name == "clipood@bma_beta0.5" and not fx.cell(name, domain):
+        return selected_cell(fx, "clipood", domain)
     lr, steps = SELECTED.get(variant, SELECTED["clipood"]).get(domain, (None, None))
     return fx.cell(name, domain, lr=lr, steps=steps)
 
@@ -221,19 +226,25 @@ def test_ablations_read_clipoods_config_and_its_ema_and_last_rows(study):
     assert ab["averaging"]["top1"]["clipood@last"] == expected_top1(fx, "clipood@last")
     uniform = expected_top1(fx, "clipood@bma_beta1")
     assert ab["averaging"]["top1"]["clipood@bma_beta1"] == uniform and "line" not in uniform and "avg" not in uniform
-    assert_interval(ab["averaging"]["differences"]["clipood@last - clipood"], fx, "clipood@last", "clipood")
-    assert list(ab["beta_sweep"]["top1"]) == ["clipood", "clipood@bma_beta0.2", "clipood@bma_beta1",
-                                              "clipood@bma_beta1.5"]  # sorted by value
+    # every average against CLIPood's BMA at the end of the same runs (line: its selected export, evaluated once)
+    final = expected_top1(fx, "clipood@bma_beta0.5")
+    assert list(ab["averaging"]["top1"])[0] == "clipood@bma_beta0.5" and ab["averaging"]["top1"]["clipood@bma_beta0.5"] == final
+    assert final["line"] == expected_top1(fx, "clipood")["line"] and final["3d"] != expected_top1(fx, "clipood")["3d"]
+    assert_interval(ab["averaging"]["differences"]["clipood@last - clipood@bma_beta0.5"], fx, "clipood@last",
+                    "clipood@bma_beta0.5")
+    assert list(ab["beta_sweep"]["top1"]) == ["clipood@bma_beta0.5", "clipood@bma_beta0.2", "clipood@bma_beta1",
+                                              "clipood@bma_beta1.5"]  # the reference, then sorted by value
     assert ab["beta_sweep"]["top1"]["clipood@bma_beta0.2"] == expected_top1(fx, "clipood@bma_beta0.2")
-    assert_interval(ab["beta_sweep"]["differences"]["clipood@bma_beta1.5 - clipood"], fx, "clipood@bma_beta1.5",
-                    "clipood")
+    assert_interval(ab["beta_sweep"]["differences"]["clipood@bma_beta1.5 - clipood@bma_beta0.5"], fx,
+                    "clipood@bma_beta1.5", "clipood@bma_beta0.5")
     assert "| CLIPood, beta = 0.2 |" in md
     for title in ("Ablation: weight averaging", "Ablation: beta sweep"):  # which step each arm's weights are from
         section = md.split(f"## {title}")[1].split("##")[0]
         assert study_report.AT_THE_END in section
     assert_interval(ab["tau_sweep"]["differences"]["clipood_tau0.05 - clipood"], fx, "clipood_tau0.05", "clipood")
     assert ab["lambda_sweep"]["top1"]["clipood_lambda0.1"] == expected_top1(fx, "clipood_lambda0.1")
-    (line,) = [x for x in md.splitlines() if x.startswith("| MMS + uniform average (beta 1) |")][:1]
+    averaging = md.split("## Ablation: weight averaging")[1].split("##")[0]
+    (line,) = [x for x in averaging.splitlines() if x.startswith("| MMS + uniform average (beta 1) |")]
     assert line.endswith("| missing | missing | 3 / 3 / 3 / 0 |")
 
 

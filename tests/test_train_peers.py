@@ -336,6 +336,7 @@ def test_source_val_scores_the_training_classes_rows_as_validate_py_classes_base
                                          "average), got 0.0"),
     (["--export-bma-betas", "inf"], "--export-bma-betas are Beta(beta, beta) parameters > 0"),
     (["--export-bma-betas", "1", "1.0"], "--export-bma-betas names a beta twice: 1 1"),
+    (["--export-bma-betas", "5000"], "Beta(5000, 5000) weights over 2 steps underflow to 0"),
     (["--method", "wise_ft", "--val-split", "nosuch"], "WiSE-FT chooses alpha on the source domains' 'nosuch' split"),
     (["--method", "erm", "--export-wise-ft"], "--export-wise-ft exports WiSE-FT beside the run, but --method erm has"),
     (["--method", "wise_ft", "--export-wise-ft-fixed", "0.5"], "--export-wise-ft-fixed exports a fixed-alpha WiSE-FT "
@@ -417,19 +418,20 @@ def test_two_process_ddp_lp_ft_with_wise_ft_and_ema(shards, tmp_path):
     repo = Path(__file__).resolve().parent.parent
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
            str(repo / "train.py"), *train_args(shards, tmp_path, "--steps", "3", "--method", "lp_ft", "--lp-steps", "2",
-                                               "--wise-ft-alphas", "0.5", "1", "--export-ema", "0.5")]
+                                               "--wise-ft-alphas", "0.5", "1", "--export-ema", "0.5",
+                                               "--export-bma-betas", "2")]
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     (digests,) = re.findall(r"final weights digest per rank: (.*)", proc.stderr)
     assert len(digests.split()) == 2 and len(set(digests.split())) == 1
     run = tmp_path / "run"
-    assert (run / "ema" / "model.safetensors").exists()
+    assert (run / "ema" / "model.safetensors").exists() and (run / "bma_beta2" / "model.safetensors").exists()
     assert json.loads((run / "config.json").read_text())["pretrained_cfg"]["recipe"]["wise_ft"]["alpha"] in (0.5, 1.0)
 
 
 def test_resumed_run_continues_the_ema_and_interpolates_with_the_initial_weights(shards, tmp_path, monkeypatch):
-    flags = ("--steps", "4", "--method", "clipood", "--export-ema", "0.5", "--export-bma-betas", "0.25",
+    flags = ("--steps", "4", "--method", "clipood", "--export-ema", "0.5", "--export-bma-betas", "0.25", "2",
              "--wise-ft-alphas", "0.5", "--checkpoint-interval", "2")
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     train.main(train_args(shards, straight, *flags))
@@ -444,8 +446,11 @@ def test_resumed_run_continues_the_ema_and_interpolates_with_the_initial_weights
     with pytest.raises(KeyboardInterrupt):
         train.main(train_args(shards, killed, *flags))
     monkeypatch.setattr(train.Run, "save", real_save)
-    train.main(train_args(shards, killed, *flags, "--resume", str(killed / "run")))
-    for name in ("model.safetensors", "ema/model.safetensors", "last/model.safetensors", "bma_beta0.25/model.safetensors"):
+    at = flags.index("--export-bma-betas") + 1
+    reordered = (*flags[:at], "2", "0.25", *flags[at + 2:])  # the same betas in another order: the same run
+    train.main(train_args(shards, killed, *reordered, "--resume", str(killed / "run")))
+    for name in ("model.safetensors", "ema/model.safetensors", "last/model.safetensors", "bma_beta0.25/model.safetensors",
+                 "bma_beta2/model.safetensors"):
         a, b = load_file(straight / "run" / name), load_file(killed / "run" / name)
         for key, value in a.items():
             assert torch.equal(value, b[key]), (name, key)

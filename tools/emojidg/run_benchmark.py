@@ -62,6 +62,7 @@ import argparse
 import copy
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import shlex
@@ -181,20 +182,19 @@ class StudyRun:
         return flags + (["--lp-steps", str(int(self.steps * LP_SHARE))] if self.variant == "lp_ft" else [])
 
     @property
-    def weights(self) -> List[str]:
-        """The weights a trained run exports: its selection, the last weights of a run with a weight average
-        (train.py exports them into ``last/``), the --export-ema EMA (``ema/``), the --export-bma-betas averages
-        (``bma_beta<b>/``), the --export-wise-ft WiSE-FT (``wise_ft/``)."""
+    def weights(self) -> Dict[str, str]:
+        """The weights a trained run exports, each name with its sub-folder of the run folder: its selection (the
+        folder itself), the last weights of a run with a weight average (``last/``), the --export-ema EMA
+        (``ema/``), the --export-bma-betas averages (``bma_beta<b>/``), the --export-wise-ft WiSE-FT (``wise_ft/``,
+        ``wise_ft_fixed/``), as train.py writes them."""
         flags = self.flags
         averaged = METHODS[flags[flags.index("--method") + 1]].default_bma  # no variant turns BMA off
-        betas = BETAS if "--export-bma-betas" in flags else ()  # the flag's values are BETAS (TRAINED_VARIANTS)
-        return ["selected", *(["last"] if averaged else []), *(["ema"] if "--export-ema" in flags else []),
-                *map(bma_dir, betas), *(["wise_ft"] if "--export-wise-ft" in flags else []),
-                *(["wise_ft_fixed"] if "--export-wise-ft-fixed" in flags else [])]
-
-
-WEIGHTS_DIRS = {"selected": "", "last": LAST_DIR, "ema": EMA_DIR, "wise_ft": WISE_FT_DIR,  # sub-folder of the run
-                "wise_ft_fixed": WISE_FT_FIXED_DIR, **{bma_dir(b): bma_dir(b) for b in BETAS}}
+        betas = itertools.takewhile(lambda f: not f.startswith("--"), flags[flags.index("--export-bma-betas") + 1:]
+                                    if "--export-bma-betas" in flags else [])
+        folders = ["", *([LAST_DIR] if averaged else []), *([EMA_DIR] if "--export-ema" in flags else []),
+                   *(bma_dir(float(b)) for b in betas), *([WISE_FT_DIR] if "--export-wise-ft" in flags else []),
+                   *([WISE_FT_FIXED_DIR] if "--export-wise-ft-fixed" in flags else [])]
+        return {folder or "selected": folder for folder in folders}  # a sub-folder export is named after its folder
 
 
 def trained_runs(runs: Sequence[StudyRun]) -> List[StudyRun]:
@@ -303,7 +303,7 @@ def rows_path(opts: StudyOptions, run_id: str) -> Path:
 def job(run: StudyRun, opts: StudyOptions) -> sweep.Job:
     run_dir = opts.out / "runs" / run.run_id
     result = rows_path(opts, run.run_id)
-    weights = {w: run_dir / WEIGHTS_DIRS[w] for w in run.weights}
+    weights = {w: run_dir / folder for w, folder in run.weights.items()}
     return sweep.Job(run.run_id, run_dir, result, [opts.python, *train_command(run, opts)],
                      [opts.python, *validate_command(run.domain, weights, result, opts)], {})
 
@@ -330,7 +330,7 @@ def run_record(run: StudyRun, source_val: float, train_args: Sequence[str], weig
 def write_record(run: StudyRun, j: sweep.Job, opts: StudyOptions) -> None:
     """``results/<run_id>.run.json`` of a validated run (written once, after validate.py's rows)."""
     train_result = json.loads((j.run_dir / "result.json").read_text(encoding="utf-8"))
-    weights = {w: (Path("runs") / run.run_id / WEIGHTS_DIRS[w]).as_posix().rstrip("/") for w in run.weights}
+    weights = {w: (Path("runs") / run.run_id / folder).as_posix().rstrip("/") for w, folder in run.weights.items()}
     write_text_atomic(record_path(j.result), json.dumps(run_record(run, source_val_top1(train_result), j.train[1:],
                                                                    weights), indent=2) + "\n")
 

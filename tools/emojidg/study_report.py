@@ -26,6 +26,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from clipood_zoo.bma import PAPER_BETA
 from clipood_zoo.data import emojidg
 from clipood_zoo.errors import ConfigError
 from clipood_zoo.fileio import write_bytes_atomic
@@ -33,10 +34,14 @@ from clipood_zoo.stats import PairedInterval, paired_class_bootstrap
 
 from emojidg.study_results import WISE_FT_FIXED_ALPHA, ZEROSHOT, Scored, Study, seed_averaged_correctness
 
+# CLIPood's BMA at the end of training (train.py --export-bma-betas): the reference of every comparison of averages,
+# which are all taken there, while a run's selected export is its BMA at the step source val chose
+FINAL_BMA = f"clipood@bma_beta{PAPER_BETA:g}"
 HEADLINE = ("zeroshot", "erm", "clipood", "wise_ft", "clipood_wise_ft", "lp_ft", "flyp", "car_ft", "croft")
 LABELS = {"zeroshot": "zero-shot", "erm": "ERM", "clipood": "CLIPood (MMS + BMA)", "wise_ft": "WiSE-FT (on ERM)",
           "clipood_wise_ft": "CLIPood + WiSE-FT", "lp_ft": "LP-FT", "flyp": "FLYP", "car_ft": "CAR-FT",
           "croft": "CRoFT", "ce_bma": "CE + BMA (lambda 0)", "fixed_margin": "fixed margin + BMA",
+          FINAL_BMA: "CLIPood (MMS + BMA), at the end of training",
           "clipood@ema": "MMS + EMA", "clipood@bma_beta1": "MMS + uniform average (beta 1)",
           "clipood@last": "MMS, last weights",
           "erm@wise_ft": "WiSE-FT (on ERM), alpha chosen on source val",
@@ -48,7 +53,7 @@ SWEEPS = {"beta": "beta sweep (the BMA's Beta(beta, beta) weights over steps)",
           "tau": "tau sweep (the margin against the temperature it is relative to)"}
 # the ablation tables: arms compared with the first (at its selected (lr, steps)), and each table's title
 ABLATIONS = {"loss": ("clipood", "ce_bma", "fixed_margin"),
-             "averaging": ("clipood", "clipood@ema", "clipood@bma_beta1", "clipood@last"),
+             "averaging": (FINAL_BMA, "clipood@ema", "clipood@bma_beta1", "clipood@last"),
              # WiSE-FT's alpha chosen on source val against the paper's fixed alpha, on the same fine-tuning runs
              # (the fine-tune runs' own wise_ft rows, not the WiSE-FT variants, whose selected config may differ)
              "wise_ft_alpha_erm": ("erm", "erm@wise_ft", "erm@wise_ft_fixed"),
@@ -59,11 +64,10 @@ TITLES = {"loss": "Ablation: loss (MMS vs CE vs fixed margin)",
           "wise_ft_alpha_clipood": "CLIPood + WiSE-FT: alpha chosen on source val vs fixed",
           **{f"{p}_sweep": f"Ablation: {what}" for p, what in SWEEPS.items()}}
 # what a reader must know to read a table's arms: which weights are taken at which step
-AT_THE_END = ("The EMA, the last weights and every beta's average are the CLIPood runs' weights at the end of "
-              "training; CLIPood's own row is its selected export, the BMA at the step source val chose (the last "
-              "step in a run that evaluates once); the row beta = 0.5, where there is one, is that BMA at the end.")
+AT_THE_END = ("Every arm here is the same CLIPood runs' weights at the end of training, so only the averaging "
+              "differs (a run's selected export, in the tables above, is its BMA at the step source val chose).")
 NOTES = {"averaging": AT_THE_END, "beta_sweep": AT_THE_END}
-SHORT = {"clipood": "CLIPood", "erm": "ERM"}  # the arm a table compares with, in its sentences
+SHORT = {"clipood": "CLIPood", "erm": "ERM", FINAL_BMA: "CLIPood's BMA at the end of training"}  # the arm a table compares with, in its sentences
 WISE_FT_GROUPS = ("wise_ft_alpha_erm", "wise_ft_alpha_clipood")  # also compared on the new classes' images
 SWEEP_NAME = re.compile(r"clipood_(?P<param>lambda|tau)(?P<value>.+)")  # a sweep's runs of their own
 BMA_SWEEP = re.compile(r"clipood@bma_beta(?P<value>.+)")  # the beta sweep: averages of the CLIPood runs' steps
@@ -76,9 +80,9 @@ CLAIMS = (("clipood", "zeroshot", "all", "CLIPood improves on zero-shot CLIP on 
                                     "their images)"),
           ("clipood", "ce_bma", "all", "the margin metric softmax (MMS) beats cross-entropy (both with BMA)"),
           ("clipood", "fixed_margin", "all", "the class-adaptive margin beats a fixed margin"),
-          ("clipood", "clipood@ema", "all", "BMA beats an exponential moving average"),
-          ("clipood", "clipood@bma_beta1", "all", "BMA beats a uniform average of the weights"),
-          ("clipood", "clipood@last", "all", "BMA beats the last weights"))
+          (FINAL_BMA, "clipood@ema", "all", "BMA beats an exponential moving average"),
+          (FINAL_BMA, "clipood@bma_beta1", "all", "BMA beats a uniform average of the weights"),
+          (FINAL_BMA, "clipood@last", "all", "BMA beats the last weights"))
 OPEN_SET = ("ood_auroc_mcm", "ood_fpr95_mcm", "ood_auroc_energy", "ood_fpr95_energy")
 PLOT_FILE = "accuracy_vs_steps.png"
 Cells = Dict[str, List[Scored]]  # domain -> the seeds of one arm
@@ -103,6 +107,10 @@ def arm(study: Study, name: str) -> Cells:
     for domain in emojidg.DOMAINS:
         if variant == ZEROSHOT:
             found = study.find(ZEROSHOT, domain)
+        elif name == FINAL_BMA and not study.find(variant, domain, weights):
+            # a CLIPood run made before train.py --export-bma-betas (the v1-recipe study's) has only its selected
+            # export; those runs evaluated once, at their last step, so it is this BMA at the end of training
+            found = arm(study, "clipood").get(domain, [])
         else:
             # a method of the grid is read at its own selected configuration only (none yet: missing); an
             # ablation, which has no grid, at CLIPood's
@@ -217,16 +225,19 @@ def interval_json(cells: Dict[str, PairedInterval]) -> Dict:
                 "num_classes": c.num_classes, "num_images": c.num_images} for d, c in cells.items()}
 
 
-def sweep_arms(study: Study, param: str) -> List[str]:
-    """The arms of a sweep, in increasing order of the value: for beta the CLIPood runs' own averages
-    (``clipood@bma_beta<b>``), for lambda and tau runs of their own (``clipood_<param><value>``)."""
+def sweep_group(study: Study, param: str) -> Tuple[str, ...]:
+    """A sweep's table: its reference, then its arms in increasing order of the value. The beta sweep is the CLIPood
+    runs' own averages at the end of training (``clipood@bma_beta<b>``), against the paper's beta there
+    (:data:`FINAL_BMA`); the lambda and tau sweeps are runs of their own (``clipood_<param><value>``), against
+    CLIPood."""
     if param == "beta":
-        names = {f"clipood@{s.weights}" for s in study.scored if s.run.variant == "clipood"}
-        pattern = BMA_SWEEP
+        names = {f"clipood@{s.weights}" for s in study.scored if s.run.variant == "clipood"} - {FINAL_BMA}
+        reference, pattern = FINAL_BMA, BMA_SWEEP
     else:
         names = {s.run.variant for s in study.scored if (m := SWEEP_NAME.fullmatch(s.run.variant)) and m["param"] == param}
-        pattern = SWEEP_NAME
-    return sorted((n for n in names if pattern.fullmatch(n)), key=lambda n: float(pattern.fullmatch(n)["value"]))
+        reference, pattern = "clipood", SWEEP_NAME
+    arms = sorted((n for n in names if pattern.fullmatch(n)), key=lambda n: float(pattern.fullmatch(n)["value"]))
+    return (reference, *arms)
 
 
 def margin_vs_tau_pairs(study: Study) -> Dict[str, Tuple[str, str]]:
@@ -316,7 +327,7 @@ def claim_sentence(claim: str, cells: Optional[Dict[str, PairedInterval]]) -> Tu
 
 def build(study: Study, out: Path) -> Tuple[str, Dict]:
     """The report's markdown and results.json content; writes the plot into ``out``."""
-    groups = {**ABLATIONS, **{f"{p}_sweep": ("clipood", *sweep_arms(study, p)) for p in SWEEPS}}
+    groups = {**ABLATIONS, **{f"{p}_sweep": sweep_group(study, p) for p in SWEEPS}}
     arms = {n: arm(study, n) for n in dict.fromkeys([*HEADLINE, *(n for names in groups.values() for n in names)])}
     headline = {n: arms[n] for n in HEADLINE}
     pairs = [(m, "zeroshot") for m in HEADLINE[1:]] + [(m, "erm") for m in HEADLINE[2:]]
@@ -356,7 +367,8 @@ def build(study: Study, out: Path) -> Tuple[str, Dict]:
     for group, names in groups.items():
         md += [f"## {TITLES[group]}\n\n" + (f"{NOTES[group]} " if group in NOTES else "") +
                f"Held-out top-1 (%), {heading({n: arms[n] for n in names})}, at "
-               f"{SHORT[names[0]]}'s selected (lr, steps):\n", accuracy_markdown({n: arms[n] for n in names}),
+               f"{SHORT[names[0].partition('@')[0]]}'s selected (lr, steps):\n",
+               accuracy_markdown({n: arms[n] for n in names}),
                f"Paired differences vs {SHORT[names[0]]} (as above):\n", differences_markdown(group_diffs[group])]
         if group in group_new_diffs:
             md += ["On the new classes' images (as above):\n", differences_markdown(group_new_diffs[group])]
