@@ -254,8 +254,9 @@ def check_args(args: argparse.Namespace) -> None:
                           "the run's average; drop one of them")
     for beta in args.export_bma_betas or ():
         if not 0 < beta < math.inf:  # also refuses nan
-            raise ConfigError(f"--export-bma-betas are Beta(beta, beta) parameters > 0 (1: the uniform average), got {beta}")
-    if args.export_bma_betas is not None and len(set(map(bma_dir, args.export_bma_betas))) < len(args.export_bma_betas):
+            raise ConfigError(f"--export-bma-betas are Beta(beta, beta) parameters > 0 (1: the uniform average), "
+                              f"got {beta}")
+    if args.export_bma_betas is not None and len(set(map(beta_key, args.export_bma_betas))) < len(args.export_bma_betas):
         raise ConfigError(f"--export-bma-betas names a beta twice: {' '.join(map(beta_key, args.export_bma_betas))}")
     if args.fsdp and (args.model_ema or args.export_ema is not None or args.export_bma_betas or args.wise_ft_alphas):
         raise ConfigError("--fsdp works with BMA or the last weights: timm's EMA (--model-ema, --export-ema), the extra "

@@ -89,7 +89,7 @@ from clipood_zoo.methods import METHODS  # noqa: E402
 from clipood_zoo.models.emoji import RECIPE  # noqa: E402
 from clipood_zoo.stats import paired_class_bootstrap  # noqa: E402
 from clipood_zoo.weight_space import interpolate_state_dicts  # noqa: E402
-from train import EMA_DIR, LAST_DIR, WISE_FT_DIR, WISE_FT_FIXED_DIR, bma_dir  # noqa: E402
+from train import EMA_DIR, LAST_DIR, WISE_FT_DIR, WISE_FT_FIXED_DIR, beta_key, bma_dir  # noqa: E402
 from train import build_parser as build_train_parser  # noqa: E402
 import validate  # noqa: E402
 from emojidg.paths import repo_relative  # noqa: E402
@@ -121,7 +121,7 @@ BETAS = (0.1, 0.25, 0.5, 1.0, 2.0)
 TRAINED_VARIANTS: Dict[str, List[str]] = {
     "erm": ["--method", "erm", *EXPORT_WISE_FT],
     "clipood": ["--method", "clipood", "--export-ema", str(EMA_DECAY),
-                "--export-bma-betas", *(f"{b:g}" for b in BETAS), *EXPORT_WISE_FT],
+                "--export-bma-betas", *map(beta_key, BETAS), *EXPORT_WISE_FT],
     "lp_ft": ["--method", "lp_ft"],  # --lp-steps: LP_SHARE of the run's steps
     "flyp": ["--method", "flyp"],
     # train.py's default lambda 1: the paper publishes no code and no single value

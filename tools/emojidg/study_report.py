@@ -67,7 +67,8 @@ TITLES = {"loss": "Ablation: loss (MMS vs CE vs fixed margin)",
 AT_THE_END = ("Every arm here is the same CLIPood runs' weights at the end of training, so only the averaging "
               "differs (a run's selected export, in the tables above, is its BMA at the step source val chose).")
 NOTES = {"averaging": AT_THE_END, "beta_sweep": AT_THE_END}
-SHORT = {"clipood": "CLIPood", "erm": "ERM", FINAL_BMA: "CLIPood's BMA at the end of training"}  # the arm a table compares with, in its sentences
+# the arm a table compares with, in its sentences
+SHORT = {"clipood": "CLIPood", "erm": "ERM", FINAL_BMA: "CLIPood's BMA at the end of training"}
 WISE_FT_GROUPS = ("wise_ft_alpha_erm", "wise_ft_alpha_clipood")  # also compared on the new classes' images
 SWEEP_NAME = re.compile(r"clipood_(?P<param>lambda|tau)(?P<value>.+)")  # a sweep's runs of their own
 BMA_SWEEP = re.compile(r"clipood@bma_beta(?P<value>.+)")  # the beta sweep: averages of the CLIPood runs' steps
