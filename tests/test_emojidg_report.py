@@ -55,7 +55,8 @@ class Fixture:
         ood = dict(zip(study_report.OPEN_SET, self.rng.uniform(40, 95, size=4).round(3)))
         return row, ood, {"target": TARGET.tolist(), "domain": [0] * len(TARGET), "prediction": prediction.tolist()}
 
-    def run(self, variant: str, domain: str, lr, steps, seed: int, phase: str, weights=("selected",), ood=True):
+    def run(self, variant: str, domain: str, lr, steps, seed: int, phase: str, weights=("selected",), ood=True,
+            wise_ft_alpha=None):
         """A run as the runner writes it: one validate.py call scoring the named weights on the source val split
         and the held-out test split, open-set numbers in the held-out row, predictions keyed
         model|weights=<w>|split=<s>. Zero-shot is written as an older single-split call: no weights names,
@@ -81,18 +82,24 @@ class Fixture:
                 models[f"clip_vitt_emoji|weights={w}|split=test"] = {**pred, "split": "test", "weights": w}
             self.written.append(dict(name=name, domain=domain, lr=lr, steps=steps, seed=seed, phase=phase,
                                      correct=np.equal(pred["prediction"], TARGET), row=row,
-                                     open_set=ood_row if ood else None))
+                                     open_set=ood_row if ood else None, wise_ft_alpha=wise_ft_alpha))
         (self.results / f"{run_id}.json").write_text(json.dumps(rows))
         (self.results / f"{run_id}.predictions.json").write_text(json.dumps(
             {"split": "test" if zeroshot else ["val", "test"], "models": models}))
         if not zeroshot:
             (self.results / f"{run_id}.run.json").write_text(json.dumps(
                 {"run_id": run_id, "variant": variant, "domain": domain, "lr": lr, "steps": steps, "seed": seed,
-                 "source_val_top1": 50.0, "phase": phase, "train_args": [], "weights": {}}))
+                 "source_val_top1": 50.0, "phase": phase, "train_args": [], "weights": {},
+                 **({} if wise_ft_alpha is None else {"wise_ft_alpha": wise_ft_alpha})}))
 
     def cell(self, name: str, domain: str, **match):
         return [w for w in self.written if w["name"] == name and w["domain"] == domain
                 and all(w[k] == v for k, v in match.items())]
+
+
+def chosen(alphas, seed):
+    """The fixture's WiSE-FT alpha of a seed: ``alphas[seed]``, else 1; ``alphas`` {} = not recorded."""
+    return None if alphas == {} else (alphas or {}).get(seed, 1.0)
 
 
 @pytest.fixture(scope="module")
@@ -107,11 +114,14 @@ def study(tmp_path_factory):
             weights = ("selected", "ema", "last", "bma_beta1.5", "bma_beta0.2",
                        *(("bma_beta1", "bma_beta0.5") if d != "line" else ()),
                        "wise_ft", "wise_ft_fixed") if variant == "clipood" else ("selected", "wise_ft", "wise_ft_fixed")
+            # the alpha source val chose: ERM's third seed 0.75; CLIPood's runs on "line" recorded none (older runs)
+            alpha = {2: 0.75} if variant == "erm" else {} if d == "line" else None
             for lr in LRS:
                 for steps in STEPS:
                     for seed in (0, 1):
-                        fx.run(variant, d, lr, steps, seed, "grid", weights)
-            fx.run(variant, d, *SELECTED[variant][d], 2, "seeds", weights)  # a third seed at the selected config
+                        fx.run(variant, d, lr, steps, seed, "grid", weights, wise_ft_alpha=chosen(alpha, seed))
+            # a third seed at the selected config
+            fx.run(variant, d, *SELECTED[variant][d], 2, "seeds", weights, wise_ft_alpha=chosen(alpha, 2))
         if d in SELECTED["lp_ft"]:
             fx.run("lp_ft", d, *SELECTED["lp_ft"][d], 0, "grid", ood=False)
         lr, steps = SELECTED["clipood"][d]
@@ -263,6 +273,22 @@ def test_wise_ft_tables_set_the_fixed_alpha_beside_each_fine_tune_on_the_same_ru
     assert "new_class_images_differences" not in results["ablations"]["loss"]
     assert "## WiSE-FT on ERM: alpha chosen on source val vs fixed\n\nHeld-out top-1 (%)" in md
     assert "| WiSE-FT (on ERM), alpha 0.5 fixed - ERM |" in md
+
+
+def test_the_alpha_source_val_chose_is_reported_for_each_wise_ft_row(study):
+    """Each WiSE-FT arm at source val's alpha says which alpha each seed got (from the runs' records, None where a
+    run predates the record) and counts them, so a WiSE-FT row equal to its fine-tune (alpha 1) is explained."""
+    fx, _, results, md = study
+    for tuned in ("erm", "clipood"):
+        expected = {d: [w["wise_ft_alpha"] for w in sorted(selected_cell(fx, f"{tuned}@wise_ft", d),
+                                                            key=lambda w: w["seed"])] for d in DOMAINS}
+        assert results["wise_ft_chosen_alpha"][f"{tuned}@wise_ft"] == expected
+    assert expected["line"] == [None, None, None]
+    assert results["wise_ft_chosen_alpha"]["erm@wise_ft"]["3d"] == [1, 1, 0.75]
+    assert "wise_ft" not in results["wise_ft_chosen_alpha"]  # no WiSE-FT variant runs in this study
+    assert "- WiSE-FT (on ERM), alpha chosen on source val: alpha 1 in 8, 0.75 in 4 of 12 runs\n" in md
+    assert "- CLIPood + WiSE-FT, alpha chosen on source val: alpha 1 in 9, not recorded in 3 of 12 runs\n" in md
+    assert md.count("The alpha WiSE-FT's source-val selection chose") == 2  # the two WiSE-FT tables, not the headline
 
 
 def test_margin_against_tau_pairs_mms_and_ce_at_each_tau(study):

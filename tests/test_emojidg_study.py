@@ -177,6 +177,11 @@ def study(data, tmp_path_factory):
     return out
 
 
+def chosen_alpha_of_export(wise_ft_dir):
+    """Independently of the runner: the alpha train.py chose for a wise_ft/ export, from its own recipe."""
+    return json.loads((wise_ft_dir / "config.json").read_text())["pretrained_cfg"]["recipe"]["wise_ft"]["alpha"]
+
+
 def source_val_of_export(run_dir):
     """Independently of the runner: the source val top-1 of the exported weights, from train.py's own records (the
     chosen alpha's score for WiSE-FT, else the best evaluation's)."""
@@ -203,7 +208,8 @@ def test_grid_phase_writes_the_layout_of_the_contract(study):
                 "run_id": run_id, "variant": variant, "domain": "3d", "lr": 0.001, "steps": steps, "seed": 0,
                 "source_val_top1": source_val_of_export(study / "runs" / run_id),
                 "phase": "grid", "train_args": record["train_args"],
-                "weights": {w: f"runs/{run_id}" + ("" if w == "selected" else f"/{w}") for w in weights}}
+                "weights": {w: f"runs/{run_id}" + ("" if w == "selected" else f"/{w}") for w in weights},
+                "wise_ft_alpha": chosen_alpha_of_export(study / "runs" / run_id / "wise_ft")}
             assert record["train_args"][0] == "train.py" and record["train_args"][record["train_args"].index("--steps") + 1] == str(steps)
             for path in record["weights"].values():
                 assert (study / path / "model.safetensors").is_file()
@@ -224,7 +230,8 @@ def test_grid_phase_writes_the_layout_of_the_contract(study):
         assert record == {
             "run_id": run_id, "variant": "wise_ft", "domain": "3d", "lr": 0.001, "steps": steps, "seed": 0,
             "source_val_top1": source_val_of_export(study / "runs" / erm / "wise_ft"), "phase": "grid",
-            "train_args": erm_record["train_args"], "weights": {"selected": f"runs/{erm}/wise_ft"}, "derived_from": erm}
+            "train_args": erm_record["train_args"], "weights": {"selected": f"runs/{erm}/wise_ft"},
+            "wise_ft_alpha": erm_record["wise_ft_alpha"], "derived_from": erm}
         (wise_row,) = [r for r in json.loads((results / f"{erm}.json").read_text()) if r["weights"] == "wise_ft"]
         assert json.loads((results / f"{run_id}.json").read_text()) == [{**wise_row, "weights": "selected"}]
         erm_preds = json.loads((results / f"{erm}.predictions.json").read_text())
@@ -353,6 +360,13 @@ def test_the_report_reads_what_the_runner_wrote(study, data, tmp_path, monkeypat
     for variant in ("erm", "clipood"):
         cell = results["held_out_top1"][variant]["3d"]
         assert cell["n"] == 2 and cell["mean"] == pytest.approx(statistics.mean(r["top1"] for r in rows(variant)), abs=0.01)
+        chosen = [chosen_alpha_of_export(study / "runs" / f"{variant}-3d-lr{selection[variant]['3d']['lr']:g}-st"
+                                         f"{selection[variant]['3d']['steps']}-s{s}" / "wise_ft") for s in (0, 1)]
+        assert results["wise_ft_chosen_alpha"][f"{variant}@wise_ft"] == {"3d": chosen}
+    # the WiSE-FT variant (derived: the ERM runs' exports, at its own selected config) from its own records
+    assert results["wise_ft_chosen_alpha"]["wise_ft"]["3d"] == [chosen_alpha_of_export(
+        study / "runs" / f"erm-3d-lr{selection['wise_ft']['3d']['lr']:g}-st{selection['wise_ft']['3d']['steps']}-s{s}"
+        / "wise_ft") for s in (0, 1)]
     averaging = results["ablations"]["averaging"]["top1"]
     for weights in ("ema", "last"):
         assert averaging[f"clipood@{weights}"]["3d"]["mean"] == pytest.approx(

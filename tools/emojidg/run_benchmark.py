@@ -38,8 +38,10 @@ Layout under ``--out`` (read by tools/emojidg/report.py; only ever extended)::
                                         docstring has the format)
     results/<run_id>.run.json          {run_id, variant, domain, lr, steps, seed, source_val_top1, phase,
                                         train_args, weights: {selected, last?, ema?, bma_beta<b>?, wise_ft?,
-                                        wise_ft_fixed?: paths relative to --out}}; a derived run's: its fine-tune's train_args, weights {selected:
-                                        runs/<fine-tune run_id>/wise_ft}, derived_from: <fine-tune run_id>, and
+                                        wise_ft_fixed?: paths relative to --out}, wise_ft_alpha?: the alpha
+                                        source val chose for wise_ft/}; a derived run's: its fine-tune's train_args,
+                                        weights {selected: runs/<fine-tune run_id>/wise_ft}, its wise_ft_alpha,
+                                        derived_from: <fine-tune run_id>, and
                                         results/<run_id>.json (+ .predictions.json) are the fine-tune's wise_ft
                                         rows (and predictions) relabelled "selected"
     selection.json                     {variant: {domain: {lr, steps, source_val_top1, seeds, candidates}}}
@@ -321,18 +323,32 @@ def source_val_top1(train_result: Dict) -> float:
     return train_result["source_top1"] if "wise_ft_alpha" in train_result else train_result["best_source_top1"]
 
 
-def run_record(run: StudyRun, source_val: float, train_args: Sequence[str], weights: Dict[str, str]) -> Dict:
+def run_record(run: StudyRun, source_val: float, train_args: Sequence[str], weights: Dict[str, str],
+               wise_ft_alpha: Optional[float]) -> Dict:
     return {"run_id": run.run_id, "variant": run.variant, "domain": run.domain, "lr": run.lr, "steps": run.steps,
             "seed": run.seed, "source_val_top1": source_val, "phase": run.phase, "train_args": list(train_args),
-            "weights": weights}
+            "weights": weights, **({} if wise_ft_alpha is None else {"wise_ft_alpha": wise_ft_alpha})}
+
+
+def export_config(folder: Path) -> Dict:
+    """train.py's ``config.json`` of an exported model folder."""
+    return json.loads((folder / "config.json").read_text(encoding="utf-8"))
+
+
+def chosen_alpha(config: Dict) -> float:
+    """The WiSE-FT alpha train.py chose on source val for a ``wise_ft/`` export (its recipe records it). Kept in the
+    run's record: source val rises with alpha when it is in the fine-tune's own distribution, and the report says
+    which alpha each WiSE-FT row is."""
+    return float(config["pretrained_cfg"]["recipe"]["wise_ft"]["alpha"])
 
 
 def write_record(run: StudyRun, j: sweep.Job, opts: StudyOptions) -> None:
     """``results/<run_id>.run.json`` of a validated run (written once, after validate.py's rows)."""
     train_result = json.loads((j.run_dir / "result.json").read_text(encoding="utf-8"))
     weights = {w: (Path("runs") / run.run_id / folder).as_posix().rstrip("/") for w, folder in run.weights.items()}
+    alpha = chosen_alpha(export_config(j.run_dir / WISE_FT_DIR)) if "wise_ft" in run.weights else None
     write_text_atomic(record_path(j.result), json.dumps(run_record(run, source_val_top1(train_result), j.train[1:],
-                                                                   weights), indent=2) + "\n")
+                                                                   weights, alpha), indent=2) + "\n")
 
 
 def write_derived(run: StudyRun, opts: StudyOptions) -> None:
@@ -345,8 +361,7 @@ def write_derived(run: StudyRun, opts: StudyOptions) -> None:
         raise ConfigError(f"{run.run_id} is the WiSE-FT export of {run.trained.run_id}, which was trained without "
                           f"--export-wise-ft (an older run_benchmark.py); move {opts.out / 'runs' / run.trained.run_id} "
                           f"and {trained} (with its .predictions.json and {RUN_SUFFIX}) aside to retrain it")
-    folder = opts.out / record["weights"]["wise_ft"]
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config = export_config(opts.out / record["weights"]["wise_ft"])
     rows = [{**r, "weights": "selected"} for r in json.loads(trained.read_text(encoding="utf-8"))
             if r["weights"] == "wise_ft"]
     predictions = read_predictions(predictions_path(trained))
@@ -356,8 +371,8 @@ def write_derived(run: StudyRun, opts: StudyOptions) -> None:
     write_text_atomic(predictions_path(mine), json.dumps(predictions) + "\n")
     write_text_atomic(mine, json.dumps(rows, indent=2) + "\n")
     write_text_atomic(record_path(mine), json.dumps(run_record(
-        run, source_val_top1(config["train_results"]), record["train_args"], {"selected": record["weights"]["wise_ft"]})
-        | {"derived_from": run.trained.run_id}, indent=2) + "\n")
+        run, source_val_top1(config["train_results"]), record["train_args"], {"selected": record["weights"]["wise_ft"]},
+        chosen_alpha(config)) | {"derived_from": run.trained.run_id}, indent=2) + "\n")
 
 
 def finished_records(runs: Sequence[StudyRun], opts: StudyOptions) -> List[Dict]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import re
 import statistics
+from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -70,6 +71,9 @@ NOTES = {"averaging": AT_THE_END, "beta_sweep": AT_THE_END}
 # the arm a table compares with, in its sentences
 SHORT = {"clipood": "CLIPood", "erm": "ERM", FINAL_BMA: "CLIPood's BMA at the end of training"}
 WISE_FT_GROUPS = ("wise_ft_alpha_erm", "wise_ft_alpha_clipood")  # also compared on the new classes' images
+# the arms whose weights are WiSE-FT at the alpha source val chose: the report says which alpha that was, since
+# source val is in the fine-tune's own distribution and can choose alpha 1 (the fine-tune itself) every time
+CHOSEN_ALPHA_ARMS = ("wise_ft", "clipood_wise_ft", "erm@wise_ft", "clipood@wise_ft")
 SWEEP_NAME = re.compile(r"clipood_(?P<param>lambda|tau)(?P<value>.+)")  # a sweep's runs of their own
 BMA_SWEEP = re.compile(r"clipood@bma_beta(?P<value>.+)")  # the beta sweep: averages of the CLIPood runs' steps
 CE_AT_TAU = re.compile(r"ce_bma_tau(?P<value>.+)")  # CE + BMA at a sweep's tau: the margin's effect at that tau
@@ -195,6 +199,26 @@ def fmt(cell: Optional[Dict[str, float]]) -> str:
     if cell is None:
         return "missing"
     return f"{cell['mean']:.1f}" + (f" ± {cell['std']:.1f}" if cell.get("n", 1) > 1 else "")
+
+
+def chosen_alphas(cells: Cells) -> Dict[str, List[Optional[float]]]:
+    """domain -> the alpha source val chose for each seed's WiSE-FT (None: a run recorded before the runner kept it)."""
+    return {d: [s.run.wise_ft_alpha for s in seeds] for d, seeds in cells.items()}
+
+
+def chosen_alpha_markdown(arms: Dict[str, Cells]) -> str:
+    """One line per arm of :data:`CHOSEN_ALPHA_ARMS` with results: how often source val chose each alpha."""
+    lines = []
+    for name, cells in arms.items():
+        alphas = [a for seeds in chosen_alphas(cells).values() for a in seeds]
+        if name not in CHOSEN_ALPHA_ARMS or not alphas:
+            continue
+        counts = Counter(alphas)
+        told = [f"{a:g} in {counts[a]}" for a in sorted((a for a in counts if a is not None), reverse=True)]
+        told += [f"not recorded in {counts[None]}"] if None in counts else []
+        lines.append(f"- {label(name)}: alpha {', '.join(told)} of {len(alphas)} runs")
+    return ("The alpha WiSE-FT's source-val selection chose (alpha 1 is the fine-tune itself):\n\n" + "\n".join(lines)
+            + "\n") if lines else ""
 
 
 def seeds_column(cells: Cells) -> str:
@@ -351,7 +375,7 @@ def build(study: Study, out: Path) -> Tuple[str, Dict]:
     md = [f"# EmojiDG study: CLIPood and robust fine-tuning peers\n\nHeld-out style top-1 (%), "
           f"{len(emojidg.CLASS_NAMES)}-way, {heading(headline)}; each method at its (lr, steps) selected on "
           "the source styles' val split (`selection.json`); mean ± std over seeds, \"missing\" = no results:\n",
-          accuracy_markdown(headline),
+          accuracy_markdown(headline), chosen_alpha_markdown(headline),
           "Paired differences in held-out top-1 (points, A - B, same images; per image, correctness averaged over "
           "each method's seeds), 95% interval from a bootstrap that resamples classes (10,000 resamples); "
           "* = the interval excludes 0 (resolved):\n", differences_markdown(diffs),
@@ -369,7 +393,7 @@ def build(study: Study, out: Path) -> Tuple[str, Dict]:
         md += [f"## {TITLES[group]}\n\n" + (f"{NOTES[group]} " if group in NOTES else "") +
                f"Held-out top-1 (%), {heading({n: arms[n] for n in names})}, at "
                f"{SHORT[names[0].partition('@')[0]]}'s selected (lr, steps):\n",
-               accuracy_markdown({n: arms[n] for n in names}),
+               accuracy_markdown({n: arms[n] for n in names}), chosen_alpha_markdown({n: arms[n] for n in names}),
                f"Paired differences vs {SHORT[names[0]]} (as above):\n", differences_markdown(group_diffs[group])]
         if group in group_new_diffs:
             md += ["On the new classes' images (as above):\n", differences_markdown(group_new_diffs[group])]
@@ -389,6 +413,7 @@ def build(study: Study, out: Path) -> Tuple[str, Dict]:
                     "images": images_phrase(held_out_rows(headline))},
         "held_out_top1": {n: metric_cells(c, "top1") for n, c in headline.items()},
         "held_out_differences": {f"{a} - {b}": interval_json(c) for (a, b), c in diffs.items()},
+        "wise_ft_chosen_alpha": {n: chosen_alphas(arms[n]) for n in CHOSEN_ALPHA_ARMS if arms[n]},
         "base_new": {n: {m: metric_cells(c, m) for m in ("base_top1", "new_top1", "hm")}
                      for n, c in headline.items()},
         "new_class_images_differences": {f"{a} - {b}": interval_json(c) for (a, b), c in new_diffs.items()},
@@ -404,7 +429,7 @@ def build(study: Study, out: Path) -> Tuple[str, Dict]:
         "steps_curve": {v: {str(k): e for k, e in c.items()} for v, c in curves.items()},
         "claims": [{"claim": c, "verdict": v, "sentence": s} for c, v, s in claims],
     }
-    return "\n".join(md), results
+    return "\n".join(part for part in md if part), results
 
 
 def base_new_markdown(arms: Dict[str, Cells]) -> str:

@@ -2,7 +2,7 @@
 
     OUT/results/zeroshot-<domain>.json (+ .predictions.json)   the base model, no run
     OUT/results/<run_id>.run.json                              {"run_id", "variant", "domain", "lr", "steps",
-                                                                "seed", "phase", ...}
+                                                                "seed", "phase", "wise_ft_alpha"?, ...}
     OUT/results/<run_id>.json (+ .predictions.json)            validate.py rows, each with "weights"
     OUT/selection.json                                         the selected (lr, steps) per variant and domain
 
@@ -55,6 +55,7 @@ class Run:
     steps: Optional[int]
     seed: int
     phase: str
+    wise_ft_alpha: Optional[float] = None  # the alpha source val chose for its wise_ft export (None: not recorded)
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,7 @@ def load_study(out: Path) -> Study:
         rows = path.with_name(f"{meta['run_id']}.json")
         if rows.is_file():
             run = Run(meta["run_id"], meta["variant"], meta["domain"], float(meta["lr"]), int(meta["steps"]),
-                      int(meta["seed"]), meta["phase"])
+                      int(meta["seed"]), meta["phase"], meta.get("wise_ft_alpha"))
             scored += _scored_rows(run, rows, meta.get(KEPT_KEY, True))
     if not scored:
         raise ConfigError(f"no result files in {results} (zeroshot-<domain>.json, <run_id>.run.json with its "
