@@ -665,8 +665,7 @@ def mixable_wise_ft(record: Dict, staged: Dict[str, Staged], variant: str, domai
         return None
     if record.get("derived_from") != staged[finetune_name].run_id:
         return None
-    alpha = json.loads((run_dir / "config.json").read_text())["pretrained_cfg"]["recipe"]["wise_ft"]["alpha"]
-    return {"zeroshot": base, "finetuned": finetune_name, "alpha": float(alpha)}
+    return {"zeroshot": base, "finetuned": finetune_name, "alpha": chosen_alpha(export_config(run_dir))}
 
 
 def write_mixed_card(s: Staged) -> None:
