@@ -424,6 +424,80 @@ def test_the_committed_v2_report_is_rebuilt_from_its_committed_study(tmp_path):
     assert report.main(["--study", str(v2 / "study"), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "results.md").read_text() == (v2 / "results.md").read_text()
     assert json.loads((tmp_path / "results.json").read_text()) == json.loads((v2 / "results.json").read_text())
+    summary = (tmp_path / report.SUMMARY_NAME).read_text()
+    assert summary == (v2 / report.SUMMARY_NAME).read_text()
+    # the README's tables are that summary, between report.py --readme's two lines
+    readme = REPO / "README.md"
+    assert readme.read_text() == report.readme_with_summary(report.readme_around_summary(readme), summary)
+
+
+def without_unmeasured_rows(text: str) -> str:
+    """``text`` without the table rows of the methods whose held-out top-1 row (the first table's) is all "missing":
+    their own rows, and the differences with them on either side."""
+    def cells(line: str):
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+    first_table = text[:text.index("\n\n", text.index("| method |"))]
+    unmeasured = {c[0] for c in map(cells, first_table.splitlines()[2:]) if set(c[1:-1]) == {"missing"}}
+    return "".join(line for line in text.splitlines(keepends=True) if not line.startswith("| ")
+                   or not {cells(line)[0], *cells(line)[0].split(" - ")} & unmeasured)
+
+
+def test_the_summary_is_the_reports_headline_without_unmeasured_methods_and_its_claims(study):
+    """summary.md (what the README quotes): the report's headline section less the rows of methods without results
+    (FLYP, CAR-FT, CRoFT and the WiSE-FT variants here; LP-FT, measured on three styles, stays), then the claims."""
+    _, out, _, md = study
+    summary = (out / "report" / report.SUMMARY_NAME).read_text()
+    headline = md[md.index("Held-out style top-1"):md.index("\n## ")]
+    claims = md[md.index("- **", md.index("## Which claims")):]
+    assert summary == (without_unmeasured_rows(headline) + "\nWhich claims of the paper hold (from the paired "
+                       "intervals averaged over the held-out styles):\n\n" + claims)
+    assert "| FLYP |" in md and "| FLYP - zero-shot |" in md and "FLYP" not in summary
+    assert "| LP-FT | " in summary and "| LP-FT - ERM | " in summary
+
+
+def readme_with_lines(begin=report.README_BEGIN, end=report.README_END) -> str:
+    return f"# title\n\nbefore\n{begin}\nold tables\n{end}\n\nafter\n"
+
+
+def test_readme_gets_the_summary_between_its_two_lines_and_keeps_the_rest(study, tmp_path):
+    _, out, *_ = study
+    readme = tmp_path / "README.md"
+    readme.write_text(readme_with_lines())
+    for _ in range(2):  # a second run writes the same README
+        assert report.main(["--study", str(out), "--out", str(tmp_path / "r"), "--readme", str(readme)]) == 0
+        summary = (tmp_path / "r" / report.SUMMARY_NAME).read_text()
+        assert readme.read_text() == (f"# title\n\nbefore\n{report.README_BEGIN}\n\n{summary}\n"
+                                      f"{report.README_END}\n\nafter\n")
+
+
+@pytest.mark.parametrize("text, found", [(readme_with_lines(end="<!-- end -->"), (1, 0)),
+                                         (readme_with_lines(begin=report.README_END, end=report.README_BEGIN), (1, 1)),
+                                         (readme_with_lines() + report.README_BEGIN + "\n", (2, 1))],
+                         ids=["no end line", "end before begin", "two begin lines"])
+def test_a_readme_without_its_two_lines_in_order_is_refused_before_anything_is_written(study, tmp_path, capsys, text,
+                                                                                       found):
+    _, out, *_ = study
+    readme = tmp_path / "README.md"
+    readme.write_text(text)
+    with pytest.raises(SystemExit) as exit_:
+        report.main(["--study", str(out), "--out", str(tmp_path / "r"), "--readme", str(readme)])
+    assert exit_.value.code == 2 and capsys.readouterr().err == (
+        f"report.py: error: --readme {readme} needs the line {report.README_BEGIN!r} and, after it, the line "
+        f"{report.README_END!r}, once each (found {found[0]} and {found[1]}); put them around the place the "
+        "study's tables go\n")
+    assert readme.read_text() == text and not (tmp_path / "r").exists()
+
+
+def test_readme_needs_a_study_and_an_existing_file(study, tmp_path, capsys):
+    _, out, *_ = study
+    with pytest.raises(SystemExit) as exit_:
+        report.main(["--results", str(out), "--readme", str(tmp_path / "README.md")])
+    assert exit_.value.code == 2 and "error: --readme needs --study (v1's report has no summary)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        report.main(["--study", str(out), "--out", str(tmp_path / "r"), "--readme", str(tmp_path / "README.md")])
+    assert exit_.value.code == 2 and capsys.readouterr().err == (
+        f"report.py: error: --readme {tmp_path / 'README.md'}: no such file\n")
+    assert not (tmp_path / "r").exists()
 
 
 def test_seeds_scored_on_other_images_are_refused(study, tmp_path, capsys):
@@ -448,11 +522,13 @@ def test_a_study_with_only_zero_shot_on_one_style_reports_the_rest_missing(study
     (tmp_path / "results").mkdir()
     for path in (out / "results").glob("zeroshot-mono.*"):
         shutil.copy(path, tmp_path / "results")
-    text = report.write_study(tmp_path, tmp_path / "r")
+    text, summary = report.write_study(tmp_path, tmp_path / "r")
     assert "| zero-shot | missing | missing | " in text and "| 0 / 0 / 1 / 0 |" in text
     assert "test split, 48 images per style" in text
     assert "missing: no grid runs at a selected lr yet" in text
     assert text.count("**Not measured**") == len(study_report.CLAIMS)
+    assert "| zero-shot | missing | missing | " in summary and "| ERM |" not in summary and "| ERM |" in text
+    assert summary.count("**Not measured**") == len(study_report.CLAIMS)
     assert (tmp_path / "r" / study_report.PLOT_FILE).is_file()
 
 

@@ -2,13 +2,17 @@
 """EmojiDG tables and plots from validate.py result files (the README's numbers come from here).
 
     python tools/emojidg/report.py --study output/emojidg_v2 --out docs/emojidg/v2   # the v2 study
+    python tools/emojidg/report.py --study docs/emojidg/v2/study --readme README.md   # and the README's tables
     python tools/emojidg/report.py --results output/emojidg/results --out docs/emojidg   # v1
 
 ``--study OUT`` reads the v2 study folder tools/emojidg/run_benchmark.py writes (runs named
 ``<variant>-<domain>-lr<lr>-st<steps>-s<seed>``, ``selection.json``; :mod:`emojidg.study_results` says
 how) and writes ``results.md``, ``results.json`` and ``accuracy_vs_steps.png``: held-out top-1 of every
 method at its selected configuration, base / new / H, open-set AUROC / FPR95, the paper's ablations,
-accuracy against training steps and the claims the intervals resolve (:mod:`emojidg.study_report`).
+accuracy against training steps and the claims the intervals resolve (:mod:`emojidg.study_report`); and
+``summary.md``, the headline tables of the methods with results and the claims, which ``--readme FILE`` also
+writes into FILE between its :data:`README_BEGIN` and :data:`README_END` lines (the README's tables are that
+file's, so they cannot drift from the committed results).
 
 ``--results DIR`` (v1) reads ``zeroshot-<domain>.json`` and ``<variant>-<domain>-s<seed>.json`` (written by
 the v1 run_benchmark.py through validate.py), averages seeds, and writes ``results.json``, ``results.md``,
@@ -54,6 +58,9 @@ LABELS = {"zeroshot": "zero-shot", "erm": "ERM (CE, last weights)", "clipood": "
 COMPARISONS = (("clipood", "erm"), ("clipood", "zeroshot"), ("erm", "zeroshot"), ("ce_bma", "clipood"),
                ("fixed_margin", "clipood"), ("clipood_ema", "clipood"), ("clipood_last", "clipood"))
 RESULT_NAME = re.compile(r"(?P<variant>[a-z_]+)-(?P<domain>[a-z0-9]+)(-s\d+)?")
+SUMMARY_NAME = "summary.md"
+README_BEGIN = "<!-- report.py --readme writes what follows, the study's summary.md: edit report.py, not this -->"
+README_END = "<!-- report.py --readme: end -->"
 
 
 def load(results: Path) -> Tuple[Dict[str, Dict[str, Dict[str, List[float]]]], List[Tuple[str, dict]]]:
@@ -218,12 +225,35 @@ def write_v1(results: Path, out: Path) -> str:
     return text
 
 
-def write_study(study: Path, out: Path) -> str:
-    """The v2 study's report of the folder ``study`` into ``out``; returns its markdown."""
-    text, results = study_report.build(load_study(study), out)
+def write_study(study: Path, out: Path) -> Tuple[str, str]:
+    """The v2 study's report of the folder ``study`` into ``out``; returns its markdown and its summary."""
+    text, summary, results = study_report.build(load_study(study), out)
     write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
     write_text_atomic(out / "results.md", text)
-    return text
+    write_text_atomic(out / SUMMARY_NAME, summary)
+    return text, summary
+
+
+def readme_around_summary(readme: Path) -> Tuple[str, str]:
+    """(the text up to and including the :data:`README_BEGIN` line, the text from the :data:`README_END` line on):
+    what ``--readme`` keeps of ``readme``. Checked before anything is written, so a README without its two lines
+    stops the report with nothing written."""
+    if not readme.is_file():
+        raise ConfigError(f"--readme {readme}: no such file")
+    lines = readme.read_text(encoding="utf-8").splitlines(keepends=True)
+    where = {mark: [i for i, line in enumerate(lines) if line.rstrip("\n") == mark]
+             for mark in (README_BEGIN, README_END)}
+    if any(len(found) != 1 for found in where.values()) or where[README_BEGIN][0] > where[README_END][0]:
+        raise ConfigError(f"--readme {readme} needs the line {README_BEGIN!r} and, after it, the line {README_END!r}, "
+                          f"once each (found {len(where[README_BEGIN])} and {len(where[README_END])}); put them "
+                          "around the place the study's tables go")
+    begin, end = where[README_BEGIN][0], where[README_END][0]
+    return "".join(lines[:begin + 1]), "".join(lines[end:])
+
+
+def readme_with_summary(around: Tuple[str, str], summary: str) -> str:
+    """The README whose :func:`readme_around_summary` is ``around``, with ``summary`` between its two lines."""
+    return f"{around[0]}\n{summary}\n{around[1]}"
 
 
 def main(argv: List[str] | None = None) -> int:
@@ -232,10 +262,17 @@ def main(argv: List[str] | None = None) -> int:
     source.add_argument("--study", type=Path, help="a v2 study folder (run_benchmark.py --out)")
     source.add_argument("--results", type=Path, help="a v1 results folder (default: output/emojidg/results)")
     p.add_argument("--out", type=Path, help="default: docs/emojidg/v2 with --study, docs/emojidg otherwise")
+    p.add_argument("--readme", type=Path, help="with --study: also write the summary into this file, between its "
+                                               f"lines {README_BEGIN!r} and {README_END!r}")
     args = p.parse_args(argv)
+    if args.readme and not args.study:
+        p.error("--readme needs --study (v1's report has no summary)")
     try:
         if args.study:
-            text = write_study(args.study, args.out or REPO / "docs" / "emojidg" / "v2")
+            around = readme_around_summary(args.readme) if args.readme else None
+            text, summary = write_study(args.study, args.out or REPO / "docs" / "emojidg" / "v2")
+            if around:
+                write_text_atomic(args.readme, readme_with_summary(around, summary))
         else:
             text = write_v1(args.results or REPO / "output" / "emojidg" / "results",
                             args.out or REPO / "docs" / "emojidg")

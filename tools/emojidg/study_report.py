@@ -350,8 +350,9 @@ def claim_sentence(claim: str, cells: Optional[Dict[str, PairedInterval]]) -> Tu
                      f"against it on {sum(c.resolved and c.diff < 0 for c in styles)} of {len(styles)} styles.")
 
 
-def build(study: Study, out: Path) -> Tuple[str, Dict]:
-    """The report's markdown and results.json content; writes the plot into ``out``."""
+def build(study: Study, out: Path) -> Tuple[str, str, Dict]:
+    """The report's markdown, its summary (the headline tables of the methods with results, and the claims: what the
+    README quotes) and results.json content; writes the plot into ``out``."""
     groups = {**ABLATIONS, **{f"{p}_sweep": sweep_group(study, p) for p in SWEEPS}}
     arms = {n: arm(study, n) for n in dict.fromkeys([*HEADLINE, *(n for names in groups.values() for n in names)])}
     headline = {n: arms[n] for n in HEADLINE}
@@ -372,23 +373,7 @@ def build(study: Study, out: Path) -> Tuple[str, Dict]:
     out.mkdir(parents=True, exist_ok=True)  # only now: a study the tables refuse leaves no folder behind
     plot_steps(curves, out / PLOT_FILE)
 
-    md = [f"# EmojiDG study: CLIPood and robust fine-tuning peers\n\nHeld-out style top-1 (%), "
-          f"{len(emojidg.CLASS_NAMES)}-way, {heading(headline)}; each method at its (lr, steps) selected on "
-          "the source styles' val split (`selection.json`); mean ± std over seeds, \"missing\" = no results:\n",
-          accuracy_markdown(headline), chosen_alpha_markdown(headline),
-          "Paired differences in held-out top-1 (points, A - B, same images; per image, correctness averaged over "
-          "each method's seeds), 95% interval from a bootstrap that resamples classes (10,000 resamples); "
-          "* = the interval excludes 0 (resolved):\n", differences_markdown(diffs),
-          f"Base / new / harmonic mean H on the held-out style (each subset scored over its own "
-          f"{len(emojidg.BASE_CLASSES)} classes), mean over seeds, then over the held-out styles:\n",
-          base_new_markdown(headline),
-          f"Paired differences on the new classes' images of the held-out style (classes no fine-tune trained on; "
-          f"top-1 over all {len(emojidg.CLASS_NAMES)} classes, so not the table's new-class column, which scores "
-          "over the new classes only and has no per-image predictions), as above:\n", differences_markdown(new_diffs),
-          "Open-set detection on the held-out style (the new classes are the open set of the classifier over the "
-          "base classes), mean over seeds, then over styles. AUROC: higher is better; FPR95 (false-positive rate "
-          "at 95% true-positive rate): lower is better. No intervals (the rows hold no per-image scores):\n",
-          open_set_markdown(headline)]
+    md = ["# EmojiDG study: CLIPood and robust fine-tuning peers\n", *headline_markdown(headline, diffs, new_diffs)]
     for group, names in groups.items():
         md += [f"## {TITLES[group]}\n\n" + (f"{NOTES[group]} " if group in NOTES else "") +
                f"Held-out top-1 (%), {heading({n: arms[n] for n in names})}, at "
@@ -407,7 +392,7 @@ def build(study: Study, out: Path) -> Tuple[str, Dict]:
            "## Which claims of the paper hold\n\nGenerated from the paired intervals of A - B averaged over the "
            "held-out styles: a claim holds when the interval excludes 0 on A's side, is reversed when it excludes "
            "0 on B's side, and is not resolved when it includes 0:\n",
-           "\n".join(f"- {sentence}" for *_, sentence in claims) + "\n"]
+           claims_markdown(claims)]
     results = {
         "heading": {"classes": len(emojidg.CLASS_NAMES), "split": split_phrase(held_out_rows(headline)),
                     "images": images_phrase(held_out_rows(headline))},
@@ -429,7 +414,40 @@ def build(study: Study, out: Path) -> Tuple[str, Dict]:
         "steps_curve": {v: {str(k): e for k, e in c.items()} for v, c in curves.items()},
         "claims": [{"claim": c, "verdict": v, "sentence": s} for c, v, s in claims],
     }
-    return "\n".join(part for part in md if part), results
+    measured = {n: c for n, c in headline.items() if c}
+    summary = headline_markdown(measured, *({(a, b): c for (a, b), c in d.items() if a in measured and b in measured}
+                                            for d in (diffs, new_diffs)))
+    summary += ["Which claims of the paper hold (from the paired intervals averaged over the held-out styles):\n",
+                claims_markdown(claims)]
+    return "\n".join(part for part in md if part), "\n".join(part for part in summary if part), results
+
+
+def headline_markdown(arms: Dict[str, Cells], diffs: Dict[Tuple[str, str], Dict[str, PairedInterval]],
+                      new_diffs: Dict[Tuple[str, str], Dict[str, PairedInterval]]) -> List[str]:
+    """The headline tables (held-out top-1, paired differences on every image and on the new classes' images,
+    base / new / H, open-set detection) of ``arms``: the report's first section, and the summary the README
+    quotes (there only the arms and pairs with results)."""
+    return [f"Held-out style top-1 (%), {len(emojidg.CLASS_NAMES)}-way, {heading(arms)}; each method at its (lr, "
+            "steps) selected on the source styles' val split (`selection.json`); mean ± std over seeds, \"missing\" "
+            "= no results:\n",
+            accuracy_markdown(arms), chosen_alpha_markdown(arms),
+            "Paired differences in held-out top-1 (points, A - B, same images; per image, correctness averaged over "
+            "each method's seeds), 95% interval from a bootstrap that resamples classes (10,000 resamples); "
+            "* = the interval excludes 0 (resolved):\n", differences_markdown(diffs),
+            f"Base / new / harmonic mean H on the held-out style (each subset scored over its own "
+            f"{len(emojidg.BASE_CLASSES)} classes), mean over seeds, then over the held-out styles:\n",
+            base_new_markdown(arms),
+            f"Paired differences on the new classes' images of the held-out style (classes no fine-tune trained on; "
+            f"top-1 over all {len(emojidg.CLASS_NAMES)} classes, so not the table's new-class column, which scores "
+            "over the new classes only and has no per-image predictions), as above:\n", differences_markdown(new_diffs),
+            "Open-set detection on the held-out style (the new classes are the open set of the classifier over the "
+            "base classes), mean over seeds, then over styles. AUROC: higher is better; FPR95 (false-positive rate "
+            "at 95% true-positive rate): lower is better. No intervals (the rows hold no per-image scores):\n",
+            open_set_markdown(arms)]
+
+
+def claims_markdown(claims: Sequence[Tuple[str, str, str]]) -> str:
+    return "\n".join(f"- {sentence}" for *_, sentence in claims) + "\n"
 
 
 def base_new_markdown(arms: Dict[str, Cells]) -> str:
