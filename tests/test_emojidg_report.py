@@ -102,6 +102,18 @@ def chosen(alphas, seed):
     return None if alphas == {} else (alphas or {}).get(seed, 1.0)
 
 
+def candidates(variant, domain):
+    """selection.json's candidates of a cell, best first: the selected (lr, steps) at source val 60, then (ERM and
+    CLIPood) the rest of the grid at 50, in the runner's tie order; over the grid's seeds (LP-FT: one, at its
+    selected configuration only)."""
+    lr, steps = SELECTED[variant][domain]
+    if variant == "lp_ft":
+        return [{"lr": lr, "steps": steps, "source_val_top1": 60.0, "seeds": [0]}]
+    rest = sorted(((st, r) for r in LRS for st in STEPS if (r, st) != (lr, steps)))
+    return [{"lr": lr, "steps": steps, "source_val_top1": 60.0, "seeds": [0, 1]},
+            *({"lr": r, "steps": st, "source_val_top1": 50.0, "seeds": [0, 1]} for st, r in rest)]
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
@@ -131,8 +143,7 @@ def study(tmp_path_factory):
                 fx.run(variant, d, lr, steps, seed, "ablation")
         fx.run("ce_bma", d, 1e-5, 3000, 0, "ablation")  # not at CLIPood's configuration: never read
         fx.run("flyp", d, lr, steps, 0, "grid")  # a grid method not selected yet: missing, not read at CLIPood's
-    selection = {v: {d: {"lr": lr, "steps": st, "source_val_top1": 50.0, "seeds": [0, 1], "candidates": []}
-                     for d, (lr, st) in cfg.items()} for v, cfg in SELECTED.items()}
+    selection = {v: {d: {**candidates(v, d)[0], "candidates": candidates(v, d)} for d in cfg} for v, cfg in SELECTED.items()}
     (out / "selection.json").write_text(json.dumps(selection))
     report_dir = out / "report"
     assert report.main(["--study", str(out), "--out", str(report_dir)]) == 0
@@ -315,6 +326,53 @@ def test_steps_curve_uses_grid_runs_at_each_domains_selected_lr(study):
             assert got["seeds"] == {d: 2 for d in DOMAINS}  # the seeds phase's run is not a grid run
     png = (out / "report" / study_report.PLOT_FILE).read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def expected_best(fx, variant, domain):
+    """The fixture's best held-out candidate, found here: the first, in selection.json's order, of those with the
+    highest mean held-out top-1 over the candidate's seeds."""
+    best = None
+    for c in candidates(variant, domain):
+        tops = [w["row"]["top1"] for w in fx.cell(variant, domain, lr=c["lr"], steps=c["steps"]) if w["seed"] in c["seeds"]]
+        if tops and (best is None or np.mean(tops) > best[0]):
+            best = (np.mean(tops), c)
+    return best[1]
+
+
+def grid_correctness(fx, variant, domain, config):
+    return np.mean([w["correct"] for w in fx.cell(variant, domain, lr=config["lr"], steps=config["steps"])
+                    if w["seed"] in config["seeds"]], axis=0)
+
+
+def test_model_selection_sets_each_selection_beside_the_best_held_out_candidate(study):
+    """DomainBed's oracle beside training-domain validation: per method and style the best held-out candidate
+    (found here from the fixture's own rows), held-out top-1 of both over the grid's seeds, and the paired interval
+    of selected - best, against numpy and the bootstrap on the fixture's per-image records."""
+    fx, _, results, md = study
+    got = results["model_selection"]
+    assert set(got) == {"erm", "clipood", "lp_ft"}  # the grid methods with a selection
+    oracle_moved = 0
+    for variant, domains in SELECTED.items():
+        for d in domains:
+            selected, best = candidates(variant, d)[0], expected_best(fx, variant, d)
+            config = got[variant]["configs"][d]
+            assert config["selected"] == {k: selected[k] for k in ("lr", "steps", "source_val_top1")}
+            assert config["best_held_out"] == {k: best[k] for k in ("lr", "steps", "source_val_top1")}
+            assert config["next_source_val_top1"] == (50.0 if variant != "lp_ft" else None)
+            ca, cb = grid_correctness(fx, variant, d, selected), grid_correctness(fx, variant, d, best)
+            for side, c in (("selected", ca), ("best", cb)):
+                assert got[variant]["held_out_top1"][side][d]["mean"] == pytest.approx(100 * c.mean(), abs=0.0051)
+            ref = paired_class_bootstrap(ca, cb, TARGET)
+            assert got[variant]["differences"][d] == {
+                "diff": round(ref.diff, 2), "low": round(ref.low, 2), "high": round(ref.high, 2),
+                "resolved": ref.resolved, "num_classes": 16, "num_images": len(TARGET)}
+            oracle_moved += best is not selected
+    assert oracle_moved >= 4  # the fixture's random images make other configurations best on some styles
+    assert "avg" in got["erm"]["differences"] and "avg" not in got["lp_ft"]["differences"]  # LP-FT: three styles
+    best = got["erm"]["configs"]["3d"]["best_held_out"]
+    erm_3d = (f"| ERM | 3d | 1e-4, 1000 | 60.0 (50.0) | {best['lr']:.0e}, {best['steps']} "
+              f"({best['source_val_top1']:.1f}) | ").replace("e-0", "e-")
+    assert erm_3d in md and "| LP-FT | mono | 1e-4, 300 | 60.0 | 1e-4, 300 (60.0) | " in md
 
 
 def test_heading_states_split_and_images_from_the_rows(study):
@@ -545,6 +603,12 @@ def test_a_packed_study_reports_the_same_and_keeps_predictions_only_where_they_a
     assert report.main(["--study", str(packed), "--out", str(tmp_path / "report")]) == 0
     assert json.loads((tmp_path / "report" / "results.json").read_text()) == results
     assert (tmp_path / "report" / "results.md").read_text() == md
+    for record_file in (packed / "results").glob("*-s[01].run.json"):  # the grid's: at the selected or best config
+        record = json.loads(record_file.read_text())
+        if record["phase"] == "grid" and record["variant"] in ("erm", "clipood"):
+            wanted = [(c["lr"], c["steps"]) for c in (candidates(record["variant"], record["domain"])[0],
+                                                      expected_best(fx, record["variant"], record["domain"]))]
+            assert record["predictions_kept"] is ((record["lr"], record["steps"]) in wanted), record["run_id"]
     kept = json.loads((packed / "results" / "erm-3d-lr0.0001-st1000-s0.run.json").read_text())  # ERM's selected
     dropped = json.loads((packed / "results" / "erm-3d-lr1e-05-st3000-s0.run.json").read_text())
     assert kept["predictions_kept"] is True and dropped["predictions_kept"] is False

@@ -6,8 +6,9 @@ reads the runner's.
 
 Kept: ``selection.json``; every run's ``.run.json`` and validate.py rows; the per-image predictions (gzipped, with
 reproducible bytes) of the zero-shot evaluations and of every run a comparison of the report pairs: the seeds and
-ablation phases, and the grid runs at their variant's selected (lr, steps). A grid run at another configuration
-keeps its rows (the accuracy-against-steps table and selection read them) and leaves its predictions out, which
+ablation phases, and the grid runs at their variant's selected (lr, steps) and at its best held-out one (which the
+model-selection table pairs with it: :func:`emojidg.study_results.best_held_out`). A grid run at another
+configuration keeps its rows (the accuracy-against-steps table and selection read them) and leaves its predictions out, which
 its ``.run.json`` says (``predictions_kept: false``; the report refuses to pair it). That is most of the grid's
 predictions: the whole study's would not fit beside the shipped weights in the tree the ``device`` tool carries
 (64 MiB). Run folders (weights, checkpoints) are never copied. ``--out`` is written whole into a temporary folder
@@ -31,16 +32,20 @@ sys.path.insert(0, str(REPO / "tools"))
 
 from clipood_zoo import ClipoodError, ConfigError  # noqa: E402
 from emojidg.paths import occupied  # noqa: E402
-from emojidg.study_results import KEPT_KEY, PREDICTIONS_SUFFIX, RUN_SUFFIX, ZEROSHOT, read_predictions  # noqa: E402
+from emojidg.study_results import (  # noqa: E402
+    KEPT_KEY, PREDICTIONS_SUFFIX, RUN_SUFFIX, ZEROSHOT, Study, best_held_out, load_study, read_predictions,
+)
 
 
-def paired(record: Dict, selection: Dict) -> bool:
+def paired(record: Dict, study: Study) -> bool:
     """Whether the report compares this run's predictions: any run outside the grid, or a grid run at its
-    variant's selected configuration for its held-out domain."""
+    variant's selected configuration for its held-out domain or at the best held-out one."""
     if record["phase"] != "grid":
         return True
-    cell = selection.get(record["variant"], {}).get(record["domain"])
-    return bool(cell) and cell["steps"] == record["steps"] and math.isclose(cell["lr"], record["lr"], rel_tol=1e-9)
+    variant, domain = record["variant"], record["domain"]
+    configs = [study.selection.get(variant, {}).get(domain), best_held_out(study, variant, domain)]
+    return any(c and c["steps"] == record["steps"] and math.isclose(c["lr"], record["lr"], rel_tol=1e-9)
+               for c in configs)
 
 
 def packed_predictions(rows_path: Path) -> bytes:
@@ -57,7 +62,7 @@ def pack(study: Path, out: Path) -> Dict[str, int]:
     selection_path = study / "selection.json"
     if not selection_path.is_file():
         raise ConfigError(f"{selection_path} is missing: pack a study folder the runner wrote")
-    selection = json.loads(selection_path.read_text())
+    study_read = load_study(study)
     packed.mkdir(parents=True)
     shutil.copyfile(selection_path, out / "selection.json")
     counts = {"runs": 0, "with_predictions": 0}
@@ -71,7 +76,7 @@ def pack(study: Path, out: Path) -> Dict[str, int]:
         rows = results / f"{record['run_id']}.json"
         if not rows.is_file():  # a run still training or being scored: not a result yet
             continue
-        keep = paired(record, selection)
+        keep = paired(record, study_read)
         shutil.copyfile(rows, packed / rows.name)
         (packed / record_file.name).write_text(json.dumps({**record, KEPT_KEY: keep}, indent=2) + "\n")
         if keep:

@@ -8,7 +8,8 @@
 ``--study OUT`` reads the v2 study folder tools/emojidg/run_benchmark.py writes (runs named
 ``<variant>-<domain>-lr<lr>-st<steps>-s<seed>``, ``selection.json``; :mod:`emojidg.study_results` says
 how) and writes ``results.md``, ``results.json`` and ``accuracy_vs_steps.png``: held-out top-1 of every
-method at its selected configuration, base / new / H, open-set AUROC / FPR95, the paper's ablations,
+method at its selected configuration, base / new / H, open-set AUROC / FPR95, the selection against the best
+held-out configuration of the grid (DomainBed's oracle), the paper's ablations,
 accuracy against training steps and the claims the intervals resolve (:mod:`emojidg.study_report`); and
 ``summary.md``, the headline tables of the methods with results and the claims, which ``--readme FILE`` also
 writes into FILE between its :data:`README_BEGIN` and :data:`README_END` lines (the README's tables are that

@@ -9,6 +9,9 @@ the CLIPood runs themselves (an average never feeds back into training). A cell 
 phases), and every table shows how many; a cell without results is "missing", and an average over
 the held-out styles exists only when every style has results.
 
+Beside each selection, the model-selection table sets the grid configuration with the best held-out top-1
+(:func:`emojidg.study_results.best_held_out`, DomainBed's oracle): what choosing on source val costs.
+
 Every comparison is a paired, class-clustered bootstrap interval (:func:`clipood_zoo.stats.
 paired_class_bootstrap`) on the same images, each image's correctness averaged over the method's seeds;
 the average over styles pools the four styles' images (each class resampled in all styles at once),
@@ -33,7 +36,9 @@ from clipood_zoo.errors import ConfigError
 from clipood_zoo.fileio import write_bytes_atomic
 from clipood_zoo.stats import PairedInterval, paired_class_bootstrap
 
-from emojidg.study_results import WISE_FT_FIXED_ALPHA, ZEROSHOT, Scored, Study, seed_averaged_correctness
+from emojidg.study_results import (
+    WISE_FT_FIXED_ALPHA, ZEROSHOT, Scored, Study, best_held_out, seed_averaged_correctness,
+)
 
 # CLIPood's BMA at the end of training (train.py --export-bma-betas): the reference of every comparison of averages,
 # which are all taken there, while a run's selected export is its BMA at the step source val chose
@@ -373,7 +378,14 @@ def build(study: Study, out: Path) -> Tuple[str, str, Dict]:
     out.mkdir(parents=True, exist_ok=True)  # only now: a study the tables refuse leaves no folder behind
     plot_steps(curves, out / PLOT_FILE)
 
-    md = ["# EmojiDG study: CLIPood and robust fine-tuning peers\n", *headline_markdown(headline, diffs, new_diffs)]
+    selection = model_selection(study)
+    md = ["# EmojiDG study: CLIPood and robust fine-tuning peers\n", *headline_markdown(headline, diffs, new_diffs),
+          "## Model selection: source val against the best held-out configuration\n\nPer method and held-out style: "
+          "the (lr, steps) selected on the source styles' val split, with its source val top-1 and the next best "
+          "configuration's; the grid's configuration with the best held-out top-1 (DomainBed's oracle, test-domain "
+          "validation: shown to measure what selecting without the held-out style costs, never used to select); "
+          "held-out top-1 of both over the grid's seeds, and the paired interval of selected - best (as above; "
+          "+0.0 where source val selected the best):\n", selection_markdown(selection)]
     for group, names in groups.items():
         md += [f"## {TITLES[group]}\n\n" + (f"{NOTES[group]} " if group in NOTES else "") +
                f"Held-out top-1 (%), {heading({n: arms[n] for n in names})}, at "
@@ -411,6 +423,12 @@ def build(study: Study, out: Path) -> Tuple[str, str, Dict]:
                       for g, names in groups.items()},
         "margin_vs_tau": {tau: {**{k: row[k] for k in ("mms", "ce")}, "diff": interval_json(row["diff"])}
                           for tau, row in tau_rows.items()},
+        "model_selection": {v: {"configs": {d: {"selected": config_json(cell), "next_source_val_top1": next_source_val(cell),
+                                                "best_held_out": config_json(best)}
+                                            for d, (cell, best) in sel["configs"].items()},
+                                "held_out_top1": {side: metric_cells(sel[side], "top1") for side in ("selected", "best")},
+                                "differences": interval_json(sel["diff"])}
+                            for v, sel in selection.items()},
         "steps_curve": {v: {str(k): e for k, e in c.items()} for v, c in curves.items()},
         "claims": [{"claim": c, "verdict": v, "sentence": s} for c, v, s in claims],
     }
@@ -420,6 +438,52 @@ def build(study: Study, out: Path) -> Tuple[str, str, Dict]:
     summary += ["Which claims of the paper hold (from the paired intervals averaged over the held-out styles):\n",
                 claims_markdown(claims)]
     return "\n".join(part for part in md if part), "\n".join(part for part in summary if part), results
+
+
+def model_selection(study: Study) -> Dict[str, Dict]:
+    """variant -> {"configs": {domain: (selection.json's cell, the best held-out candidate)}, "selected"/"best": the
+    grid seeds of each (Cells), "diff": their paired intervals} for every grid method with a selection."""
+    out = {}
+    for variant in HEADLINE[1:]:
+        configs = {d: (cell, best) for d in emojidg.DOMAINS
+                   if (cell := study.selection.get(variant, {}).get(d)) and (best := best_held_out(study, variant, d))}
+        sides = {side: {d: study.find(variant, d, "selected", pair[i]["lr"], pair[i]["steps"], seeds=pair[i]["seeds"])
+                        for d, pair in configs.items()} for i, side in enumerate(("selected", "best"))}
+        if configs:
+            out[variant] = {"configs": configs, **sides, "diff": paired(sides["selected"], sides["best"])}
+    return out
+
+
+def lr_steps(config: Dict) -> str:
+    return f"{config['lr']:.0e}".replace("e-0", "e-") + f", {config['steps']}"
+
+
+def next_source_val(cell: Dict) -> Optional[float]:
+    """The source val top-1 of the configuration source val ranked second (None: the cell had one candidate)."""
+    return cell["candidates"][1]["source_val_top1"] if len(cell["candidates"]) > 1 else None
+
+
+def config_json(config: Dict) -> Dict:
+    return {k: config[k] for k in ("lr", "steps", "source_val_top1")}
+
+
+def selection_markdown(selection: Dict[str, Dict]) -> str:
+    if not selection:
+        return "missing: no selection yet\n"
+    lines = ["| method | style | selected (lr, steps) | source val: selected (next) | best held-out (lr, steps; source val) | "
+             "held-out top-1: selected / best | selected - best |", "|---" * 7 + "|"]
+    for variant, sel in selection.items():
+        top1 = {side: metric_cells(sel[side], "top1") for side in ("selected", "best")}
+        for d in [*sel["configs"], *(["avg"] if "avg" in sel["diff"] else [])]:
+            cell, best = sel["configs"].get(d, (None, None))
+            nxt = next_source_val(cell) if cell else None
+            configs = [lr_steps(cell), f"{cell['source_val_top1']:.1f}" + (f" ({nxt:.1f})" if nxt is not None else ""),
+                       f"{lr_steps(best)} ({best['source_val_top1']:.1f})"] if cell else ["", "", ""]
+            iv = sel["diff"].get(d)
+            cells = [label(variant), d, *configs, f"{top1['selected'][d]['mean']:.1f} / {top1['best'][d]['mean']:.1f}",
+                     f"{iv}{' *' if iv.resolved else ''}" if iv else "missing"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def headline_markdown(arms: Dict[str, Cells], diffs: Dict[Tuple[str, str], Dict[str, PairedInterval]],

@@ -26,9 +26,10 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -83,6 +84,19 @@ class Study:
                        and s.weights == weights and (lr is None or math.isclose(s.run.lr, lr, rel_tol=1e-9))
                        and (steps is None or s.run.steps == steps) and (seeds is None or s.run.seed in seeds)
                        and (phase is None or s.run.phase == phase)), key=lambda s: s.run.seed)
+
+
+def best_held_out(study: Study, variant: str, domain: str) -> Optional[Dict[str, Any]]:
+    """The candidate of ``selection.json``'s cell whose held-out top-1 (its selected weights, averaged over the seeds
+    source val averaged for it: the grid's) is highest: DomainBed's oracle, test-domain validation. The report sets
+    it beside the selection to measure what choosing without the held-out style costs; nothing selects with it.
+    Ties go to the selected candidate, then in the selection's order. None without a cell or a scored candidate."""
+    cell = study.selection.get(variant, {}).get(domain)
+    scored = [(-statistics.mean(s.row["top1"] for s in seeds), rank, candidate)
+              for rank, candidate in enumerate(cell["candidates"] if cell else [])
+              if (seeds := study.find(variant, domain, "selected", candidate["lr"], candidate["steps"],
+                                      seeds=candidate["seeds"]))]
+    return min(scored, key=lambda t: t[:2])[2] if scored else None
 
 
 def seed_averaged_correctness(seeds: Sequence[Tuple[str, np.ndarray, np.ndarray]]) -> Tuple[np.ndarray, np.ndarray]:
