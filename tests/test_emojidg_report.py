@@ -367,12 +367,57 @@ def test_model_selection_sets_each_selection_beside_the_best_held_out_candidate(
                 "diff": round(ref.diff, 2), "low": round(ref.low, 2), "high": round(ref.high, 2),
                 "resolved": ref.resolved, "num_classes": 16, "num_images": len(TARGET)}
             oracle_moved += best is not selected
+            assert config["candidates_scored"] == [len(candidates(variant, d))] * 2
     assert oracle_moved >= 4  # the fixture's random images make other configurations best on some styles
-    assert "avg" in got["erm"]["differences"] and "avg" not in got["lp_ft"]["differences"]  # LP-FT: three styles
+    pooled = [np.concatenate(x) for x in zip(*[(grid_correctness(fx, "erm", d, candidates("erm", d)[0]),
+                                                grid_correctness(fx, "erm", d, expected_best(fx, "erm", d)), TARGET)
+                                               for d in DOMAINS])]
+    ref = paired_class_bootstrap(*pooled)
+    assert got["erm"]["differences"]["avg"]["diff"] == round(ref.diff, 2)
+    assert (got["erm"]["differences"]["avg"]["low"], got["erm"]["differences"]["avg"]["high"]) == (
+        round(ref.low, 2), round(ref.high, 2))
+    assert "avg" not in got["lp_ft"]["differences"]  # LP-FT has three styles
     best = got["erm"]["configs"]["3d"]["best_held_out"]
     erm_3d = (f"| ERM | 3d | 1e-4, 1000 | 60.0 (50.0) | {best['lr']:.0e}, {best['steps']} "
-              f"({best['source_val_top1']:.1f}) | ").replace("e-0", "e-")
-    assert erm_3d in md and "| LP-FT | mono | 1e-4, 300 | 60.0 | 1e-4, 300 (60.0) | " in md
+              f"({best['source_val_top1']:.1f}) | 6 of 6 | ").replace("e-0", "e-")
+    assert erm_3d in md and "| LP-FT | mono | 1e-4, 300 | 60.0 | 1e-4, 300 (60.0) | 1 of 1 | " in md
+    assert "] *" not in md[md.index("## Model selection"):md.index("## Ablation")]  # an optimistic oracle: no test
+
+
+def test_best_held_out_counts_only_fully_scored_candidates_and_breaks_ties_towards_the_selection():
+    from emojidg.study_results import Run, Scored, Study, best_held_out
+
+    def scored(lr, steps, seed, top1):
+        run = Run(f"erm-3d-lr{lr:g}-st{steps}-s{seed}", "erm", "3d", lr, steps, seed, "grid")
+        return Scored(run, "selected", {"top1": top1}, None, None, None)
+
+    cands = [{"lr": lr, "steps": st, "source_val_top1": v, "seeds": [0, 1]}
+             for lr, st, v in ((1e-4, 300, 60.0), (1e-4, 1000, 55.0), (1e-5, 300, 50.0), (1e-5, 1000, 45.0))]
+    runs = [scored(1e-4, 300, 0, 70.0), scored(1e-4, 300, 1, 72.0),      # selected: mean 71
+            scored(1e-4, 1000, 0, 71.0), scored(1e-4, 1000, 1, 71.0),    # ties with the selection: the selection wins
+            scored(1e-5, 300, 0, 90.0)]                                  # best, but one seed of two: not counted
+    study = Study(runs, {"erm": {"3d": {**cands[0], "candidates": cands}}})
+    assert best_held_out(study, "erm", "3d") is cands[0]
+    study.scored.append(scored(1e-5, 300, 1, 88.0))  # now complete, mean 89: the best
+    assert best_held_out(study, "erm", "3d") is cands[2]
+    study.scored += [scored(1e-5, 1000, 0, 89.0), scored(1e-5, 1000, 1, 89.0)]  # a tie: the earlier in the order
+    assert best_held_out(study, "erm", "3d") is cands[2]
+    assert best_held_out(study, "erm", "flat") is None and best_held_out(Study(runs[:1], study.selection), "erm",
+                                                                         "3d") is None
+
+
+def test_model_selection_says_missing_where_the_selected_runs_have_no_results(study, tmp_path):
+    """A selected grid run without results (deleted, or still running) leaves its style's comparison missing, with
+    how many candidates are scored, instead of failing; the other styles still compare."""
+    fx, out, *_ = study
+    shutil.copytree(out / "results", tmp_path / "results")
+    shutil.copy(out / "selection.json", tmp_path)
+    (tmp_path / "results" / "erm-3d-lr0.0001-st1000-s1.json").unlink()  # ERM's selected config on 3d, seed 1
+    text, _ = report.write_study(tmp_path, tmp_path / "r")
+    got = json.loads((tmp_path / "r" / "results.json").read_text())["model_selection"]["erm"]
+    assert got["configs"]["3d"]["candidates_scored"] == [5, 6] and "3d" not in got["differences"]
+    assert "avg" not in got["differences"] and set(got["differences"]) == {"flat", "mono", "line"}
+    assert "| ERM | 3d | 1e-4, 1000 | 60.0 (50.0) | " in text and " | 5 of 6 | missing | missing |" in text
 
 
 def test_heading_states_split_and_images_from_the_rows(study):
@@ -507,8 +552,8 @@ def test_the_summary_is_the_reports_headline_without_unmeasured_methods_and_its_
     summary = (out / "report" / report.SUMMARY_NAME).read_text()
     headline = md[md.index("Held-out style top-1"):md.index("\n## ")]
     claims = md[md.index("- **", md.index("## Which claims")):]
-    assert summary == (without_unmeasured_rows(headline) + "\nWhich claims of the paper hold (from the paired "
-                       "intervals averaged over the held-out styles):\n\n" + claims)
+    assert summary == (without_unmeasured_rows(headline) + f"\nWhich claims of the paper hold "
+                       f"({study_report.CLAIMS_RULE}):\n\n" + claims)
     assert "| FLYP |" in md and "| FLYP - zero-shot |" in md and "FLYP" not in summary
     assert "| LP-FT | " in summary and "| LP-FT - ERM | " in summary
 
@@ -551,11 +596,28 @@ def test_readme_needs_a_study_and_an_existing_file(study, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         report.main(["--results", str(out), "--readme", str(tmp_path / "README.md")])
     assert exit_.value.code == 2 and "error: --readme needs --study (v1's report has no summary)" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_:
-        report.main(["--study", str(out), "--out", str(tmp_path / "r"), "--readme", str(tmp_path / "README.md")])
-    assert exit_.value.code == 2 and capsys.readouterr().err == (
-        f"report.py: error: --readme {tmp_path / 'README.md'}: no such file\n")
-    assert not (tmp_path / "r").exists()
+    readme = tmp_path / "README.md"
+    for content, why in ((None, f"[Errno 2] No such file or directory: '{readme}'"),
+                         (b"\xff" + readme_with_lines().encode(),
+                          "'utf-8' codec can't decode byte 0xff in position 0: invalid start byte")):
+        if content is not None:
+            readme.write_bytes(content)
+        with pytest.raises(SystemExit) as exit_:
+            report.main(["--study", str(out), "--out", str(tmp_path / "r"), "--readme", str(readme)])
+        assert exit_.value.code == 2 and capsys.readouterr().err == (
+            f"report.py: error: --readme {readme} cannot be read as UTF-8 text ({why}); name the README to write "
+            "into\n")
+        assert not (tmp_path / "r").exists()
+
+
+def test_a_readme_with_crlf_lines_is_found_and_written_back_with_lf(study, tmp_path):
+    _, out, *_ = study
+    readme = tmp_path / "README.md"
+    readme.write_bytes(readme_with_lines().replace("\n", "\r\n").encode())
+    assert report.main(["--study", str(out), "--out", str(tmp_path / "r"), "--readme", str(readme)]) == 0
+    summary = (tmp_path / "r" / report.SUMMARY_NAME).read_text()
+    assert readme.read_bytes().decode() == (f"# title\n\nbefore\n{report.README_BEGIN}\n\n{summary}\n"
+                                            f"{report.README_END}\n\nafter\n")
 
 
 def test_seeds_scored_on_other_images_are_refused(study, tmp_path, capsys):

@@ -24,7 +24,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -37,15 +37,19 @@ from emojidg.study_results import (  # noqa: E402
 )
 
 
-def paired(record: Dict, study: Study) -> bool:
-    """Whether the report compares this run's predictions: any run outside the grid, or a grid run at its
-    variant's selected configuration for its held-out domain or at the best held-out one."""
-    if record["phase"] != "grid":
-        return True
-    variant, domain = record["variant"], record["domain"]
-    configs = [study.selection.get(variant, {}).get(domain), best_held_out(study, variant, domain)]
-    return any(c and c["steps"] == record["steps"] and math.isclose(c["lr"], record["lr"], rel_tol=1e-9)
-               for c in configs)
+def paired_configs(study: Study) -> Dict[Tuple[str, str], List[Dict]]:
+    """(variant, domain) -> the configurations whose grid runs the report pairs: the selected one, and the best
+    held-out one the model-selection table sets beside it."""
+    return {(v, d): [c for c in (cell, best_held_out(study, v, d)) if c]
+            for v, cells in study.selection.items() for d, cell in cells.items()}
+
+
+def paired(record: Dict, configs: Dict[Tuple[str, str], List[Dict]]) -> bool:
+    """Whether the report compares this run's predictions: any run outside the grid, or a grid run at one of
+    :func:`paired_configs` of its variant and held-out domain."""
+    return record["phase"] != "grid" or any(
+        c["steps"] == record["steps"] and math.isclose(c["lr"], record["lr"], rel_tol=1e-9)
+        for c in configs.get((record["variant"], record["domain"]), []))
 
 
 def packed_predictions(rows_path: Path) -> bytes:
@@ -62,7 +66,7 @@ def pack(study: Path, out: Path) -> Dict[str, int]:
     selection_path = study / "selection.json"
     if not selection_path.is_file():
         raise ConfigError(f"{selection_path} is missing: pack a study folder the runner wrote")
-    study_read = load_study(study)
+    configs = paired_configs(load_study(study, predictions=False))
     packed.mkdir(parents=True)
     shutil.copyfile(selection_path, out / "selection.json")
     counts = {"runs": 0, "with_predictions": 0}
@@ -76,7 +80,7 @@ def pack(study: Path, out: Path) -> Dict[str, int]:
         rows = results / f"{record['run_id']}.json"
         if not rows.is_file():  # a run still training or being scored: not a result yet
             continue
-        keep = paired(record, study_read)
+        keep = paired(record, configs)
         shutil.copyfile(rows, packed / rows.name)
         (packed / record_file.name).write_text(json.dumps({**record, KEPT_KEY: keep}, indent=2) + "\n")
         if keep:

@@ -9,11 +9,11 @@
 ``<variant>-<domain>-lr<lr>-st<steps>-s<seed>``, ``selection.json``; :mod:`emojidg.study_results` says
 how) and writes ``results.md``, ``results.json`` and ``accuracy_vs_steps.png``: held-out top-1 of every
 method at its selected configuration, base / new / H, open-set AUROC / FPR95, the selection against the best
-held-out configuration of the grid (DomainBed's oracle), the paper's ablations,
+configuration of the grid on the same test images (an optimistic oracle), the paper's ablations,
 accuracy against training steps and the claims the intervals resolve (:mod:`emojidg.study_report`); and
 ``summary.md``, the headline tables of the methods with results and the claims, which ``--readme FILE`` also
 writes into FILE between its :data:`README_BEGIN` and :data:`README_END` lines (the README's tables are that
-file's, so they cannot drift from the committed results).
+file's, and a test checks them against the committed results; the prose around them is written by hand).
 
 ``--results DIR`` (v1) reads ``zeroshot-<domain>.json`` and ``<variant>-<domain>-s<seed>.json`` (written by
 the v1 run_benchmark.py through validate.py), averages seeds, and writes ``results.json``, ``results.md``,
@@ -239,9 +239,10 @@ def readme_around_summary(readme: Path) -> Tuple[str, str]:
     """(the text up to and including the :data:`README_BEGIN` line, the text from the :data:`README_END` line on):
     what ``--readme`` keeps of ``readme``. Checked before anything is written, so a README without its two lines
     stops the report with nothing written."""
-    if not readme.is_file():
-        raise ConfigError(f"--readme {readme}: no such file")
-    lines = readme.read_text(encoding="utf-8").splitlines(keepends=True)
+    try:
+        lines = readme.read_text(encoding="utf-8").splitlines(keepends=True)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--readme {readme} cannot be read as UTF-8 text ({e}); name the README to write into")
     where = {mark: [i for i, line in enumerate(lines) if line.rstrip("\n") == mark]
              for mark in (README_BEGIN, README_END)}
     if any(len(found) != 1 for found in where.values()) or where[README_BEGIN][0] > where[README_END][0]:

@@ -87,16 +87,22 @@ class Study:
 
 
 def best_held_out(study: Study, variant: str, domain: str) -> Optional[Dict[str, Any]]:
-    """The candidate of ``selection.json``'s cell whose held-out top-1 (its selected weights, averaged over the seeds
-    source val averaged for it: the grid's) is highest: DomainBed's oracle, test-domain validation. The report sets
-    it beside the selection to measure what choosing without the held-out style costs; nothing selects with it.
-    Ties go to the selected candidate, then in the selection's order. None without a cell or a scored candidate."""
+    """The candidate of ``selection.json``'s cell whose held-out top-1 on the test images (its selected weights,
+    averaged over the seeds source val averaged for it: the grid's) is highest, among the candidates with every one of
+    those seeds scored. Chosen on the very images it is then scored on, it is an optimistic oracle (DomainBed's
+    chooses on a held-out split of the test domain): the report sets it beside the selection to show how far source
+    val lands from the best configuration; nothing selects with it. Ties go to the selected candidate, then in the
+    selection's order. None without a cell or a fully scored candidate."""
     cell = study.selection.get(variant, {}).get(domain)
     scored = [(-statistics.mean(s.row["top1"] for s in seeds), rank, candidate)
               for rank, candidate in enumerate(cell["candidates"] if cell else [])
-              if (seeds := study.find(variant, domain, "selected", candidate["lr"], candidate["steps"],
-                                      seeds=candidate["seeds"]))]
+              if len(seeds := grid_seeds(study, variant, domain, candidate)) == len(candidate["seeds"])]
     return min(scored, key=lambda t: t[:2])[2] if scored else None
+
+
+def grid_seeds(study: Study, variant: str, domain: str, candidate: Dict[str, Any]) -> List[Scored]:
+    """The scored selected weights of a ``selection.json`` candidate, on the seeds its source val averaged."""
+    return study.find(variant, domain, "selected", candidate["lr"], candidate["steps"], seeds=candidate["seeds"])
 
 
 def seed_averaged_correctness(seeds: Sequence[Tuple[str, np.ndarray, np.ndarray]]) -> Tuple[np.ndarray, np.ndarray]:
@@ -196,15 +202,17 @@ def _scored_rows(run: Run, rows_path: Path, predictions_kept: bool = True) -> Li
     return out
 
 
-def load_study(out: Path) -> Study:
+def load_study(out: Path, predictions: bool = True) -> Study:
     """Every finished run (rows written) and zero-shot domain under ``out``; a run.json without rows is a run
-    still in progress and is left out."""
+    still in progress and is left out. ``predictions=False`` reads the rows alone (no per-image predictions:
+    nothing can be paired), which is all a choice by top-1 needs."""
     results = out / "results"
     scored: List[Scored] = []
     for domain in emojidg.DOMAINS:
         path = results / f"{ZEROSHOT}-{domain}.json"
         if path.is_file():
-            scored += _scored_rows(Run(f"{ZEROSHOT}-{domain}", ZEROSHOT, domain, None, None, 0, ZEROSHOT), path)
+            scored += _scored_rows(Run(f"{ZEROSHOT}-{domain}", ZEROSHOT, domain, None, None, 0, ZEROSHOT), path,
+                                   predictions)
     run_files = sorted(results.glob(f"*{RUN_SUFFIX}"))
     for path in run_files:
         meta = json.loads(path.read_text())
@@ -212,7 +220,7 @@ def load_study(out: Path) -> Study:
         if rows.is_file():
             run = Run(meta["run_id"], meta["variant"], meta["domain"], float(meta["lr"]), int(meta["steps"]),
                       int(meta["seed"]), meta["phase"], meta.get("wise_ft_alpha"))
-            scored += _scored_rows(run, rows, meta.get(KEPT_KEY, True))
+            scored += _scored_rows(run, rows, predictions and meta.get(KEPT_KEY, True))
     if not scored:
         raise ConfigError(f"no result files in {results} (zeroshot-<domain>.json, <run_id>.run.json with its "
                           "<run_id>.json); run tools/emojidg/run_benchmark.py first")
