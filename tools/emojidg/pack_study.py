@@ -6,8 +6,8 @@ reads the runner's.
 
 Kept: ``selection.json``; every run's ``.run.json`` and validate.py rows; the per-image predictions (gzipped, with
 reproducible bytes) of the zero-shot evaluations and of every run a comparison of the report pairs: the seeds and
-ablation phases, and the grid runs at their variant's selected (lr, steps) and at its best held-out one (which the
-model-selection table pairs with it: :func:`emojidg.study_results.best_held_out`). A grid run at another
+ablation phases, and the grid runs at their variant's selected (lr, steps) and at its oracle one (which the
+model-selection table pairs with it: :func:`emojidg.study_results.held_out_val_oracle`). A grid run at another
 configuration keeps its rows (the accuracy-against-steps table and selection read them) and leaves its predictions out, which
 its ``.run.json`` says (``predictions_kept: false``; the report refuses to pair it). That is most of the grid's
 predictions: the whole study's would not fit beside the shipped weights in the tree the ``device`` tool carries
@@ -33,14 +33,14 @@ sys.path.insert(0, str(REPO / "tools"))
 from clipood_zoo import ClipoodError, ConfigError  # noqa: E402
 from emojidg.paths import occupied  # noqa: E402
 from emojidg.study_results import (  # noqa: E402
-    KEPT_KEY, PREDICTIONS_SUFFIX, RUN_SUFFIX, ZEROSHOT, Study, best_held_out, load_study, read_predictions,
+    KEPT_KEY, PREDICTIONS_SUFFIX, RUN_SUFFIX, ZEROSHOT, Study, held_out_val_oracle, load_study, read_predictions,
 )
 
 
 def paired_configs(study: Study) -> Dict[Tuple[str, str], List[Dict]]:
-    """(variant, domain) -> the configurations whose grid runs the report pairs: the selected one, and the best
-    held-out one the model-selection table sets beside it."""
-    return {(v, d): [c for c in (cell, best_held_out(study, v, d)) if c]
+    """(variant, domain) -> the configurations whose grid runs the report pairs: the selected one, and the held-out val
+    oracle the model-selection table sets beside it."""
+    return {(v, d): [c for c in (cell, held_out_val_oracle(study, v, d)) if c]
             for v, cells in study.selection.items() for d, cell in cells.items()}
 
 

@@ -9,7 +9,7 @@
 ``<variant>-<domain>-lr<lr>-st<steps>-s<seed>``, ``selection.json``; :mod:`emojidg.study_results` says
 how) and writes ``results.md``, ``results.json`` and ``accuracy_vs_steps.png``: held-out top-1 of every
 method at its selected configuration, base / new / H, open-set AUROC / FPR95, the selection against the best
-configuration of the grid on the same test images (an optimistic oracle), the paper's ablations,
+held-out val configuration of the grid (DomainBed's oracle), the paper's ablations,
 accuracy against training steps and the claims the intervals resolve (:mod:`emojidg.study_report`); and
 ``summary.md``, the headline tables of the methods with results and the claims, which ``--readme FILE`` also
 writes into FILE between its :data:`README_BEGIN` and :data:`README_END` lines (the README's tables are that

@@ -39,7 +39,9 @@ Layout under ``--out`` (read by tools/emojidg/report.py; only ever extended)::
     results/<run_id>.run.json          {run_id, variant, domain, lr, steps, seed, source_val_top1, phase,
                                         train_args, weights: {selected, last?, ema?, bma_beta<b>?, wise_ft?,
                                         wise_ft_fixed?: paths relative to --out}, wise_ft_alpha?: the alpha
-                                        source val chose for wise_ft/}; a derived run's: its fine-tune's train_args,
+                                        source val chose for wise_ft/, held_out_val_top1: the selected
+                                        export's top-1 on the held-out style's val split (the report's oracle;
+                                        never selection's)}; a derived run's: its fine-tune's train_args,
                                         weights {selected: runs/<fine-tune run_id>/wise_ft}, its wise_ft_alpha,
                                         derived_from: <fine-tune run_id>, and
                                         results/<run_id>.json (+ .predictions.json) are the fine-tune's wise_ft
@@ -323,11 +325,19 @@ def source_val_top1(train_result: Dict) -> float:
     return train_result["source_top1"] if "wise_ft_alpha" in train_result else train_result["best_source_top1"]
 
 
+def held_out_val_top1(config: Dict) -> Optional[float]:
+    """The held-out style's val top-1 of an export (train.py scores the held-out style's val split beside source val
+    and records it in the export's ``train_results``). Selection never reads it; the report's oracle chooses on it
+    (DomainBed's test-domain validation), beside the selection."""
+    return config.get("train_results", {}).get("target_top1")
+
+
 def run_record(run: StudyRun, source_val: float, train_args: Sequence[str], weights: Dict[str, str],
-               wise_ft_alpha: Optional[float]) -> Dict:
+               wise_ft_alpha: Optional[float], held_out_val: Optional[float]) -> Dict:
     return {"run_id": run.run_id, "variant": run.variant, "domain": run.domain, "lr": run.lr, "steps": run.steps,
             "seed": run.seed, "source_val_top1": source_val, "phase": run.phase, "train_args": list(train_args),
-            "weights": weights, **({} if wise_ft_alpha is None else {"wise_ft_alpha": wise_ft_alpha})}
+            "weights": weights, **({} if wise_ft_alpha is None else {"wise_ft_alpha": wise_ft_alpha}),
+            **({} if held_out_val is None else {"held_out_val_top1": held_out_val})}
 
 
 def export_config(folder: Path) -> Dict:
@@ -347,8 +357,9 @@ def write_record(run: StudyRun, j: sweep.Job, opts: StudyOptions) -> None:
     train_result = json.loads((j.run_dir / "result.json").read_text(encoding="utf-8"))
     weights = {w: (Path("runs") / run.run_id / folder).as_posix().rstrip("/") for w, folder in run.weights.items()}
     alpha = chosen_alpha(export_config(j.run_dir / WISE_FT_DIR)) if "wise_ft" in run.weights else None
-    write_text_atomic(record_path(j.result), json.dumps(run_record(run, source_val_top1(train_result), j.train[1:],
-                                                                   weights, alpha), indent=2) + "\n")
+    write_text_atomic(record_path(j.result), json.dumps(run_record(
+        run, source_val_top1(train_result), j.train[1:], weights, alpha, held_out_val_top1(export_config(j.run_dir))),
+        indent=2) + "\n")
 
 
 def write_derived(run: StudyRun, opts: StudyOptions) -> None:
@@ -372,7 +383,7 @@ def write_derived(run: StudyRun, opts: StudyOptions) -> None:
     write_text_atomic(mine, json.dumps(rows, indent=2) + "\n")
     write_text_atomic(record_path(mine), json.dumps(run_record(
         run, source_val_top1(config["train_results"]), record["train_args"], {"selected": record["weights"]["wise_ft"]},
-        chosen_alpha(config)) | {"derived_from": run.trained.run_id}, indent=2) + "\n")
+        chosen_alpha(config), held_out_val_top1(config)) | {"derived_from": run.trained.run_id}, indent=2) + "\n")
 
 
 def finished_records(runs: Sequence[StudyRun], opts: StudyOptions) -> List[Dict]:

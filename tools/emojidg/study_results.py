@@ -57,6 +57,7 @@ class Run:
     seed: int
     phase: str
     wise_ft_alpha: Optional[float] = None  # the alpha source val chose for its wise_ft export (None: not recorded)
+    held_out_val_top1: Optional[float] = None  # its selected export's held-out val top-1 (None: not recorded)
 
 
 @dataclass(frozen=True)
@@ -86,18 +87,24 @@ class Study:
                        and (phase is None or s.run.phase == phase)), key=lambda s: s.run.seed)
 
 
-def best_held_out(study: Study, variant: str, domain: str) -> Optional[Dict[str, Any]]:
-    """The candidate of ``selection.json``'s cell whose held-out top-1 on the test images (its selected weights,
-    averaged over the seeds source val averaged for it: the grid's) is highest, among the candidates with every one of
-    those seeds scored. Chosen on the very images it is then scored on, it is an optimistic oracle (DomainBed's
-    chooses on a held-out split of the test domain): the report sets it beside the selection to show how far source
-    val lands from the best configuration; nothing selects with it. Ties go to the selected candidate, then in the
-    selection's order. None without a cell or a fully scored candidate."""
+def held_out_val_oracle(study: Study, variant: str, domain: str) -> Optional[Dict[str, Any]]:
+    """The candidate of ``selection.json``'s cell with the best held-out val top-1 (``held_out_val_top1`` of its
+    runs, averaged over the seeds source val averaged for it: the grid's), among the candidates whose every one of
+    those seeds is scored on the test split and has it recorded: DomainBed's oracle (test-domain validation). The
+    report sets it beside the selection to measure what choosing without the held-out style costs; nothing selects
+    with it. Ties go to the selected candidate, then in the selection's order. None without a cell or such a
+    candidate."""
     cell = study.selection.get(variant, {}).get(domain)
-    scored = [(-statistics.mean(s.row["top1"] for s in seeds), rank, candidate)
-              for rank, candidate in enumerate(cell["candidates"] if cell else [])
-              if len(seeds := grid_seeds(study, variant, domain, candidate)) == len(candidate["seeds"])]
+    scored = [(-statistics.mean(s.run.held_out_val_top1 for s in grid_seeds(study, variant, domain, candidate)),
+               rank, candidate) for rank, candidate in enumerate(cell["candidates"] if cell else [])
+              if oracle_can_choose(study, variant, domain, candidate)]
     return min(scored, key=lambda t: t[:2])[2] if scored else None
+
+
+def oracle_can_choose(study: Study, variant: str, domain: str, candidate: Dict[str, Any]) -> bool:
+    """Whether every grid seed of ``candidate`` is scored on the test split with its held-out val top-1 recorded."""
+    seeds = grid_seeds(study, variant, domain, candidate)
+    return len(seeds) == len(candidate["seeds"]) and all(s.run.held_out_val_top1 is not None for s in seeds)
 
 
 def grid_seeds(study: Study, variant: str, domain: str, candidate: Dict[str, Any]) -> List[Scored]:
@@ -219,7 +226,7 @@ def load_study(out: Path, predictions: bool = True) -> Study:
         rows = path.with_name(f"{meta['run_id']}.json")
         if rows.is_file():
             run = Run(meta["run_id"], meta["variant"], meta["domain"], float(meta["lr"]), int(meta["steps"]),
-                      int(meta["seed"]), meta["phase"], meta.get("wise_ft_alpha"))
+                      int(meta["seed"]), meta["phase"], meta.get("wise_ft_alpha"), meta.get("held_out_val_top1"))
             scored += _scored_rows(run, rows, predictions and meta.get(KEPT_KEY, True))
     if not scored:
         raise ConfigError(f"no result files in {results} (zeroshot-<domain>.json, <run_id>.run.json with its "
