@@ -382,6 +382,17 @@ def test_model_selection_sets_each_selection_beside_the_held_out_val_oracle(stud
     avg = got["erm"]["differences"]["avg"]
     assert (avg["diff"], avg["low"], avg["high"]) == (round(ref.diff, 2), round(ref.low, 2), round(ref.high, 2))
     assert "avg" not in got["lp_ft"]["differences"]  # LP-FT has three styles
+    # each method at its oracle against ERM at its own
+    assert set(results["oracle_differences"]) == {"clipood - erm", "lp_ft - erm"}
+    for variant in ("clipood", "lp_ft"):
+        for d in SELECTED[variant]:
+            ref = paired_class_bootstrap(grid_correctness(fx, variant, d, expected_oracle(fx, variant, d)),
+                                         grid_correctness(fx, "erm", d, expected_oracle(fx, "erm", d)), TARGET)
+            got_d = results["oracle_differences"][f"{variant} - erm"][d]
+            assert (got_d["diff"], got_d["low"], got_d["high"]) == (round(ref.diff, 2), round(ref.low, 2),
+                                                                    round(ref.high, 2))
+    assert "avg" in results["oracle_differences"]["clipood - erm"]
+    assert "avg" not in results["oracle_differences"]["lp_ft - erm"]
     oracle = got["erm"]["configs"]["3d"]["oracle"]
     assert (f"| ERM | 3d | 1e-4, 1000 | 60.0 (50.0) | {oracle['lr']:.0e}, {oracle['steps']} | 6 of 6 | "
             ).replace("e-0", "e-") in md
