@@ -397,6 +397,8 @@ def test_model_selection_sets_each_selection_beside_the_held_out_val_oracle(stud
     assert (f"| ERM | 3d | 1e-4, 1000 | 60.0 (50.0) | {oracle['lr']:.0e}, {oracle['steps']} | 6 of 6 | "
             ).replace("e-0", "e-") in md
     assert "| LP-FT | mono | 1e-4, 300 | 60.0 | 1e-4, 300 | 1 of 1 | " in md
+    table = md[md.index("## Model selection"):md.index("Each method at its oracle")]
+    assert "] *" not in table  # the oracle chose on images that share noise with the test images: no test
 
 
 def test_the_oracle_counts_only_fully_recorded_candidates_and_breaks_ties_towards_the_selection():

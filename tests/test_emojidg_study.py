@@ -1,5 +1,4 @@
 """tools/emojidg/run_benchmark.py, the EmojiDG study runner: its plan, its selection, and a tiny run end to end."""
-import csv
 import json
 import shlex
 import sys
@@ -183,18 +182,13 @@ def chosen_alpha_of_export(wise_ft_dir):
     return json.loads((wise_ft_dir / "config.json").read_text())["pretrained_cfg"]["recipe"]["wise_ft"]["alpha"]
 
 
-def held_out_val_of_export(export_dir):
-    """The export's top-1 on the held-out style's val split as train.py recorded it (config.json's train_results), and
-    for a fine-tune's own export checked against its log: the summary.csv evaluation source val selected (the best
-    source top-1, the latest of a tie, as train.py exports)."""
-    config = json.loads((export_dir / "config.json").read_text())
-    assert config["train_results"]["target_num_samples"] == 8  # the tiny benchmark's held-out val split
-    if (export_dir / "summary.csv").is_file():
-        with open(export_dir / "summary.csv", newline="") as f:
-            rows = [r for r in csv.DictReader(f) if r["eval_source_top1"]]
-        selected = max(reversed(rows), key=lambda r: float(r["eval_source_top1"]))
-        assert float(selected["eval_target_top1"]) == config["train_results"]["target_top1"]
-    return config["train_results"]["target_top1"]
+def held_out_val_of_export(export_dir, data):
+    """Independently of the runner and of train.py's records: validate.py's top-1 of the export on the held-out style's
+    val split (what train.py scores as its target)."""
+    (row,) = validate.main(["--model", TINY_ARCH, "--checkpoint", str(export_dir), "--data-dir", str(data),
+                            "--domains", "3d", "--split", "val", "--workers", "0"])
+    assert row["num_samples"] == 8  # the tiny benchmark's held-out val split
+    return row["top1"]
 
 
 def source_val_of_export(run_dir):
@@ -206,7 +200,7 @@ def source_val_of_export(run_dir):
     return json.loads((run_dir / "result.json").read_text())["best_source_top1"]
 
 
-def test_grid_phase_writes_the_layout_of_the_contract(study):
+def test_grid_phase_writes_the_layout_of_the_contract(study, data):
     results = study / "results"
     (zeroshot,) = json.loads((results / "zeroshot-3d.json").read_text())
     assert zeroshot["weights"] == "selected" and zeroshot["split"] == "test" and "ood_auroc_mcm" in zeroshot
@@ -225,7 +219,7 @@ def test_grid_phase_writes_the_layout_of_the_contract(study):
                 "phase": "grid", "train_args": record["train_args"],
                 "weights": {w: f"runs/{run_id}" + ("" if w == "selected" else f"/{w}") for w in weights},
                 "wise_ft_alpha": chosen_alpha_of_export(study / "runs" / run_id / "wise_ft"),
-                "held_out_val_top1": held_out_val_of_export(study / "runs" / run_id)}
+                "held_out_val_top1": held_out_val_of_export(study / "runs" / run_id, data)}
             assert record["train_args"][0] == "train.py" and record["train_args"][record["train_args"].index("--steps") + 1] == str(steps)
             for path in record["weights"].values():
                 assert (study / path / "model.safetensors").is_file()
@@ -248,7 +242,7 @@ def test_grid_phase_writes_the_layout_of_the_contract(study):
             "source_val_top1": source_val_of_export(study / "runs" / erm / "wise_ft"), "phase": "grid",
             "train_args": erm_record["train_args"], "weights": {"selected": f"runs/{erm}/wise_ft"},
             "wise_ft_alpha": erm_record["wise_ft_alpha"], "derived_from": erm,
-            "held_out_val_top1": held_out_val_of_export(study / "runs" / erm / "wise_ft")}
+            "held_out_val_top1": held_out_val_of_export(study / "runs" / erm / "wise_ft", data)}
         (wise_row,) = [r for r in json.loads((results / f"{erm}.json").read_text()) if r["weights"] == "wise_ft"]
         assert json.loads((results / f"{run_id}.json").read_text()) == [{**wise_row, "weights": "selected"}]
         erm_preds = json.loads((results / f"{erm}.predictions.json").read_text())
