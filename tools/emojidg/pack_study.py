@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import math
 import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -37,19 +36,19 @@ from emojidg.study_results import (  # noqa: E402
 )
 
 
-def paired_configs(study: Study) -> Dict[Tuple[str, str], List[Dict]]:
-    """(variant, domain) -> the configurations whose grid runs the report pairs: the selected one, and the held-out val
-    oracle the model-selection table sets beside it."""
-    return {(v, d): [c for c in (cell, held_out_val_oracle(study, v, d)) if c]
-            for v, cells in study.selection.items() for d, cell in cells.items()}
+def paired_grid_runs(study: Study) -> Set[str]:
+    """The run ids of the grid runs the report pairs: those at each cell's selected configuration and at its held-out
+    val oracle (which the model-selection table sets beside it), matched as the report matches them
+    (:meth:`Study.find`)."""
+    return {s.run.run_id for v, cells in study.selection.items() for d, cell in cells.items()
+            for config in (cell, held_out_val_oracle(study, v, d)) if config
+            for s in study.find(v, d, "selected", config["lr"], config["steps"], phase="grid")}
 
 
-def paired(record: Dict, configs: Dict[Tuple[str, str], List[Dict]]) -> bool:
-    """Whether the report compares this run's predictions: any run outside the grid, or a grid run at one of
-    :func:`paired_configs` of its variant and held-out domain."""
-    return record["phase"] != "grid" or any(
-        c["steps"] == record["steps"] and math.isclose(c["lr"], record["lr"], rel_tol=1e-9)
-        for c in configs.get((record["variant"], record["domain"]), []))
+def paired(record: Dict, grid_runs: Set[str]) -> bool:
+    """Whether the report compares this run's predictions: any run outside the grid, or one of
+    :func:`paired_grid_runs`."""
+    return record["phase"] != "grid" or record["run_id"] in grid_runs
 
 
 def packed_predictions(rows_path: Path) -> bytes:
@@ -66,7 +65,7 @@ def pack(study: Path, out: Path) -> Dict[str, int]:
     selection_path = study / "selection.json"
     if not selection_path.is_file():
         raise ConfigError(f"{selection_path} is missing: pack a study folder the runner wrote")
-    configs = paired_configs(load_study(study, predictions=False))
+    grid_runs = paired_grid_runs(load_study(study, predictions=False))
     packed.mkdir(parents=True)
     shutil.copyfile(selection_path, out / "selection.json")
     counts = {"runs": 0, "with_predictions": 0}
@@ -80,7 +79,7 @@ def pack(study: Path, out: Path) -> Dict[str, int]:
         rows = results / f"{record['run_id']}.json"
         if not rows.is_file():  # a run still training or being scored: not a result yet
             continue
-        keep = paired(record, configs)
+        keep = paired(record, grid_runs)
         shutil.copyfile(rows, packed / rows.name)
         (packed / record_file.name).write_text(json.dumps({**record, KEPT_KEY: keep}, indent=2) + "\n")
         if keep:
