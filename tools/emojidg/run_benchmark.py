@@ -414,6 +414,15 @@ def kept_selection(opts: StudyOptions, selection: Selection) -> Selection:
     return kept
 
 
+def write_selection(grid: Sequence[StudyRun], opts: StudyOptions, dry_run: bool) -> Selection:
+    """:func:`kept_selection` of the finished grid cells, written to ``OUT/selection.json`` (an empty one too, before
+    any cell is finished: a study in progress is packed with it, tools/emojidg/pack_study.py) unless ``dry_run``."""
+    selection = kept_selection(opts, current_selection(grid, opts))
+    if not dry_run:
+        write_text_atomic(opts.out / "selection.json", json.dumps(selection, indent=2) + "\n")
+    return selection
+
+
 # --- running -------------------------------------------------------------------------------------------
 def run_phase(phase: str, runs: Sequence[StudyRun], opts: StudyOptions, dry_run: bool,
               runner: Optional[Callable[[Sequence[str]], int]] = None, zeroshot: Sequence[sweep.Job] = ()) -> None:
@@ -490,10 +499,9 @@ def run_study(args: argparse.Namespace, opts: StudyOptions,
         label = "" if variants == list(args.variants) else f" of {', '.join(variants)}"
         grid = grid_runs(variants, args.domains, args.grid_seeds, {"lr": tuple(args.lrs), "steps": steps})
         if "grid" in phases:
+            write_selection(grid, opts, args.dry_run)
             run_phase(f"grid{label}", grid, opts, args.dry_run, runner, [zeroshot_job(d, opts) for d in args.domains])
-        selection = kept_selection(opts, current_selection(grid, opts))
-        if selection and not args.dry_run:
-            write_text_atomic(opts.out / "selection.json", json.dumps(selection, indent=2) + "\n")
+        selection = write_selection(grid, opts, args.dry_run)
         if "seeds" in phases:
             runs, cells, waiting = seeds_runs(selection, variants, args.domains, args.grid_seeds,
                                               args.headline_seeds, args.other_seeds)
