@@ -1,6 +1,7 @@
 """tools/emojidg/run_benchmark.py, the EmojiDG study runner: its plan, its selection, and a tiny run end to end."""
 import json
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -288,6 +289,91 @@ def test_a_rerun_skips_finished_runs_and_dry_run_lists_exactly_what_is_left(stud
     record.unlink()
     assert rb.main(argv(data, study, "--phase", "grid"), runner=lambda cmd: pytest.fail(f"ran {cmd}")) == 0
     assert record.read_text() == text
+
+
+def test_a_study_packed_mid_grid_resumes_on_a_new_machine_from_its_pack(study, data, tmp_path, monkeypatch, capsys):
+    """The session ends mid-grid and the next one starts on a machine without ``output/``: the committed pack, restored,
+    is all the runner needs. Only the run that had not finished trains again; the unfinished cell's grid runs kept
+    their predictions in the pack (either may become its selected configuration), a selected cell's other runs not."""
+    from emojidg import pack_study
+    monkeypatch.chdir(REPO)
+    old = tmp_path / "old_machine"
+    shutil.copytree(study / "results", old / "results")
+    unfinished = "clipood-3d-lr0.001-st3-s0"
+    for path in (old / "results").glob(f"{unfinished}.*"):
+        path.unlink()
+    selection = json.loads((study / "selection.json").read_text())
+    del selection["clipood"]
+    (old / "selection.json").write_text(json.dumps(selection))
+    packed = tmp_path / "committed"
+    assert pack_study.main(["--study", str(old), "--out", str(packed)]) == 0
+    assert capsys.readouterr().out == f"packed 5 runs into {packed} (3 with their per-image predictions)\n"
+    erm_off = next(f"erm-3d-lr0.001-st{st}-s0" for st in (2, 3) if st != selection["erm"]["3d"]["steps"])
+    kept = {p.name.removesuffix(".predictions.json.gz") for p in (packed / "results").glob("*.predictions.json.gz")}
+    assert "clipood-3d-lr0.001-st2-s0" in kept and erm_off not in kept
+    assert json.loads((packed / "results" / f"{erm_off}.run.json").read_text())["predictions_kept"] is False
+
+    new = tmp_path / "new_machine"
+    assert pack_study.main(["--study", str(new), "--restore", str(packed)]) == 0
+    assert capsys.readouterr().out == f"restored 5 runs from {packed} into {new} (16 files written, the rest already there)\n"
+    assert not (new / "runs").exists()
+    assert pack_study.main(["--study", str(new), "--restore", str(packed)]) == 0  # again: nothing left to write
+    assert capsys.readouterr().out.endswith("(0 files written, the rest already there)\n")
+    trained = []
+
+    def runner(cmd):
+        if cmd[1] == "train.py":
+            trained.append(cmd[cmd.index("--experiment") + 1])
+        return in_process(cmd)
+    assert rb.main(argv(data, new, "--phase", "grid"), runner=runner) == 0
+    assert trained == [unfinished]
+    assert json.loads((new / "selection.json").read_text()) == json.loads((study / "selection.json").read_text())
+    for name in kept:  # restored: the same predictions, un-gzipped
+        path = f"results/{name}.predictions.json"
+        assert json.loads((new / path).read_text()) == json.loads((old / path).read_text()), name
+    assert not (new / "results" / f"{erm_off}.predictions.json").exists()
+    assert (new / "results" / f"{erm_off}.json").read_bytes() == (study / "results" / f"{erm_off}.json").read_bytes()
+
+    # shipping needs weights, which a pack does not hold: a clear error, nothing written
+    full = json.loads((new / "selection.json").read_text())
+    first = rb.shipped_variants(full, ["3d"], ["erm", "clipood", "wise_ft"])[0]
+    cell = full[first]["3d"]
+    first_run = f"{first}-3d-lr{cell['lr']:g}-st{cell['steps']}-s0"  # its first shipped run, restored: no run folder
+    assert first_run != unfinished and not (new / "runs" / first_run).exists()
+    manifest = (REPO / "clipood_zoo" / "models" / "shipped_weights.json").read_bytes()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        rb.main(argv(data, new, "--phase", "seeds", "--headline-seeds", "0", "--ship"), runner=lambda cmd: pytest.fail("ran"))
+    assert exc.value.code == 2 and capsys.readouterr().err.endswith(
+        f"run_benchmark.py: error: --ship: {new / 'runs' / first_run} is gone (a study restored by pack_study.py --restore "
+        f"holds result files, not weights); move {new / 'results'}/{first_run}.* (and those of the WiSE-FT runs derived "
+        "from it) aside and run the seeds phase to train it again\n")
+    assert (REPO / "clipood_zoo" / "models" / "shipped_weights.json").read_bytes() == manifest
+
+    # into a folder holding another result it refuses before writing anything
+    other = tmp_path / "other"
+    (other / "results").mkdir(parents=True)
+    (other / "results" / f"{erm_off}.json").write_text("[]")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        pack_study.main(["--study", str(other), "--restore", str(packed)])
+    assert exc.value.code == 2 and capsys.readouterr().err == (
+        f"pack_study.py: error: {other / 'results' / (erm_off + '.json')} already holds another result than {packed} "
+        "(1 such files); restore into an empty --study folder, or pack this one first\n")
+    assert [p.name for p in (other / "results").iterdir()] == [f"{erm_off}.json"] and not (other / "selection.json").exists()
+
+
+def test_the_runner_writes_an_empty_selection_before_the_first_grid_run(data, tmp_path, monkeypatch):
+    """A study packed before any cell is selected still has its selection.json (pack_study.py and report.py read it)."""
+    monkeypatch.chdir(REPO)
+    seen = []
+
+    def runner(cmd):
+        seen.append(json.loads((tmp_path / "selection.json").read_text()))
+        return 1
+    with pytest.raises(SystemExit) as exc:
+        rb.main(argv(data, tmp_path, "--phase", "grid"), runner=runner)
+    assert exc.value.code == 2 and seen == [{}]
 
 
 def test_a_call_with_fewer_variants_keeps_the_other_variants_selection(study, data, monkeypatch):

@@ -638,6 +638,11 @@ def ship(selection: Selection, opts: StudyOptions, seed: int, domains: Sequence[
             name = f"{variant}_vitt_emojidg_{domain}"
             record = json.loads(record_path(result).read_text())
             run_dir = opts.out / record["weights"]["selected"]  # a derived run's: its fine-tune's wise_ft/
+            if not (run_dir / "config.json").is_file():
+                trained = record.get("derived_from", run.run_id)
+                raise ConfigError(f"--ship: {run_dir} is gone (a study restored by pack_study.py --restore holds result "
+                                  f"files, not weights); move {opts.out / 'results'}/{trained}.* (and those of the "
+                                  "WiSE-FT runs derived from it) aside and run the seeds phase to train it again")
             model = clipood_zoo.create_model(name, checkpoint_path=run_dir)
             loaded = model.pretrained_cfg.pop("loaded_weights")  # a path of this machine: the run says it portably
             model.pretrained_cfg["shipped_from"] = {"study_run": run.run_id, "sha256": loaded["sha256"]}
