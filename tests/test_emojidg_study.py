@@ -334,23 +334,42 @@ def test_a_study_packed_mid_grid_resumes_on_a_new_machine_from_its_pack(study, d
     assert not (new / "results" / f"{erm_off}.predictions.json").exists()
     assert (new / "results" / f"{erm_off}.json").read_bytes() == (study / "results" / f"{erm_off}.json").read_bytes()
 
-    # shipping needs weights, which a pack does not hold: a clear error, nothing written
+    # restoring again (the runner has selected more since) and into the folder the pack came from (its predictions
+    # un-gzipped in other whitespace, its records without predictions_kept) writes nothing
+    for folder in (new, old):
+        assert pack_study.main(["--study", str(folder), "--restore", str(packed)]) == 0
+        assert capsys.readouterr().out.endswith("(0 files written, the rest already there)\n")
+    assert json.loads((new / "selection.json").read_text()) == json.loads((study / "selection.json").read_text())
+
+    # shipping needs weights, which a pack does not hold: a clear error naming the command that re-creates them
     full = json.loads((new / "selection.json").read_text())
     first = rb.shipped_variants(full, ["3d"], ["erm", "clipood", "wise_ft"])[0]
     cell = full[first]["3d"]
     first_run = f"{first}-3d-lr{cell['lr']:g}-st{cell['steps']}-s0"  # its first shipped run, restored: no run folder
     assert first_run != unfinished and not (new / "runs" / first_run).exists()
+    command = json.loads((new / "results" / f"{first_run}.run.json").read_text())["train_args"]
+    assert command[:1] == ["train.py"] and command[command.index("--experiment") + 1] == first_run
     manifest = (REPO / "clipood_zoo" / "models" / "shipped_weights.json").read_bytes()
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         rb.main(argv(data, new, "--phase", "seeds", "--headline-seeds", "0", "--ship"), runner=lambda cmd: pytest.fail("ran"))
     assert exc.value.code == 2 and capsys.readouterr().err.endswith(
         f"run_benchmark.py: error: --ship: {new / 'runs' / first_run} is gone (a study restored by pack_study.py --restore "
-        f"holds result files, not weights); move {new / 'results'}/{first_run}.* (and those of the WiSE-FT runs derived "
-        "from it) aside and run the seeds phase to train it again\n")
+        "holds result files, not weights); re-create it from the repository root with its recorded command: python "
+        f"{shlex.join(command)}\n")
     assert (REPO / "clipood_zoo" / "models" / "shipped_weights.json").read_bytes() == manifest
 
-    # into a folder holding another result it refuses before writing anything
+    # a restored run whose WiSE-FT files are missing (an older pack) cannot derive them without its export: a clear error
+    (new / "results" / f"wise_ft-{erm_off.removeprefix('erm-')}.run.json").unlink()
+    with pytest.raises(SystemExit) as exc:
+        rb.main(argv(data, new, "--phase", "grid"), runner=lambda cmd: pytest.fail(f"ran {cmd}"))
+    assert exc.value.code == 2 and capsys.readouterr().err.endswith(
+        f"run_benchmark.py: error: wise_ft-{erm_off.removeprefix('erm-')} is the WiSE-FT export of {erm_off}, whose "
+        f"export {new / 'runs' / erm_off / 'wise_ft'} or per-image predictions are gone (a study restored by "
+        f"pack_study.py --restore holds result files, not weights); move {new / 'results'}/{erm_off}.* aside to train "
+        "it again\n")
+
+    # into a folder holding another result, or another selection of a cell, it refuses before writing anything
     other = tmp_path / "other"
     (other / "results").mkdir(parents=True)
     (other / "results" / f"{erm_off}.json").write_text("[]")
@@ -361,6 +380,35 @@ def test_a_study_packed_mid_grid_resumes_on_a_new_machine_from_its_pack(study, d
         f"pack_study.py: error: {other / 'results' / (erm_off + '.json')} already holds another result than {packed} "
         "(1 such files); restore into an empty --study folder, or pack this one first\n")
     assert [p.name for p in (other / "results").iterdir()] == [f"{erm_off}.json"] and not (other / "selection.json").exists()
+    (other / "results" / f"{erm_off}.json").unlink()
+    moved = {"erm": {"3d": {**selection["erm"]["3d"], "steps": 5}}}
+    (other / "selection.json").write_text(json.dumps(moved))
+    with pytest.raises(SystemExit) as exc:
+        pack_study.main(["--study", str(other), "--restore", str(packed)])
+    assert exc.value.code == 2 and capsys.readouterr().err == (
+        f"pack_study.py: error: {other / 'selection.json'} selects another configuration for erm held out on 3d than "
+        "the pack; restore into an empty --study folder, or pack this one first\n")
+    assert list((other / "results").iterdir()) == [] and json.loads((other / "selection.json").read_text()) == moved
+
+
+def test_a_run_is_recorded_only_after_its_wise_ft_run(data, tmp_path, monkeypatch, capsys):
+    """The record of a trained run comes last, so a run the pack holds (it packs recorded runs) always has its WiSE-FT
+    files beside it: a runner stopped in between leaves the run unrecorded, and the next pass finishes it without
+    training anything."""
+    monkeypatch.chdir(REPO)
+    args = argv(data, tmp_path, "--phase", "grid", "--variants", "erm", "wise_ft", "--steps", "2")
+
+    def stopped(run, record, opts):
+        raise rb.ConfigError("stopped")
+    with monkeypatch.context() as m:
+        m.setattr(rb, "write_derived", stopped)
+        with pytest.raises(SystemExit):
+            rb.main(args, runner=in_process)
+    results = tmp_path / "results"
+    assert (results / "erm-3d-lr0.001-st2-s0.json").is_file() and not (results / "erm-3d-lr0.001-st2-s0.run.json").exists()
+    assert rb.main(args, runner=lambda cmd: pytest.fail(f"ran {cmd}")) == 0
+    assert json.loads((results / "wise_ft-3d-lr0.001-st2-s0.run.json").read_text())["derived_from"] == "erm-3d-lr0.001-st2-s0"
+    assert (results / "erm-3d-lr0.001-st2-s0.run.json").is_file()
 
 
 def test_the_runner_writes_an_empty_selection_before_the_first_grid_run(data, tmp_path, monkeypatch):
@@ -410,10 +458,12 @@ def test_a_wise_ft_run_is_never_derived_from_a_run_without_its_export(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
     erm = rb.StudyRun("erm", "3d", 1e-3, 2, 0, "grid")
-    (results / f"{erm.run_id}.run.json").write_text(json.dumps({"weights": {"selected": f"runs/{erm.run_id}"}}))
+    record = {"weights": {"selected": f"runs/{erm.run_id}"}}
+    (results / f"{erm.run_id}.run.json").write_text(json.dumps(record))
     with pytest.raises(rb.ConfigError, match=f"wise_ft-3d-lr0.001-st2-s0 is the WiSE-FT export of {erm.run_id}, which "
                                              "was trained without --export-wise-ft"):
-        rb.write_derived(rb.StudyRun("wise_ft", "3d", 1e-3, 2, 0, "grid"), rb.StudyOptions(tmp_path, tmp_path, "test"))
+        rb.write_derived(rb.StudyRun("wise_ft", "3d", 1e-3, 2, 0, "grid"), record,
+                         rb.StudyOptions(tmp_path, tmp_path, "test"))
     assert [p.name for p in results.iterdir()] == [f"{erm.run_id}.run.json"]
 
 

@@ -21,7 +21,9 @@ Why ``--restore``: the study takes tens of hours on a CPU, sessions are a few ho
 machine without the previous one's ``output/``. The pack committed at the end of a session is what survives; restoring
 it writes its result files back (predictions un-gzipped) into ``--study``, where the runner skips every run that has
 its rows (a run that was still training when the pack was made trains again). Nothing is overwritten: a file already
-in ``--study`` must hold the same result (the same JSON), checked for every file before any is written.
+in ``--study`` must hold the same result (the same JSON), and a cell its ``selection.json`` holds the same
+configuration, checked before any file is written; the pack's other cells are added to it. An interrupted restore is
+finished by running it again.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
 
 from clipood_zoo import ClipoodError, ConfigError  # noqa: E402
-from clipood_zoo.fileio import write_bytes_atomic  # noqa: E402
+from clipood_zoo.fileio import write_bytes_atomic, write_text_atomic  # noqa: E402
 from emojidg.paths import occupied  # noqa: E402
 from emojidg.study_results import (  # noqa: E402
     KEPT_KEY, PREDICTIONS_SUFFIX, RUN_SUFFIX, ZEROSHOT, Study, held_out_val_oracle, load_study, read_predictions,
@@ -113,13 +115,27 @@ def same_result(existing: Path, data: bytes) -> bool:
         return False
 
 
+def merged_selection(local: Path, packed: Dict) -> Dict:
+    """The selection ``local`` (a runner folder's ``selection.json``, maybe absent) extended by the pack's cells. A cell
+    both hold must agree: a cell is selected once, from its finished grid runs, and never moves after."""
+    kept = json.loads(local.read_text()) if local.is_file() else {}
+    for variant, cells in packed.items():
+        for domain, cell in cells.items():
+            if kept.get(variant, {}).get(domain, cell) != cell:
+                raise ConfigError(f"{local} selects another configuration for {variant} held out on {domain} than the "
+                                  "pack; restore into an empty --study folder, or pack this one first")
+    return {v: {**packed.get(v, {}), **kept.get(v, {})} for v in {**packed, **kept}}
+
+
 def restore(pack_dir: Path, study: Path) -> Dict[str, int]:
     """Write the result files of the pack ``pack_dir`` into the runner folder ``study``; returns counts for the
-    summary line. Every file is checked against what ``study`` already holds before any is written."""
+    summary line. Every file is checked against what ``study`` already holds before any is written. The order makes an
+    interrupted restore harmless and finished by running it again: rows and predictions first, then each run's record
+    (the runner reads a run as finished from its rows, selection from its record), ``selection.json`` last."""
     selection_path = pack_dir / "selection.json"
     if not selection_path.is_file():
         raise ConfigError(f"{selection_path} is missing: --restore takes a folder pack_study.py wrote")
-    files = {study / "selection.json": selection_path.read_bytes()}
+    files = {}
     for path in sorted((pack_dir / "results").glob("*.json*")):
         if path.name.endswith(".json.gz"):
             files[study / "results" / path.name.removesuffix(".gz")] = gzip.decompress(path.read_bytes())
@@ -129,10 +145,14 @@ def restore(pack_dir: Path, study: Path) -> Dict[str, int]:
     if clashes:
         raise ConfigError(f"{clashes[0]} already holds another result than {pack_dir} ({len(clashes)} such files); "
                           "restore into an empty --study folder, or pack this one first")
-    (study / "results").mkdir(parents=True, exist_ok=True)
-    written = [p for p in files if not p.exists()]
+    local_selection = study / "selection.json"
+    selection = merged_selection(local_selection, json.loads(selection_path.read_text()))
+    written = sorted((p for p in files if not p.exists()), key=lambda p: p.name.endswith(RUN_SUFFIX))
     for path in written:
         write_bytes_atomic(path, files[path])
+    if not local_selection.is_file() or json.loads(local_selection.read_text()) != selection:
+        write_text_atomic(local_selection, json.dumps(selection, indent=2) + "\n")
+        written.append(local_selection)
     return {"runs": sum(p.name.endswith(RUN_SUFFIX) for p in files), "written": len(written)}
 
 
