@@ -1,6 +1,7 @@
 """tools/emojidg/run_benchmark.py, the EmojiDG study runner: its plan, its selection, and a tiny run end to end."""
 import json
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -290,6 +291,139 @@ def test_a_rerun_skips_finished_runs_and_dry_run_lists_exactly_what_is_left(stud
     assert record.read_text() == text
 
 
+def test_a_study_packed_mid_grid_resumes_on_a_new_machine_from_its_pack(study, data, tmp_path, monkeypatch, capsys):
+    """The session ends mid-grid and the next one starts on a machine without ``output/``: the committed pack, restored,
+    is all the runner needs. Only the run that had not finished trains again; the unfinished cell's grid runs kept
+    their predictions in the pack (either may become its selected configuration), a selected cell's other runs not."""
+    from emojidg import pack_study
+    monkeypatch.chdir(REPO)
+    old = tmp_path / "old_machine"
+    shutil.copytree(study / "results", old / "results")
+    unfinished = "clipood-3d-lr0.001-st3-s0"
+    for path in (old / "results").glob(f"{unfinished}.*"):
+        path.unlink()
+    selection = json.loads((study / "selection.json").read_text())
+    del selection["clipood"]
+    (old / "selection.json").write_text(json.dumps(selection))
+    packed = tmp_path / "committed"
+    assert pack_study.main(["--study", str(old), "--out", str(packed)]) == 0
+    assert capsys.readouterr().out == f"packed 5 runs into {packed} (3 with their per-image predictions)\n"
+    erm_off = next(f"erm-3d-lr0.001-st{st}-s0" for st in (2, 3) if st != selection["erm"]["3d"]["steps"])
+    kept = {p.name.removesuffix(".predictions.json.gz") for p in (packed / "results").glob("*.predictions.json.gz")}
+    assert "clipood-3d-lr0.001-st2-s0" in kept and erm_off not in kept
+    assert json.loads((packed / "results" / f"{erm_off}.run.json").read_text())["predictions_kept"] is False
+
+    new = tmp_path / "new_machine"
+    assert pack_study.main(["--study", str(new), "--restore", str(packed)]) == 0
+    assert capsys.readouterr().out == f"restored 5 runs from {packed} into {new} (16 files written, the rest already there)\n"
+    assert not (new / "runs").exists()
+    assert pack_study.main(["--study", str(new), "--restore", str(packed)]) == 0  # again: nothing left to write
+    assert capsys.readouterr().out.endswith("(0 files written, the rest already there)\n")
+    trained = []
+
+    def runner(cmd):
+        if cmd[1] == "train.py":
+            trained.append(cmd[cmd.index("--experiment") + 1])
+        return in_process(cmd)
+    assert rb.main(argv(data, new, "--phase", "grid"), runner=runner) == 0
+    assert trained == [unfinished]
+    assert json.loads((new / "selection.json").read_text()) == json.loads((study / "selection.json").read_text())
+    for name in kept:  # restored: the same predictions, un-gzipped
+        path = f"results/{name}.predictions.json"
+        assert json.loads((new / path).read_text()) == json.loads((old / path).read_text()), name
+    assert not (new / "results" / f"{erm_off}.predictions.json").exists()
+    assert (new / "results" / f"{erm_off}.json").read_bytes() == (study / "results" / f"{erm_off}.json").read_bytes()
+
+    # restoring again (the runner has selected more since) and into the folder the pack came from (its predictions
+    # un-gzipped in other whitespace, its records without predictions_kept) writes nothing
+    for folder in (new, old):
+        assert pack_study.main(["--study", str(folder), "--restore", str(packed)]) == 0
+        assert capsys.readouterr().out.endswith("(0 files written, the rest already there)\n")
+    assert json.loads((new / "selection.json").read_text()) == json.loads((study / "selection.json").read_text())
+
+    # shipping needs weights, which a pack does not hold: a clear error naming the command that re-creates them
+    full = json.loads((new / "selection.json").read_text())
+    first = rb.shipped_variants(full, ["3d"], ["erm", "clipood", "wise_ft"])[0]
+    cell = full[first]["3d"]
+    first_run = f"{first}-3d-lr{cell['lr']:g}-st{cell['steps']}-s0"  # its first shipped run, restored: no run folder
+    assert first_run != unfinished and not (new / "runs" / first_run).exists()
+    command = json.loads((new / "results" / f"{first_run}.run.json").read_text())["train_args"]
+    assert command[:1] == ["train.py"] and command[command.index("--experiment") + 1] == first_run
+    manifest = (REPO / "clipood_zoo" / "models" / "shipped_weights.json").read_bytes()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        rb.main(argv(data, new, "--phase", "seeds", "--headline-seeds", "0", "--ship"), runner=lambda cmd: pytest.fail("ran"))
+    assert exc.value.code == 2 and capsys.readouterr().err.endswith(
+        f"run_benchmark.py: error: --ship: {new / 'runs' / first_run} is gone (a study restored by pack_study.py --restore "
+        "holds result files, not weights); re-create it from the repository root with its recorded command: python "
+        f"{shlex.join(command)}\n")
+    assert (REPO / "clipood_zoo" / "models" / "shipped_weights.json").read_bytes() == manifest
+
+    # a restored run whose WiSE-FT files are missing (an older pack) cannot derive them without its export: a clear error
+    (new / "results" / f"wise_ft-{erm_off.removeprefix('erm-')}.run.json").unlink()
+    with pytest.raises(SystemExit) as exc:
+        rb.main(argv(data, new, "--phase", "grid"), runner=lambda cmd: pytest.fail(f"ran {cmd}"))
+    assert exc.value.code == 2 and capsys.readouterr().err.endswith(
+        f"run_benchmark.py: error: wise_ft-{erm_off.removeprefix('erm-')} is the WiSE-FT export of {erm_off}, whose "
+        f"export {new / 'runs' / erm_off / 'wise_ft'} or per-image predictions are gone (a study restored by "
+        f"pack_study.py --restore holds result files, not weights); move {new / 'results'}/{erm_off}.* aside to train "
+        "it again\n")
+
+    # into a folder holding another result, or another selection of a cell, it refuses before writing anything
+    other = tmp_path / "other"
+    (other / "results").mkdir(parents=True)
+    (other / "results" / f"{erm_off}.json").write_text("[]")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        pack_study.main(["--study", str(other), "--restore", str(packed)])
+    assert exc.value.code == 2 and capsys.readouterr().err == (
+        f"pack_study.py: error: {other / 'results' / (erm_off + '.json')} already holds another result than {packed} "
+        "(1 such files); restore into an empty --study folder, or pack this one first\n")
+    assert [p.name for p in (other / "results").iterdir()] == [f"{erm_off}.json"] and not (other / "selection.json").exists()
+    (other / "results" / f"{erm_off}.json").unlink()
+    moved = {"erm": {"3d": {**selection["erm"]["3d"], "steps": 5}}}
+    (other / "selection.json").write_text(json.dumps(moved))
+    with pytest.raises(SystemExit) as exc:
+        pack_study.main(["--study", str(other), "--restore", str(packed)])
+    assert exc.value.code == 2 and capsys.readouterr().err == (
+        f"pack_study.py: error: {other / 'selection.json'} selects another configuration for erm held out on 3d than "
+        "the pack; restore into an empty --study folder, or pack this one first\n")
+    assert list((other / "results").iterdir()) == [] and json.loads((other / "selection.json").read_text()) == moved
+
+
+def test_a_run_is_recorded_only_after_its_wise_ft_run(data, tmp_path, monkeypatch, capsys):
+    """The record of a trained run comes last, so a run the pack holds (it packs recorded runs) always has its WiSE-FT
+    files beside it: a runner stopped in between leaves the run unrecorded, and the next pass finishes it without
+    training anything."""
+    monkeypatch.chdir(REPO)
+    args = argv(data, tmp_path, "--phase", "grid", "--variants", "erm", "wise_ft", "--steps", "2")
+
+    def stopped(run, record, opts):
+        raise rb.ConfigError("stopped")
+    with monkeypatch.context() as m:
+        m.setattr(rb, "write_derived", stopped)
+        with pytest.raises(SystemExit):
+            rb.main(args, runner=in_process)
+    results = tmp_path / "results"
+    assert (results / "erm-3d-lr0.001-st2-s0.json").is_file() and not (results / "erm-3d-lr0.001-st2-s0.run.json").exists()
+    assert rb.main(args, runner=lambda cmd: pytest.fail(f"ran {cmd}")) == 0
+    assert json.loads((results / "wise_ft-3d-lr0.001-st2-s0.run.json").read_text())["derived_from"] == "erm-3d-lr0.001-st2-s0"
+    assert (results / "erm-3d-lr0.001-st2-s0.run.json").is_file()
+
+
+def test_the_runner_writes_an_empty_selection_before_the_first_grid_run(data, tmp_path, monkeypatch):
+    """A study packed before any cell is selected still has its selection.json (pack_study.py and report.py read it)."""
+    monkeypatch.chdir(REPO)
+    seen = []
+
+    def runner(cmd):
+        seen.append(json.loads((tmp_path / "selection.json").read_text()))
+        return 1
+    with pytest.raises(SystemExit) as exc:
+        rb.main(argv(data, tmp_path, "--phase", "grid"), runner=runner)
+    assert exc.value.code == 2 and seen == [{}]
+
+
 def test_a_call_with_fewer_variants_keeps_the_other_variants_selection(study, data, monkeypatch):
     """A re-ship of ERM and CLIPood alone (``--variants erm clipood``) recomputes only their cells: WiSE-FT's
     selection, which report.py needs, stays in selection.json."""
@@ -324,10 +458,12 @@ def test_a_wise_ft_run_is_never_derived_from_a_run_without_its_export(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
     erm = rb.StudyRun("erm", "3d", 1e-3, 2, 0, "grid")
-    (results / f"{erm.run_id}.run.json").write_text(json.dumps({"weights": {"selected": f"runs/{erm.run_id}"}}))
+    record = {"weights": {"selected": f"runs/{erm.run_id}"}}
+    (results / f"{erm.run_id}.run.json").write_text(json.dumps(record))
     with pytest.raises(rb.ConfigError, match=f"wise_ft-3d-lr0.001-st2-s0 is the WiSE-FT export of {erm.run_id}, which "
                                              "was trained without --export-wise-ft"):
-        rb.write_derived(rb.StudyRun("wise_ft", "3d", 1e-3, 2, 0, "grid"), rb.StudyOptions(tmp_path, tmp_path, "test"))
+        rb.write_derived(rb.StudyRun("wise_ft", "3d", 1e-3, 2, 0, "grid"), record,
+                         rb.StudyOptions(tmp_path, tmp_path, "test"))
     assert [p.name for p in results.iterdir()] == [f"{erm.run_id}.run.json"]
 
 

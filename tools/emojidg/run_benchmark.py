@@ -352,30 +352,35 @@ def chosen_alpha(config: Dict) -> float:
     return float(config["pretrained_cfg"]["recipe"]["wise_ft"]["alpha"])
 
 
-def write_record(run: StudyRun, j: sweep.Job, opts: StudyOptions) -> None:
-    """``results/<run_id>.run.json`` of a validated run (written once, after validate.py's rows)."""
+def trained_record(run: StudyRun, j: sweep.Job) -> Dict:
+    """The ``results/<run_id>.run.json`` of a validated run, from its run folder."""
     train_result = json.loads((j.run_dir / "result.json").read_text(encoding="utf-8"))
     weights = {w: (Path("runs") / run.run_id / folder).as_posix().rstrip("/") for w, folder in run.weights.items()}
     alpha = chosen_alpha(export_config(j.run_dir / WISE_FT_DIR)) if "wise_ft" in run.weights else None
-    write_text_atomic(record_path(j.result), json.dumps(run_record(
-        run, source_val_top1(train_result), j.train[1:], weights, alpha, held_out_val_top1(export_config(j.run_dir))),
-        indent=2) + "\n")
+    return run_record(run, source_val_top1(train_result), j.train[1:], weights, alpha,
+                      held_out_val_top1(export_config(j.run_dir)))
 
 
-def write_derived(run: StudyRun, opts: StudyOptions) -> None:
-    """The result files of a derived run (:data:`DERIVED_VARIANTS`) from its trained run's: validate.py's rows and
-    per-image predictions of the ``wise_ft`` weights, relabelled ``selected``, and a record whose source val is the
-    chosen alpha's (train.py records it in ``wise_ft/config.json``). Written once, the record last."""
+def write_derived(run: StudyRun, record: Dict, opts: StudyOptions) -> None:
+    """The result files of a derived run (:data:`DERIVED_VARIANTS`) from its trained run's ``record`` and files:
+    validate.py's rows and per-image predictions of the ``wise_ft`` weights, relabelled ``selected``, and a record
+    whose source val is the chosen alpha's (train.py records it in ``wise_ft/config.json``). Written once, the record
+    last."""
     trained = rows_path(opts, run.trained.run_id)
-    record = json.loads(record_path(trained).read_text(encoding="utf-8"))
     if "wise_ft" not in record["weights"]:
         raise ConfigError(f"{run.run_id} is the WiSE-FT export of {run.trained.run_id}, which was trained without "
                           f"--export-wise-ft (an older run_benchmark.py); move {opts.out / 'runs' / run.trained.run_id} "
                           f"and {trained} (with its .predictions.json and {RUN_SUFFIX}) aside to retrain it")
-    config = export_config(opts.out / record["weights"]["wise_ft"])
+    export = opts.out / record["weights"]["wise_ft"]
+    predictions = read_predictions(predictions_path(trained))
+    if predictions is None or not (export / "config.json").is_file():
+        raise ConfigError(f"{run.run_id} is the WiSE-FT export of {run.trained.run_id}, whose export {export} or "
+                          f"per-image predictions are gone (a study restored by pack_study.py --restore holds result "
+                          f"files, not weights); move {opts.out / 'results'}/{run.trained.run_id}.* aside to train it "
+                          "again")
+    config = export_config(export)
     rows = [{**r, "weights": "selected"} for r in json.loads(trained.read_text(encoding="utf-8"))
             if r["weights"] == "wise_ft"]
-    predictions = read_predictions(predictions_path(trained))
     predictions["models"] = {key.replace("|weights=wise_ft", "|weights=selected"): {**entry, "weights": "selected"}
                              for key, entry in predictions["models"].items() if key.endswith("|weights=wise_ft")}
     mine = rows_path(opts, run.run_id)
@@ -412,6 +417,15 @@ def kept_selection(opts: StudyOptions, selection: Selection) -> Selection:
     for variant, cells in selection.items():
         kept[variant] = {**kept.get(variant, {}), **cells}
     return kept
+
+
+def write_selection(grid: Sequence[StudyRun], opts: StudyOptions, dry_run: bool) -> Selection:
+    """:func:`kept_selection` of the finished grid cells, written to ``OUT/selection.json`` (an empty one too, before
+    any cell is finished: a study in progress is packed with it, tools/emojidg/pack_study.py) unless ``dry_run``."""
+    selection = kept_selection(opts, current_selection(grid, opts))
+    if not dry_run:
+        write_text_atomic(opts.out / "selection.json", json.dumps(selection, indent=2) + "\n")
+    return selection
 
 
 # --- running -------------------------------------------------------------------------------------------
@@ -454,11 +468,14 @@ def run_phase(phase: str, runs: Sequence[StudyRun], opts: StudyOptions, dry_run:
             run_logged(sweep.pending_commands(j), j)
             if dry_run:
                 return
-            if not record_path(j.result).is_file():
-                write_record(run, j, opts)
+            record_file = record_path(j.result)
+            recorded = record_file.is_file()
+            record = json.loads(record_file.read_text(encoding="utf-8")) if recorded else trained_record(run, j)
             for d in derived[run]:
                 if not record_path(rows_path(opts, d.run_id)).is_file():
-                    write_derived(d, opts)
+                    write_derived(d, record, opts)
+            if not recorded:  # last: a recorded run has its derived runs' files, in a pack too (pack_study.py)
+                write_text_atomic(record_file, json.dumps(record, indent=2) + "\n")
         return task
 
     sweep.run_side_by_side([*map(zeroshot_task, zeroshot_left), *(run_task(run, j) for run, j in jobs)],
@@ -490,10 +507,9 @@ def run_study(args: argparse.Namespace, opts: StudyOptions,
         label = "" if variants == list(args.variants) else f" of {', '.join(variants)}"
         grid = grid_runs(variants, args.domains, args.grid_seeds, {"lr": tuple(args.lrs), "steps": steps})
         if "grid" in phases:
+            write_selection(grid, opts, args.dry_run)
             run_phase(f"grid{label}", grid, opts, args.dry_run, runner, [zeroshot_job(d, opts) for d in args.domains])
-        selection = kept_selection(opts, current_selection(grid, opts))
-        if selection and not args.dry_run:
-            write_text_atomic(opts.out / "selection.json", json.dumps(selection, indent=2) + "\n")
+        selection = write_selection(grid, opts, args.dry_run)
         if "seeds" in phases:
             runs, cells, waiting = seeds_runs(selection, variants, args.domains, args.grid_seeds,
                                               args.headline_seeds, args.other_seeds)
@@ -630,6 +646,10 @@ def ship(selection: Selection, opts: StudyOptions, seed: int, domains: Sequence[
             name = f"{variant}_vitt_emojidg_{domain}"
             record = json.loads(record_path(result).read_text())
             run_dir = opts.out / record["weights"]["selected"]  # a derived run's: its fine-tune's wise_ft/
+            if not (run_dir / "config.json").is_file():
+                raise ConfigError(f"--ship: {run_dir} is gone (a study restored by pack_study.py --restore holds result "
+                                  "files, not weights); re-create it from the repository root with its recorded "
+                                  f"command: python {shlex.join(record['train_args'])}")
             model = clipood_zoo.create_model(name, checkpoint_path=run_dir)
             loaded = model.pretrained_cfg.pop("loaded_weights")  # a path of this machine: the run says it portably
             model.pretrained_cfg["shipped_from"] = {"study_run": run.run_id, "sha256": loaded["sha256"]}
