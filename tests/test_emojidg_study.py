@@ -1,4 +1,5 @@
 """tools/emojidg/run_benchmark.py, the EmojiDG study runner: its plan, its selection, and a tiny run end to end."""
+import hashlib
 import json
 import shlex
 import shutil
@@ -192,6 +193,10 @@ def held_out_val_of_export(export_dir, data):
     return row["top1"]
 
 
+def file_sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def source_val_of_export(run_dir):
     """Independently of the runner: the source val top-1 of the exported weights, from train.py's own records (the
     chosen alpha's score for WiSE-FT, else the best evaluation's)."""
@@ -220,7 +225,8 @@ def test_grid_phase_writes_the_layout_of_the_contract(study, data):
                 "phase": "grid", "train_args": record["train_args"],
                 "weights": {w: f"runs/{run_id}" + ("" if w == "selected" else f"/{w}") for w in weights},
                 "wise_ft_alpha": chosen_alpha_of_export(study / "runs" / run_id / "wise_ft"),
-                "held_out_val_top1": held_out_val_of_export(study / "runs" / run_id, data)}
+                "held_out_val_top1": held_out_val_of_export(study / "runs" / run_id, data),
+                "selected_sha256": file_sha256(study / "runs" / run_id / "model.safetensors")}
             assert record["train_args"][0] == "train.py" and record["train_args"][record["train_args"].index("--steps") + 1] == str(steps)
             for path in record["weights"].values():
                 assert (study / path / "model.safetensors").is_file()
@@ -243,7 +249,8 @@ def test_grid_phase_writes_the_layout_of_the_contract(study, data):
             "source_val_top1": source_val_of_export(study / "runs" / erm / "wise_ft"), "phase": "grid",
             "train_args": erm_record["train_args"], "weights": {"selected": f"runs/{erm}/wise_ft"},
             "wise_ft_alpha": erm_record["wise_ft_alpha"], "derived_from": erm,
-            "held_out_val_top1": held_out_val_of_export(study / "runs" / erm / "wise_ft", data)}
+            "held_out_val_top1": held_out_val_of_export(study / "runs" / erm / "wise_ft", data),
+            "selected_sha256": file_sha256(study / "runs" / erm / "wise_ft" / "model.safetensors")}
         (wise_row,) = [r for r in json.loads((results / f"{erm}.json").read_text()) if r["weights"] == "wise_ft"]
         assert json.loads((results / f"{run_id}.json").read_text()) == [{**wise_row, "weights": "selected"}]
         erm_preds = json.loads((results / f"{erm}.predictions.json").read_text())
@@ -357,6 +364,21 @@ def test_a_study_packed_mid_grid_resumes_on_a_new_machine_from_its_pack(study, d
         f"run_benchmark.py: error: --ship: {new / 'runs' / first_run} is gone (a study restored by pack_study.py --restore "
         "holds result files, not weights); re-create it from the repository root with its recorded command: python "
         f"{shlex.join(command)}\n")
+    # re-created with other weights than the study scored: refused; with the same weights, shipping goes on
+    shutil.copytree(new / "runs" / unfinished, new / "runs" / first_run)
+    with pytest.raises(SystemExit) as exc:
+        rb.main(argv(data, new, "--phase", "seeds", "--headline-seeds", "0", "--ship"), runner=lambda cmd: pytest.fail("ran"))
+    scored = json.loads((new / "results" / f"{first_run}.run.json").read_text())["selected_sha256"]
+    assert exc.value.code == 2 and capsys.readouterr().err.endswith(
+        f"run_benchmark.py: error: --ship: {new / 'runs' / first_run} holds other weights (sha256 "
+        f"{file_sha256(new / 'runs' / unfinished / 'model.safetensors')}) than the study scored ({scored}): re-created "
+        "with other threads, torch or data than the run's; re-create it as the runner ran it, or move "
+        f"{new / 'results'}/{first_run}.* aside and run the study to score it again\n")
+    shutil.rmtree(new / "runs" / first_run)
+    shutil.copytree(study / "runs" / first_run, new / "runs" / first_run)
+    with pytest.raises(SystemExit) as exc:
+        rb.main(argv(data, new, "--phase", "seeds", "--headline-seeds", "0", "--ship"), runner=lambda cmd: pytest.fail("ran"))
+    assert exc.value.code == 2 and "holds other weights" not in capsys.readouterr().err  # the sha256 check passed
     assert (REPO / "clipood_zoo" / "models" / "shipped_weights.json").read_bytes() == manifest
 
     # a restored run whose WiSE-FT files are missing (an older pack) cannot derive them without its export: a clear error

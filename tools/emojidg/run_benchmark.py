@@ -41,7 +41,8 @@ Layout under ``--out`` (read by tools/emojidg/report.py; only ever extended)::
                                         wise_ft_fixed?: paths relative to --out}, wise_ft_alpha?: the alpha
                                         source val chose for wise_ft/, held_out_val_top1: the selected
                                         export's top-1 on the held-out style's val split (the report's oracle;
-                                        never selection's)}; a derived run's: its fine-tune's train_args,
+                                        never selection's), selected_sha256: that export's model.safetensors'
+                                        sha256 (--ship checks it)}; a derived run's: its fine-tune's train_args,
                                         weights {selected: runs/<fine-tune run_id>/wise_ft}, its wise_ft_alpha,
                                         derived_from: <fine-tune run_id>, and
                                         results/<run_id>.json (+ .predictions.json) are the fine-tune's wise_ft
@@ -88,7 +89,7 @@ from clipood_zoo.errors import TrainingError  # noqa: E402
 from clipood_zoo import sweep  # noqa: E402
 from clipood_zoo.data import emojidg  # noqa: E402
 from clipood_zoo.fileio import write_text_atomic  # noqa: E402
-from clipood_zoo.hub import model_card  # noqa: E402
+from clipood_zoo.hub import model_card, sha256_file  # noqa: E402
 from clipood_zoo.methods import METHODS  # noqa: E402
 from clipood_zoo.models.emoji import RECIPE  # noqa: E402
 from clipood_zoo.stats import paired_class_bootstrap  # noqa: E402
@@ -333,11 +334,16 @@ def held_out_val_top1(config: Dict) -> Optional[float]:
 
 
 def run_record(run: StudyRun, source_val: float, train_args: Sequence[str], weights: Dict[str, str],
-               wise_ft_alpha: Optional[float], held_out_val: Optional[float]) -> Dict:
+               wise_ft_alpha: Optional[float], selected: Dict) -> Dict:
+    """The record of a run; ``selected`` is the ``config.json`` of its selected export, whose held-out val top-1 and
+    file sha256 it keeps (the sha256 lets --ship check that a run folder re-created on another machine holds the
+    weights the study scored)."""
+    held_out_val = held_out_val_top1(selected)
     return {"run_id": run.run_id, "variant": run.variant, "domain": run.domain, "lr": run.lr, "steps": run.steps,
             "seed": run.seed, "source_val_top1": source_val, "phase": run.phase, "train_args": list(train_args),
             "weights": weights, **({} if wise_ft_alpha is None else {"wise_ft_alpha": wise_ft_alpha}),
-            **({} if held_out_val is None else {"held_out_val_top1": held_out_val})}
+            **({} if held_out_val is None else {"held_out_val_top1": held_out_val}),
+            "selected_sha256": selected["sha256"]}
 
 
 def export_config(folder: Path) -> Dict:
@@ -357,8 +363,7 @@ def trained_record(run: StudyRun, j: sweep.Job) -> Dict:
     train_result = json.loads((j.run_dir / "result.json").read_text(encoding="utf-8"))
     weights = {w: (Path("runs") / run.run_id / folder).as_posix().rstrip("/") for w, folder in run.weights.items()}
     alpha = chosen_alpha(export_config(j.run_dir / WISE_FT_DIR)) if "wise_ft" in run.weights else None
-    return run_record(run, source_val_top1(train_result), j.train[1:], weights, alpha,
-                      held_out_val_top1(export_config(j.run_dir)))
+    return run_record(run, source_val_top1(train_result), j.train[1:], weights, alpha, export_config(j.run_dir))
 
 
 def write_derived(run: StudyRun, record: Dict, opts: StudyOptions) -> None:
@@ -388,7 +393,7 @@ def write_derived(run: StudyRun, record: Dict, opts: StudyOptions) -> None:
     write_text_atomic(mine, json.dumps(rows, indent=2) + "\n")
     write_text_atomic(record_path(mine), json.dumps(run_record(
         run, source_val_top1(config["train_results"]), record["train_args"], {"selected": record["weights"]["wise_ft"]},
-        chosen_alpha(config), held_out_val_top1(config)) | {"derived_from": run.trained.run_id}, indent=2) + "\n")
+        chosen_alpha(config), config) | {"derived_from": run.trained.run_id}, indent=2) + "\n")
 
 
 def finished_records(runs: Sequence[StudyRun], opts: StudyOptions) -> List[Dict]:
@@ -650,6 +655,13 @@ def ship(selection: Selection, opts: StudyOptions, seed: int, domains: Sequence[
                 raise ConfigError(f"--ship: {run_dir} is gone (a study restored by pack_study.py --restore holds result "
                                   "files, not weights); re-create it from the repository root with its recorded "
                                   f"command: python {shlex.join(record['train_args'])}")
+            found = sha256_file(run_dir / "model.safetensors")
+            if found != record.get("selected_sha256", found):  # records before 2026-11-29 have none
+                raise ConfigError(f"--ship: {run_dir} holds other weights (sha256 {found}) than the study scored "
+                                  f"({record['selected_sha256']}): re-created with other threads, torch or data than "
+                                  f"the run's; re-create it as the runner ran it, or move "
+                                  f"{opts.out / 'results'}/{record.get('derived_from', run.run_id)}.* aside and run the "
+                                  "study to score it again")
             model = clipood_zoo.create_model(name, checkpoint_path=run_dir)
             loaded = model.pretrained_cfg.pop("loaded_weights")  # a path of this machine: the run says it portably
             model.pretrained_cfg["shipped_from"] = {"study_run": run.run_id, "sha256": loaded["sha256"]}
