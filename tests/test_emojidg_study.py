@@ -1,6 +1,7 @@
 """tools/emojidg/run_benchmark.py, the EmojiDG study runner: its plan, its selection, and a tiny run end to end."""
 import hashlib
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -11,6 +12,7 @@ import pytest
 import train
 import validate
 from clipood_zoo.data.synthetic import write_synthetic_dataset
+from clipood_zoo.fileio import write_bytes_atomic
 from tests.conftest import TINY_ARCH, TINY_CONFIG, in_process_runner
 
 REPO = Path(__file__).resolve().parent.parent
@@ -226,7 +228,8 @@ def test_grid_phase_writes_the_layout_of_the_contract(study, data):
                 "weights": {w: f"runs/{run_id}" + ("" if w == "selected" else f"/{w}") for w in weights},
                 "wise_ft_alpha": chosen_alpha_of_export(study / "runs" / run_id / "wise_ft"),
                 "held_out_val_top1": held_out_val_of_export(study / "runs" / run_id, data),
-                "selected_sha256": file_sha256(study / "runs" / run_id / "model.safetensors")}
+                "selected_sha256": file_sha256(study / "runs" / run_id / "model.safetensors"),
+                "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}  # the in-process runner's: this process's
             assert record["train_args"][0] == "train.py" and record["train_args"][record["train_args"].index("--steps") + 1] == str(steps)
             for path in record["weights"].values():
                 assert (study / path / "model.safetensors").is_file()
@@ -250,7 +253,8 @@ def test_grid_phase_writes_the_layout_of_the_contract(study, data):
             "train_args": erm_record["train_args"], "weights": {"selected": f"runs/{erm}/wise_ft"},
             "wise_ft_alpha": erm_record["wise_ft_alpha"], "derived_from": erm,
             "held_out_val_top1": held_out_val_of_export(study / "runs" / erm / "wise_ft", data),
-            "selected_sha256": file_sha256(study / "runs" / erm / "wise_ft" / "model.safetensors")}
+            "selected_sha256": file_sha256(study / "runs" / erm / "wise_ft" / "model.safetensors"),
+            "omp_num_threads": erm_record["omp_num_threads"]}
         (wise_row,) = [r for r in json.loads((results / f"{erm}.json").read_text()) if r["weights"] == "wise_ft"]
         assert json.loads((results / f"{run_id}.json").read_text()) == [{**wise_row, "weights": "selected"}]
         erm_preds = json.loads((results / f"{erm}.predictions.json").read_text())
@@ -321,7 +325,13 @@ def test_a_study_packed_mid_grid_resumes_on_a_new_machine_from_its_pack(study, d
     assert json.loads((packed / "results" / f"{erm_off}.run.json").read_text())["predictions_kept"] is False
 
     new = tmp_path / "new_machine"
-    assert pack_study.main(["--study", str(new), "--restore", str(packed)]) == 0
+    order = []
+    with monkeypatch.context() as m:  # the order a cut-off restore relies on: predictions, rows, WiSE-FT records, the rest
+        m.setattr(pack_study, "write_bytes_atomic", lambda path, data: order.append(path.name) or write_bytes_atomic(path, data))
+        assert pack_study.main(["--study", str(new), "--restore", str(packed)]) == 0
+    kinds = ["predictions" if n.endswith(".predictions.json") else "rows" if not n.endswith(".run.json")
+             else "wise_ft record" if n.startswith("wise_ft-") else "record" for n in order]
+    assert kinds == sorted(kinds, key=["predictions", "rows", "wise_ft record", "record"].index) and len(set(kinds)) == 4
     assert capsys.readouterr().out == f"restored 5 runs from {packed} into {new} (16 files written, the rest already there)\n"
     assert not (new / "runs").exists()
     assert pack_study.main(["--study", str(new), "--restore", str(packed)]) == 0  # again: nothing left to write
@@ -354,16 +364,19 @@ def test_a_study_packed_mid_grid_resumes_on_a_new_machine_from_its_pack(study, d
     cell = full[first]["3d"]
     first_run = f"{first}-3d-lr{cell['lr']:g}-st{cell['steps']}-s0"  # its first shipped run, restored: no run folder
     assert first_run != unfinished and not (new / "runs" / first_run).exists()
-    command = json.loads((new / "results" / f"{first_run}.run.json").read_text())["train_args"]
+    record_file = new / "results" / f"{first_run}.run.json"
+    record = json.loads(record_file.read_text())
+    command = record["train_args"]
     assert command[:1] == ["train.py"] and command[command.index("--experiment") + 1] == first_run
+    record_file.write_text(json.dumps({**record, "omp_num_threads": "1"}))  # as the runner's --jobs 2 on 2 cores records
     manifest = (REPO / "clipood_zoo" / "models" / "shipped_weights.json").read_bytes()
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         rb.main(argv(data, new, "--phase", "seeds", "--headline-seeds", "0", "--ship"), runner=lambda cmd: pytest.fail("ran"))
     assert exc.value.code == 2 and capsys.readouterr().err.endswith(
         f"run_benchmark.py: error: --ship: {new / 'runs' / first_run} is gone (a study restored by pack_study.py --restore "
-        "holds result files, not weights); re-create it from the repository root with its recorded command: python "
-        f"{shlex.join(command)}\n")
+        "holds result files, not weights); re-create it from the repository root with its recorded command: "
+        f"OMP_NUM_THREADS=1 python {shlex.join(command)}\n")
     # re-created with other weights than the study scored: refused; with the same weights, shipping goes on
     shutil.copytree(new / "runs" / unfinished, new / "runs" / first_run)
     with pytest.raises(SystemExit) as exc:
@@ -372,13 +385,22 @@ def test_a_study_packed_mid_grid_resumes_on_a_new_machine_from_its_pack(study, d
     assert exc.value.code == 2 and capsys.readouterr().err.endswith(
         f"run_benchmark.py: error: --ship: {new / 'runs' / first_run} holds other weights (sha256 "
         f"{file_sha256(new / 'runs' / unfinished / 'model.safetensors')}) than the study scored ({scored}): re-created "
-        "with other threads, torch or data than the run's; re-create it as the runner ran it, or move "
-        f"{new / 'results'}/{first_run}.* aside and run the study to score it again\n")
+        f"with other threads, torch or data than the run's; re-create it with OMP_NUM_THREADS=1 python "
+        f"{shlex.join(command)}, or move {new / 'results'}/{first_run}.* "
+        f"{new / 'results'}/{first.replace('clipood', 'clipood_wise_ft').replace('erm', 'wise_ft')}"
+        f"{first_run.removeprefix(first)}.* aside and run the study to score it again (a grid run scored again may "
+        "change its cell's selection)\n")
     shutil.rmtree(new / "runs" / first_run)
     shutil.copytree(study / "runs" / first_run, new / "runs" / first_run)
     with pytest.raises(SystemExit) as exc:
         rb.main(argv(data, new, "--phase", "seeds", "--headline-seeds", "0", "--ship"), runner=lambda cmd: pytest.fail("ran"))
     assert exc.value.code == 2 and "holds other weights" not in capsys.readouterr().err  # the sha256 check passed
+    shutil.rmtree(new / "runs" / first_run)  # a record from before selected_sha256: nothing to check against
+    shutil.copytree(new / "runs" / unfinished, new / "runs" / first_run)
+    record_file.write_text(json.dumps({k: v for k, v in record.items() if k != "selected_sha256"}))
+    with pytest.raises(SystemExit) as exc:
+        rb.main(argv(data, new, "--phase", "seeds", "--headline-seeds", "0", "--ship"), runner=lambda cmd: pytest.fail("ran"))
+    assert exc.value.code == 2 and "holds other weights" not in capsys.readouterr().err
     assert (REPO / "clipood_zoo" / "models" / "shipped_weights.json").read_bytes() == manifest
 
     # a restored run whose WiSE-FT files are missing (an older pack) cannot derive them without its export: a clear error
@@ -411,6 +433,21 @@ def test_a_study_packed_mid_grid_resumes_on_a_new_machine_from_its_pack(study, d
         f"pack_study.py: error: {other / 'selection.json'} selects another configuration for erm held out on 3d than "
         "the pack; restore into an empty --study folder, or pack this one first\n")
     assert list((other / "results").iterdir()) == [] and json.loads((other / "selection.json").read_text()) == moved
+    # a selection of other cells is kept and extended by the pack's
+    flyp = {"flyp": {"3d": selection["erm"]["3d"]}}
+    (other / "selection.json").write_text(json.dumps(flyp))
+    assert pack_study.main(["--study", str(other), "--restore", str(packed)]) == 0
+    assert json.loads((other / "selection.json").read_text()) == {**selection, **flyp}
+
+    # a restore cut off before a run's record: the runner says so instead of failing on the missing run folder
+    (other / "results" / f"{erm_off}.run.json").unlink()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        rb.main(argv(data, other, "--phase", "grid"), runner=lambda cmd: pytest.fail(f"ran {cmd}"))
+    assert exc.value.code == 2 and capsys.readouterr().err.endswith(
+        f"run_benchmark.py: error: {other / 'results' / (erm_off + '.json')} has no .run.json beside it and "
+        f"{other / 'runs' / erm_off} no result.json: a restore (pack_study.py --restore) was interrupted; run it again, "
+        "or move the run's files aside to train it again\n")
 
 
 def test_a_run_is_recorded_only_after_its_wise_ft_run(data, tmp_path, monkeypatch, capsys):

@@ -127,11 +127,21 @@ def merged_selection(local: Path, packed: Dict) -> Dict:
     return {v: {**packed.get(v, {}), **kept.get(v, {})} for v in {**packed, **kept}}
 
 
+def restore_order(path: Path, data: bytes) -> int:
+    """Where a file goes in a restore: predictions, rows, WiSE-FT records, then the records of the runs they derive
+    from. The runner reads a run as done from its rows and derives missing WiSE-FT runs from a recorded run, so a
+    restore cut off part-way leaves nothing the runner would act on wrongly; run again, it writes the rest."""
+    if path.name.endswith(PREDICTIONS_SUFFIX):
+        return 0
+    if not path.name.endswith(RUN_SUFFIX):
+        return 1
+    return 2 if "derived_from" in json.loads(data) else 3
+
+
 def restore(pack_dir: Path, study: Path) -> Dict[str, int]:
     """Write the result files of the pack ``pack_dir`` into the runner folder ``study``; returns counts for the
     summary line. Every file is checked against what ``study`` already holds before any is written. The order makes an
-    interrupted restore harmless and finished by running it again: rows and predictions first, then each run's record
-    (the runner reads a run as finished from its rows, selection from its record), ``selection.json`` last."""
+    interrupted restore finished by running it again (:func:`restore_order`), ``selection.json`` last."""
     selection_path = pack_dir / "selection.json"
     if not selection_path.is_file():
         raise ConfigError(f"{selection_path} is missing: --restore takes a folder pack_study.py wrote")
@@ -147,7 +157,7 @@ def restore(pack_dir: Path, study: Path) -> Dict[str, int]:
                           "restore into an empty --study folder, or pack this one first")
     local_selection = study / "selection.json"
     selection = merged_selection(local_selection, json.loads(selection_path.read_text()))
-    written = sorted((p for p in files if not p.exists()), key=lambda p: p.name.endswith(RUN_SUFFIX))
+    written = sorted((p for p in files if not p.exists()), key=lambda p: restore_order(p, files[p]))
     for path in written:
         write_bytes_atomic(path, files[path])
     if not local_selection.is_file() or json.loads(local_selection.read_text()) != selection:

@@ -42,7 +42,8 @@ Layout under ``--out`` (read by tools/emojidg/report.py; only ever extended)::
                                         source val chose for wise_ft/, held_out_val_top1: the selected
                                         export's top-1 on the held-out style's val split (the report's oracle;
                                         never selection's), selected_sha256: that export's model.safetensors'
-                                        sha256 (--ship checks it)}; a derived run's: its fine-tune's train_args,
+                                        sha256 (--ship checks it), omp_num_threads: the OMP_NUM_THREADS it
+                                        trained with (null: unset)}; a derived run's: its fine-tune's train_args,
                                         weights {selected: runs/<fine-tune run_id>/wise_ft}, its wise_ft_alpha,
                                         derived_from: <fine-tune run_id>, and
                                         results/<run_id>.json (+ .predictions.json) are the fine-tune's wise_ft
@@ -334,16 +335,32 @@ def held_out_val_top1(config: Dict) -> Optional[float]:
 
 
 def run_record(run: StudyRun, source_val: float, train_args: Sequence[str], weights: Dict[str, str],
-               wise_ft_alpha: Optional[float], selected: Dict) -> Dict:
+               wise_ft_alpha: Optional[float], selected: Dict, threads: Optional[str]) -> Dict:
     """The record of a run; ``selected`` is the ``config.json`` of its selected export, whose held-out val top-1 and
-    file sha256 it keeps (the sha256 lets --ship check that a run folder re-created on another machine holds the
-    weights the study scored)."""
+    file sha256 it keeps, and ``threads`` the ``OMP_NUM_THREADS`` it trained with (None: unset, torch's default). The
+    two let --ship re-create a run folder that is gone (:func:`recreate_command`) and check that it holds the weights
+    the study scored."""
     held_out_val = held_out_val_top1(selected)
     return {"run_id": run.run_id, "variant": run.variant, "domain": run.domain, "lr": run.lr, "steps": run.steps,
             "seed": run.seed, "source_val_top1": source_val, "phase": run.phase, "train_args": list(train_args),
             "weights": weights, **({} if wise_ft_alpha is None else {"wise_ft_alpha": wise_ft_alpha}),
             **({} if held_out_val is None else {"held_out_val_top1": held_out_val}),
-            "selected_sha256": selected["sha256"]}
+            "selected_sha256": selected["sha256"], "omp_num_threads": threads}
+
+
+def recreate_command(record: Dict) -> str:
+    """The shell command, run from the repository root, that trains a recorded run's folder again as the runner did:
+    on this CPU it gives bit-identical weights with the same threads, torch and data."""
+    threads = record.get("omp_num_threads")
+    return (f"OMP_NUM_THREADS={threads} " if threads else "") + shlex.join(["python", *record["train_args"]])
+
+
+def result_files(opts: StudyOptions, trained: StudyRun) -> List[str]:
+    """The result files (as globs) of a trained run and of the WiSE-FT runs derived from it: what to move aside to
+    score it again."""
+    runs = [trained, *(dataclasses.replace(trained, variant=v) for v, base in DERIVED_VARIANTS.items()
+                       if base == trained.variant)]
+    return [f"{opts.out / 'results'}/{r.run_id}.*" for r in runs]
 
 
 def export_config(folder: Path) -> Dict:
@@ -358,12 +375,17 @@ def chosen_alpha(config: Dict) -> float:
     return float(config["pretrained_cfg"]["recipe"]["wise_ft"]["alpha"])
 
 
-def trained_record(run: StudyRun, j: sweep.Job) -> Dict:
+def trained_record(run: StudyRun, j: sweep.Job, threads: Optional[str]) -> Dict:
     """The ``results/<run_id>.run.json`` of a validated run, from its run folder."""
+    if not (j.run_dir / "result.json").is_file():
+        raise ConfigError(f"{j.result} has no {RUN_SUFFIX} beside it and {j.run_dir} no result.json: a restore "
+                          "(pack_study.py --restore) was interrupted; run it again, or move the run's files aside to "
+                          "train it again")
     train_result = json.loads((j.run_dir / "result.json").read_text(encoding="utf-8"))
     weights = {w: (Path("runs") / run.run_id / folder).as_posix().rstrip("/") for w, folder in run.weights.items()}
     alpha = chosen_alpha(export_config(j.run_dir / WISE_FT_DIR)) if "wise_ft" in run.weights else None
-    return run_record(run, source_val_top1(train_result), j.train[1:], weights, alpha, export_config(j.run_dir))
+    return run_record(run, source_val_top1(train_result), j.train[1:], weights, alpha, export_config(j.run_dir),
+                      threads)
 
 
 def write_derived(run: StudyRun, record: Dict, opts: StudyOptions) -> None:
@@ -393,7 +415,8 @@ def write_derived(run: StudyRun, record: Dict, opts: StudyOptions) -> None:
     write_text_atomic(mine, json.dumps(rows, indent=2) + "\n")
     write_text_atomic(record_path(mine), json.dumps(run_record(
         run, source_val_top1(config["train_results"]), record["train_args"], {"selected": record["weights"]["wise_ft"]},
-        chosen_alpha(config), config) | {"derived_from": run.trained.run_id}, indent=2) + "\n")
+        chosen_alpha(config), config, record.get("omp_num_threads")) | {"derived_from": run.trained.run_id},
+        indent=2) + "\n")
 
 
 def finished_records(runs: Sequence[StudyRun], opts: StudyOptions) -> List[Dict]:
@@ -450,6 +473,8 @@ def run_phase(phase: str, runs: Sequence[StudyRun], opts: StudyOptions, dry_run:
           f"{sum(r.steps for r in trained)} optimizer steps; left: {len(left)} runs, {left_steps} optimizer steps"
           + (f"; zero-shot evaluations left: {len(zeroshot_left)}" if zeroshot else ""), flush=True)
     side_by_side = opts.jobs > 1 and not dry_run
+    own_threads = side_by_side and runner is None  # run_logged's: each run on its share of the cores
+    threads = (sweep.threads_env(opts.jobs) if own_threads else os.environ).get("OMP_NUM_THREADS")
 
     def run_logged(commands: List[List[str]], j: sweep.Job) -> None:
         """Run ``j``'s ``commands``; with --jobs > 1 (and the default runner) into their own log, which a failure
@@ -475,11 +500,12 @@ def run_phase(phase: str, runs: Sequence[StudyRun], opts: StudyOptions, dry_run:
                 return
             record_file = record_path(j.result)
             recorded = record_file.is_file()
-            record = json.loads(record_file.read_text(encoding="utf-8")) if recorded else trained_record(run, j)
+            record = (json.loads(record_file.read_text(encoding="utf-8")) if recorded
+                      else trained_record(run, j, threads))
             for d in derived[run]:
                 if not record_path(rows_path(opts, d.run_id)).is_file():
                     write_derived(d, record, opts)
-            if not recorded:  # last: a recorded run has its derived runs' files, in a pack too (pack_study.py)
+            if not recorded:  # last: a recorded run has the files of the derived runs planned with it, in a pack too
                 write_text_atomic(record_file, json.dumps(record, indent=2) + "\n")
         return task
 
@@ -654,14 +680,14 @@ def ship(selection: Selection, opts: StudyOptions, seed: int, domains: Sequence[
             if not (run_dir / "config.json").is_file():
                 raise ConfigError(f"--ship: {run_dir} is gone (a study restored by pack_study.py --restore holds result "
                                   "files, not weights); re-create it from the repository root with its recorded "
-                                  f"command: python {shlex.join(record['train_args'])}")
+                                  f"command: {recreate_command(record)}")
             found = sha256_file(run_dir / "model.safetensors")
             if found != record.get("selected_sha256", found):  # records before 2026-11-29 have none
                 raise ConfigError(f"--ship: {run_dir} holds other weights (sha256 {found}) than the study scored "
                                   f"({record['selected_sha256']}): re-created with other threads, torch or data than "
-                                  f"the run's; re-create it as the runner ran it, or move "
-                                  f"{opts.out / 'results'}/{record.get('derived_from', run.run_id)}.* aside and run the "
-                                  "study to score it again")
+                                  f"the run's; re-create it with {recreate_command(record)}, or move "
+                                  f"{' '.join(result_files(opts, run.trained))} aside and run the study to score it "
+                                  "again (a grid run scored again may change its cell's selection)")
             model = clipood_zoo.create_model(name, checkpoint_path=run_dir)
             loaded = model.pretrained_cfg.pop("loaded_weights")  # a path of this machine: the run says it portably
             model.pretrained_cfg["shipped_from"] = {"study_run": run.run_id, "sha256": loaded["sha256"]}
