@@ -470,6 +470,31 @@ def test_a_run_is_recorded_only_after_its_wise_ft_run(data, tmp_path, monkeypatc
     assert (results / "erm-3d-lr0.001-st2-s0.run.json").is_file()
 
 
+def test_minutes_start_only_the_runs_expected_to_end_in_time(data, tmp_path, monkeypatch, capsys):
+    """--minutes: a run whose estimate (steps * --seconds-per-step + EVAL_SECONDS) exceeds what is left is not started,
+    and a shorter one later in the plan still is; the next call runs what was left."""
+    monkeypatch.chdir(REPO)
+    trained = []
+
+    def runner(cmd):
+        if cmd[1] == "train.py":
+            trained.append(cmd[cmd.index("--experiment") + 1])
+        return in_process(cmd)
+    # 2 steps: 2 * 600 + 180 = 1380 s, within 27.5 min (1650 s); 3 steps: 1980 s, not. The 3-step run comes first.
+    args = argv(data, tmp_path, "--phase", "grid", "--variants", "erm", "--steps", "3", "2")
+    assert rb.EVAL_SECONDS == 180
+    assert rb.main([*args, "--minutes", "27.5", "--seconds-per-step", "600"], runner=runner) == 0
+    assert trained == ["erm-3d-lr0.001-st2-s0"]
+    assert ("# left for a later call: erm-3d-lr0.001-st3-s0 needs about 33 min, 27 min are left of --minutes"
+            in capsys.readouterr().out)
+    assert rb.main(args, runner=runner) == 0
+    assert trained == ["erm-3d-lr0.001-st2-s0", "erm-3d-lr0.001-st3-s0"]
+    for bad in (["--minutes", "-1"], ["--seconds-per-step", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            rb.main([*args, *bad], runner=lambda cmd: pytest.fail("ran"))
+        assert exc.value.code == 2 and "--minutes must be >= 0 and --seconds-per-step > 0" in capsys.readouterr().err
+
+
 def test_the_runner_writes_an_empty_selection_before_the_first_grid_run(data, tmp_path, monkeypatch):
     """A study packed before any cell is selected still has its selection.json (pack_study.py and report.py read it)."""
     monkeypatch.chdir(REPO)

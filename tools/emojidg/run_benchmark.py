@@ -54,7 +54,9 @@ with ``run_id = f"{variant}-{domain}-lr{lr:g}-st{steps}-s{seed}"``. Resumable: a
 exists is skipped, an interrupted one resumed (clipood_zoo.sweep's rules). ``--dry-run`` prints the commands
 left and, per phase, the runs and optimizer steps in all and left (to size it for a CPU or a GPU).
 ``--jobs N`` runs N runs (train then validate) side by side, each logged to ``OUT/logs/<run_id>.log`` with
-``OMP_NUM_THREADS`` = cores / N: one small run leaves a GPU, or spare cores, idle.
+``OMP_NUM_THREADS`` = cores / N: one small run leaves a GPU, or spare cores, idle. ``--minutes M`` starts no run
+expected to end later than M minutes from the call's start (:class:`Budget`): a session ends its study call with
+nothing in flight, having run the shorter runs that still fit.
 ``--ship`` re-saves the first seed of the selected ERM, CLIPood and WiSE-FT runs (those of them in ``--variants``)
 and of the best peer (when the study ran peers) as fp16 into ``weights/`` and records their sha256 in
 ``clipood_zoo/models/shipped_weights.json``. A WiSE-FT run whose fine-tune is the ERM run shipped beside it stores
@@ -74,6 +76,7 @@ import os
 import shlex
 import sys
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -113,6 +116,9 @@ LP_SHARE = 0.2  # lp_ft: the share of the steps that trains only the head
 EMA_DECAY = 0.99  # the EMA every clipood run exports beside its BMA (a 100-step horizon: shorter than any run)
 WISE_FT_ALPHAS = ("0", "0.25", "0.5", "0.75", "1")
 PHASES = ("grid", "seeds", "ablation")
+# --minutes' estimate of a run, measured here (2 runs side by side on 2 cores, 2026-11-29): 0.4-0.5 s per optimizer
+# step, and 100-150 s of evaluations (source val during training, WiSE-FT's alphas, validate.py on every weights)
+SECONDS_PER_STEP, EVAL_SECONDS = 0.5, 180.0
 
 # beside the alpha source val chooses, WiSE-FT at the paper's fixed alpha (source val chose 1 in every v1-recipe run)
 EXPORT_WISE_FT = ["--wise-ft-alphas", *WISE_FT_ALPHAS, "--export-wise-ft",
@@ -254,6 +260,23 @@ def ablation_runs(selection: Selection, domains: Sequence[str], seeds: Sequence[
 
 
 # --- commands ------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """``--minutes``: the runner starts no training run it expects to overrun them, and goes on with the runs that fit
+    (shorter ones, later in the plan). A session's machine ends with it, and a run it cuts short is lost with its
+    checkpoint (run folders are not committed: tools/emojidg/pack_study.py); a run left for the next session loses
+    nothing. The estimate is ``steps * seconds_per_step + EVAL_SECONDS``, from the time of this call's start."""
+
+    deadline: float  # time.monotonic() at which the budget ends
+    seconds_per_step: float
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def needs(self, steps: int) -> float:
+        return steps * self.seconds_per_step + EVAL_SECONDS
+
+
 @dataclasses.dataclass
 class StudyOptions:
     data_dir: Path
@@ -267,6 +290,7 @@ class StudyOptions:
     device: Optional[str] = None
     jobs: int = 1  # runs side by side (--jobs)
     python: str = sys.executable
+    budget: Optional[Budget] = None  # --minutes
 
     def common(self) -> List[str]:
         """Flags train.py and validate.py both take."""
@@ -495,7 +519,12 @@ def run_phase(phase: str, runs: Sequence[StudyRun], opts: StudyOptions, dry_run:
 
     def run_task(run: StudyRun, j: sweep.Job) -> Callable[[], None]:
         def task() -> None:
-            run_logged(sweep.pending_commands(j), j)
+            commands = sweep.pending_commands(j)
+            if commands and opts.budget and not dry_run and opts.budget.needs(run.steps) > opts.budget.left():
+                sweep.say(f"# left for a later call: {run.run_id} needs about {opts.budget.needs(run.steps) / 60:.0f} "
+                          f"min, {max(0.0, opts.budget.left()) / 60:.0f} min are left of --minutes")
+                return
+            run_logged(commands, j)
             if dry_run:
                 return
             record_file = record_path(j.result)
@@ -772,6 +801,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs side by side (a small model leaves a GPU or spare CPU cores idle); each run's output "
                         "goes to OUT/logs/<run_id>.log and gets OMP_NUM_THREADS = cores / jobs unless that is set")
     p.add_argument("--dry-run", action="store_true", help="print the commands left and each phase's runs and steps")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="start no run expected to end later than this many minutes from now (a session's machine "
+                        "time); the runs that fit go on, the rest wait for the next call")
+    p.add_argument("--seconds-per-step", type=float, default=SECONDS_PER_STEP,
+                   help=f"--minutes' estimate of a run: optimizer steps times this, plus {EVAL_SECONDS:g} s of "
+                        "evaluations (default %(default)s: measured on 2 CPU cores with --jobs 2)")
     p.add_argument("--ship", action="store_true",
                    help="copy the selected ERM/CLIPood/WiSE-FT runs (those in --variants) and the best peer's, first headline "
                         "seed, into weights/")
@@ -796,6 +831,9 @@ def main(argv: Optional[List[str]] = None, runner: Optional[Callable[[Sequence[s
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.minutes is not None and args.minutes < 0 or args.seconds_per_step <= 0:
+        parser.error(f"--minutes must be >= 0 and --seconds-per-step > 0, got {args.minutes} and "
+                     f"{args.seconds_per_step}")
     out = absolute(args.out)  # the runs start in REPO, not here
     try:
         info = json.loads((args.data_dir / "_info.json").read_text(encoding="utf-8"))
@@ -804,7 +842,9 @@ def main(argv: Optional[List[str]] = None, runner: Optional[Callable[[Sequence[s
                        "with the EmojiDG shards (tools/emojidg/make_shards.py)\n")
     opts = StudyOptions(absolute(args.data_dir), out, held_out_split(info), model=args.model,
                         model_config=args.model_config, pretrained=not args.random_init, batch_size=args.batch_size,
-                        workers=args.workers, device=args.device, jobs=args.jobs)
+                        workers=args.workers, device=args.device, jobs=args.jobs,
+                        budget=None if args.minutes is None else Budget(time.monotonic() + 60 * args.minutes,
+                                                                        args.seconds_per_step))
     try:
         if not args.dry_run:
             (out / "results").mkdir(parents=True, exist_ok=True)
