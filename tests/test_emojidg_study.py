@@ -471,25 +471,35 @@ def test_a_run_is_recorded_only_after_its_wise_ft_run(data, tmp_path, monkeypatc
 
 
 def test_minutes_start_only_the_runs_expected_to_end_in_time(data, tmp_path, monkeypatch, capsys):
-    """--minutes: a run whose estimate (steps * --seconds-per-step + EVAL_SECONDS) exceeds what is left is not started,
-    and a shorter one later in the plan still is; the next call runs what was left."""
+    """--minutes: a run whose estimate (steps * --seconds-per-step, plus validate.py's start and a share per weights it
+    scores) exceeds what is left is not started, and a shorter one later in the plan still is; a run whose training is
+    done counts its validation only; the next call runs what was left."""
     monkeypatch.chdir(REPO)
-    trained = []
+    calls = []
 
     def runner(cmd):
-        if cmd[1] == "train.py":
-            trained.append(cmd[cmd.index("--experiment") + 1])
+        calls.append((cmd[1], Path(cmd[cmd.index("--results-file") + 1]).stem if cmd[1] == "validate.py"
+                      else cmd[cmd.index("--experiment") + 1]))
         return in_process(cmd)
-    # 2 steps: 2 * 600 + 180 = 1380 s, within 27.5 min (1650 s); 3 steps: 1980 s, not. The 3-step run comes first.
+    # an ERM run scores 3 weights (selected, wise_ft, wise_ft_fixed): 60 + 3 * 25 = 135 s of validation. At 600 s a
+    # step, 2 steps need 1335 s, within 27.5 min (1650 s); 3 steps need 1935 s, not. The 3-step run comes first.
+    assert (rb.VALIDATE_START_SECONDS, rb.VALIDATE_SECONDS_PER_WEIGHTS) == (60, 25)
     args = argv(data, tmp_path, "--phase", "grid", "--variants", "erm", "--steps", "3", "2")
-    assert rb.EVAL_SECONDS == 180
     assert rb.main([*args, "--minutes", "27.5", "--seconds-per-step", "600"], runner=runner) == 0
-    assert trained == ["erm-3d-lr0.001-st2-s0"]
-    assert ("# left for a later call: erm-3d-lr0.001-st3-s0 needs about 33 min, 27 min are left of --minutes"
-            in capsys.readouterr().out)
-    assert rb.main(args, runner=runner) == 0
-    assert trained == ["erm-3d-lr0.001-st2-s0", "erm-3d-lr0.001-st3-s0"]
-    for bad in (["--minutes", "-1"], ["--seconds-per-step", "0"]):
+    assert [c for c in calls if c[0] == "train.py"] == [("train.py", "erm-3d-lr0.001-st2-s0")]
+    out = capsys.readouterr().out
+    assert out.count("# left for a later call: erm-3d-lr0.001-st3-s0 needs about 32 min, 27 min are left of --minutes") == 1
+
+    # trained, but its validation failed: within 5 minutes only the validation (135 s) fits
+    def validation_fails(cmd):
+        return 1 if cmd[1] == "validate.py" else runner(cmd)
+    with pytest.raises(SystemExit):
+        rb.main([*args, "--minutes", "60", "--seconds-per-step", "1"], runner=validation_fails)
+    calls.clear()
+    assert rb.main([*args, "--minutes", "5", "--seconds-per-step", "1000"], runner=runner) == 0
+    assert calls == [("validate.py", "erm-3d-lr0.001-st3-s0")]
+    assert (tmp_path / "results" / "erm-3d-lr0.001-st3-s0.run.json").is_file()
+    for bad in (["--minutes", "-1"], ["--minutes", "nan"], ["--seconds-per-step", "0"], ["--seconds-per-step", "inf"]):
         with pytest.raises(SystemExit) as exc:
             rb.main([*args, *bad], runner=lambda cmd: pytest.fail("ran"))
         assert exc.value.code == 2 and "--minutes must be >= 0 and --seconds-per-step > 0" in capsys.readouterr().err

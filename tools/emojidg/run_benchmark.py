@@ -72,6 +72,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import math
 import os
 import shlex
 import sys
@@ -79,7 +80,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 
@@ -116,9 +117,11 @@ LP_SHARE = 0.2  # lp_ft: the share of the steps that trains only the head
 EMA_DECAY = 0.99  # the EMA every clipood run exports beside its BMA (a 100-step horizon: shorter than any run)
 WISE_FT_ALPHAS = ("0", "0.25", "0.5", "0.75", "1")
 PHASES = ("grid", "seeds", "ablation")
-# --minutes' estimate of a run, measured here (2 runs side by side on 2 cores, 2026-11-29): 0.4-0.5 s per optimizer
-# step, and 100-150 s of evaluations (source val during training, WiSE-FT's alphas, validate.py on every weights)
-SECONDS_PER_STEP, EVAL_SECONDS = 0.5, 180.0
+# --minutes' estimate of a run, measured here (2 runs side by side on 2 cores, 2026-11-29): 0.58-0.73 s per optimizer
+# step with train.py's own evaluations (the more the machine does besides, the slower); validate.py about 20 s per
+# weights it scores on 4,440 images (ERM's 3: 64 s) after a start of under a minute. Rounded up: a run cut short by the
+# session's end is lost, a run left for the next call is not.
+SECONDS_PER_STEP, VALIDATE_START_SECONDS, VALIDATE_SECONDS_PER_WEIGHTS = 0.8, 60.0, 25.0
 
 # beside the alpha source val chooses, WiSE-FT at the paper's fixed alpha (source val chose 1 in every v1-recipe run)
 EXPORT_WISE_FT = ["--wise-ft-alphas", *WISE_FT_ALPHAS, "--export-wise-ft",
@@ -260,21 +263,36 @@ def ablation_runs(selection: Selection, domains: Sequence[str], seeds: Sequence[
 
 
 # --- commands ------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class Budget:
-    """``--minutes``: the runner starts no training run it expects to overrun them, and goes on with the runs that fit
-    (shorter ones, later in the plan). A session's machine ends with it, and a run it cuts short is lost with its
-    checkpoint (run folders are not committed: tools/emojidg/pack_study.py); a run left for the next session loses
-    nothing. The estimate is ``steps * seconds_per_step + EVAL_SECONDS``, from the time of this call's start."""
+    """``--minutes``: the runner starts no run it expects to overrun them, and goes on with the runs that fit (shorter
+    ones, later in the plan). A session's machine ends with it, and a run it cuts short is lost with its checkpoint
+    (run folders are not committed: tools/emojidg/pack_study.py); a run left for the next session loses nothing. The
+    estimate (:meth:`needs`) counts a run's steps in full even when it resumes from a checkpoint (its step is inside
+    the checkpoint), and only the validation of a run whose training is done."""
 
     deadline: float  # time.monotonic() at which the budget ends
     seconds_per_step: float
+    reported: Set[str] = dataclasses.field(default_factory=set)  # runs already said to wait (each stage re-checks them)
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
-    def needs(self, steps: int) -> float:
-        return steps * self.seconds_per_step + EVAL_SECONDS
+    def needs(self, run: StudyRun, commands: Sequence[Sequence[str]]) -> float:
+        validate = VALIDATE_START_SECONDS + VALIDATE_SECONDS_PER_WEIGHTS * len(run.weights)
+        trains = any(c[1:2] == ["train.py"] for c in commands)
+        return (run.steps * self.seconds_per_step if trains else 0.0) + validate
+
+    def defers(self, run: StudyRun, commands: Sequence[Sequence[str]]) -> bool:
+        """Whether ``run`` waits for a later call; said once per run."""
+        need, left = self.needs(run, commands), self.left()
+        if need <= left:
+            return False
+        if run.run_id not in self.reported:
+            self.reported.add(run.run_id)
+            sweep.say(f"# left for a later call: {run.run_id} needs about {need / 60:.0f} min, "
+                      f"{max(0.0, left) / 60:.0f} min are left of --minutes")
+        return True
 
 
 @dataclasses.dataclass
@@ -520,9 +538,7 @@ def run_phase(phase: str, runs: Sequence[StudyRun], opts: StudyOptions, dry_run:
     def run_task(run: StudyRun, j: sweep.Job) -> Callable[[], None]:
         def task() -> None:
             commands = sweep.pending_commands(j)
-            if commands and opts.budget and not dry_run and opts.budget.needs(run.steps) > opts.budget.left():
-                sweep.say(f"# left for a later call: {run.run_id} needs about {opts.budget.needs(run.steps) / 60:.0f} "
-                          f"min, {max(0.0, opts.budget.left()) / 60:.0f} min are left of --minutes")
+            if commands and opts.budget and not dry_run and opts.budget.defers(run, commands):
                 return
             run_logged(commands, j)
             if dry_run:
@@ -805,8 +821,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start no run expected to end later than this many minutes from now (a session's machine "
                         "time); the runs that fit go on, the rest wait for the next call")
     p.add_argument("--seconds-per-step", type=float, default=SECONDS_PER_STEP,
-                   help=f"--minutes' estimate of a run: optimizer steps times this, plus {EVAL_SECONDS:g} s of "
-                        "evaluations (default %(default)s: measured on 2 CPU cores with --jobs 2)")
+                   help=f"--minutes' estimate of a run: optimizer steps times this, plus validate.py's "
+                        f"{VALIDATE_START_SECONDS:g} s and {VALIDATE_SECONDS_PER_WEIGHTS:g} s per weights it scores "
+                        "(default %(default)s: measured on 2 CPU cores with --jobs 2, rounded up)")
     p.add_argument("--ship", action="store_true",
                    help="copy the selected ERM/CLIPood/WiSE-FT runs (those in --variants) and the best peer's, first headline "
                         "seed, into weights/")
@@ -831,7 +848,7 @@ def main(argv: Optional[List[str]] = None, runner: Optional[Callable[[Sequence[s
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
-    if args.minutes is not None and args.minutes < 0 or args.seconds_per_step <= 0:
+    if not (args.minutes is None or 0 <= args.minutes < math.inf) or not 0 < args.seconds_per_step < math.inf:
         parser.error(f"--minutes must be >= 0 and --seconds-per-step > 0, got {args.minutes} and "
                      f"{args.seconds_per_step}")
     out = absolute(args.out)  # the runs start in REPO, not here
