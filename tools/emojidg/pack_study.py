@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO / "tools"))
 from clipood_zoo import ClipoodError, ConfigError  # noqa: E402
 from clipood_zoo.fileio import write_bytes_atomic, write_text_atomic  # noqa: E402
 from emojidg.paths import occupied  # noqa: E402
+from emojidg.selection import extended  # noqa: E402
 from emojidg.study_results import (  # noqa: E402
     KEPT_KEY, PREDICTIONS_SUFFIX, RUN_SUFFIX, ZEROSHOT, Study, held_out_val_oracle, load_study, read_predictions,
 )
@@ -124,7 +125,7 @@ def merged_selection(local: Path, packed: Dict) -> Dict:
             if kept.get(variant, {}).get(domain, cell) != cell:
                 raise ConfigError(f"{local} selects another configuration for {variant} held out on {domain} than the "
                                   "pack; restore into an empty --study folder, or pack this one first")
-    return {v: {**packed.get(v, {}), **kept.get(v, {})} for v in {**packed, **kept}}
+    return extended(kept, packed)
 
 
 def restore_order(path: Path, data: bytes) -> int:

@@ -103,7 +103,7 @@ from train import EMA_DIR, LAST_DIR, WISE_FT_DIR, WISE_FT_FIXED_DIR, beta_key, b
 from train import build_parser as build_train_parser  # noqa: E402
 import validate  # noqa: E402
 from emojidg.paths import repo_relative  # noqa: E402
-from emojidg.selection import Selection, best_of, select  # noqa: E402
+from emojidg.selection import Selection, best_of, extended, select  # noqa: E402
 from emojidg.shipped import WEIGHTS, record_shipped, source_pins  # noqa: E402
 from emojidg.study_results import (  # noqa: E402
     RUN_SUFFIX, WISE_FT_FIXED_ALPHA, ZEROSHOT, Study, load_study, predictions_path, read_predictions, record_path,
@@ -278,14 +278,13 @@ class Budget:
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
-    def needs(self, run: StudyRun, commands: Sequence[Sequence[str]]) -> float:
+    def needs(self, run: StudyRun, trains: bool) -> float:
         validate = VALIDATE_START_SECONDS + VALIDATE_SECONDS_PER_WEIGHTS * len(run.weights)
-        trains = any(c[1:2] == ["train.py"] for c in commands)
         return (run.steps * self.seconds_per_step if trains else 0.0) + validate
 
-    def defers(self, run: StudyRun, commands: Sequence[Sequence[str]]) -> bool:
-        """Whether ``run`` waits for a later call; said once per run."""
-        need, left = self.needs(run, commands), self.left()
+    def defers(self, run: StudyRun, trains: bool) -> bool:
+        """Whether ``run`` (with training left, or validation only) waits for a later call; said once per run."""
+        need, left = self.needs(run, trains), self.left()
         if need <= left:
             return False
         if run.run_id not in self.reported:
@@ -483,10 +482,7 @@ def kept_selection(opts: StudyOptions, selection: Selection) -> Selection:
     ``--domains`` (a re-ship of two methods) recomputes only its own cells and keeps the others' (only ever
     extended, like every file of the study)."""
     path = opts.out / "selection.json"
-    kept: Selection = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    for variant, cells in selection.items():
-        kept[variant] = {**kept.get(variant, {}), **cells}
-    return kept
+    return extended(json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}, selection)
 
 
 def write_selection(grid: Sequence[StudyRun], opts: StudyOptions, dry_run: bool) -> Selection:
@@ -538,7 +534,7 @@ def run_phase(phase: str, runs: Sequence[StudyRun], opts: StudyOptions, dry_run:
     def run_task(run: StudyRun, j: sweep.Job) -> Callable[[], None]:
         def task() -> None:
             commands = sweep.pending_commands(j)
-            if commands and opts.budget and not dry_run and opts.budget.defers(run, commands):
+            if commands and opts.budget and not dry_run and opts.budget.defers(run, commands != [j.validate]):
                 return
             run_logged(commands, j)
             if dry_run:

@@ -34,6 +34,12 @@ def select(records: Iterable[Mapping[str, Any]]) -> Selection:
     return out
 
 
+def extended(kept: Selection, cells: Selection) -> Selection:
+    """``kept`` with the (variant, domain) cells of ``cells`` put in (``cells`` win where both hold one): how a
+    ``selection.json`` grows, cell by cell, and is never cut."""
+    return {v: {**kept.get(v, {}), **cells.get(v, {})} for v in {**kept, **cells}}
+
+
 def best_of(selection: Selection, variants: Sequence[str], domains: Sequence[str]) -> Optional[str]:
     """The variant of ``variants`` whose selected cells have the best mean source val top-1 over ``domains``
     (ties: the first in ``variants``); None while any of them lacks a selected cell for a domain."""
