@@ -505,6 +505,51 @@ def test_minutes_start_only_the_runs_expected_to_end_in_time(data, tmp_path, mon
         assert exc.value.code == 2 and "--minutes must be >= 0 and --seconds-per-step > 0" in capsys.readouterr().err
 
 
+def test_minutes_learn_the_seconds_per_step_from_the_runs_of_the_call(data, tmp_path, monkeypatch, capsys):
+    """--seconds-per-step is the guess until a run of the call has trained: then the measured seconds per step (all
+    steps over all train.py seconds, times MEASURED_MARGIN) decide, faster or slower than the guess. A clock the
+    runner advances stands for the machine: train.py takes ``per_step`` seconds a step, validate.py 100 s."""
+    monkeypatch.chdir(REPO)
+    clock, per_step = [0.0], [0.0]
+    monkeypatch.setattr(rb.time, "monotonic", lambda: clock[0])  # sweep.run_commands and Budget read the same clock
+    trained = []
+
+    def runner(cmd):
+        if cmd[1] == "train.py":
+            steps = int(cmd[cmd.index("--steps") + 1])
+            trained.append(cmd[cmd.index("--experiment") + 1])
+            clock[0] += steps * per_step[0]
+        else:
+            clock[0] += 100
+        return in_process(cmd)
+    assert rb.MEASURED_MARGIN == 1.3
+    # the zero-shot evaluation (100 s), then the 1-step run. Guess 1000 s a step: it needs 1000 + 135 s of the 1700
+    # left; measured at 10 s a step, the 3-step run needs 3 * 13 + 135 = 174 s of the 1590 left, where the guess said
+    # 3135
+    args = argv(data, tmp_path / "fast", "--phase", "grid", "--variants", "erm", "--steps", "1", "3")
+    per_step[0] = 10
+    assert rb.main([*args, "--minutes", "30", "--seconds-per-step", "1000"], runner=runner) == 0
+    assert trained == ["erm-3d-lr0.001-st1-s0", "erm-3d-lr0.001-st3-s0"]
+    assert "left for a later call" not in capsys.readouterr().out
+
+    # guess 1 s a step: the 1-step run needs 136 s; measured at 600 s a step (800 s with its validation and the
+    # zero-shot one), the 3-step run needs 3 * 780 + 135 = 2475 s of the 1000 left, where the guess said 138
+    trained.clear()
+    args = argv(data, tmp_path / "slow", "--phase", "grid", "--variants", "erm", "--steps", "1", "3")
+    per_step[0], clock[0] = 600, 0.0
+    assert rb.main([*args, "--minutes", "30", "--seconds-per-step", "1"], runner=runner) == 0
+    assert trained == ["erm-3d-lr0.001-st1-s0"]
+    assert "# left for a later call: erm-3d-lr0.001-st3-s0 needs about 41 min, 17 min are left of --minutes" \
+        in capsys.readouterr().out
+
+    # the rate is all steps over all seconds (the long runs decide), not the mean of the runs' rates
+    budget = rb.Budget(deadline=3600, seconds_per_step=2.0)
+    assert budget.rate() == 2.0
+    budget.measured(100, 50.0)
+    budget.measured(300, 70.0)
+    assert budget.rate() == pytest.approx(1.3 * 120 / 400)
+
+
 def test_the_runner_writes_an_empty_selection_before_the_first_grid_run(data, tmp_path, monkeypatch):
     """A study packed before any cell is selected still has its selection.json (pack_study.py and report.py read it)."""
     monkeypatch.chdir(REPO)
