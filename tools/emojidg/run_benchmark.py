@@ -118,12 +118,13 @@ EMA_DECAY = 0.99  # the EMA every clipood run exports beside its BMA (a 100-step
 WISE_FT_ALPHAS = ("0", "0.25", "0.5", "0.75", "1")
 PHASES = ("grid", "seeds", "ablation")
 # --minutes' estimate of a run, measured here (2 runs side by side on 2 cores, 2026-11-29): 0.58-0.73 s per optimizer
-# step with train.py's own evaluations (the more the machine does besides, the slower); validate.py about 20 s per
-# weights it scores on 4,440 images (ERM's 3: 64 s) after a start of under a minute. Rounded up: a run cut short by the
-# session's end is lost, a run left for the next call is not. Once a run of the call has trained, its measured rate
-# replaces SECONDS_PER_STEP (Budget.rate), with a margin for a machine that gets busier (0.58 against 0.44 s above).
+# step with train.py's own evaluations while tests ran beside them, 0.44 s with nothing else running (0.33-0.39 s on
+# 2026-12-06); validate.py about 20 s per weights it scores on 4,440 images (ERM's 3: 64 s) after a start of under a
+# minute. Rounded up: a run cut short by the session's end is lost, a run left for the next call is not. Once a run of
+# the call has trained, the measured rate replaces SECONDS_PER_STEP (Budget.rate), with a margin for a machine that
+# gets busier while the next run goes (tests beside the runs: up to 0.73 / 0.44 = 1.66 times slower).
 SECONDS_PER_STEP, VALIDATE_START_SECONDS, VALIDATE_SECONDS_PER_WEIGHTS = 0.8, 60.0, 25.0
-MEASURED_MARGIN = 1.3
+MEASURED_MARGIN, RECENT_RUNS = 1.5, 2
 
 # beside the alpha source val chooses, WiSE-FT at the paper's fixed alpha (source val chose 1 in every v1-recipe run)
 EXPORT_WISE_FT = ["--wise-ft-alphas", *WISE_FT_ALPHAS, "--export-wise-ft",
@@ -291,11 +292,13 @@ class Budget:
         self.trained.append((steps, seconds))
 
     def rate(self) -> float:
-        """Seconds per step: with :data:`MEASURED_MARGIN`, all steps measured in this call over all their seconds (a
-        short run's start weighs on its rate, so the long runs' rate decides), else ``--seconds-per-step``."""
-        if not self.trained:
+        """Seconds per step: the slowest of the last :data:`RECENT_RUNS` runs measured, times :data:`MEASURED_MARGIN`
+        (a machine that got busier shows in the next run, and no average over the call hides it); before the first,
+        ``--seconds-per-step``. A short run's start weighs on its rate: that errs on the safe side."""
+        recent = self.trained[-RECENT_RUNS:]  # one read: the other --jobs thread may append meanwhile
+        if not recent:
             return self.seconds_per_step
-        return MEASURED_MARGIN * sum(seconds for _, seconds in self.trained) / sum(steps for steps, _ in self.trained)
+        return MEASURED_MARGIN * max(seconds / steps for steps, seconds in recent)
 
     def needs(self, run: StudyRun, trains: bool) -> float:
         validate = VALIDATE_START_SECONDS + VALIDATE_SECONDS_PER_WEIGHTS * len(run.weights)
@@ -839,9 +842,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds-per-step", type=float, default=SECONDS_PER_STEP,
                    help=f"--minutes' estimate of a run: optimizer steps times this, plus validate.py's "
                         f"{VALIDATE_START_SECONDS:g} s and {VALIDATE_SECONDS_PER_WEIGHTS:g} s per weights it scores; "
-                        "a guess, used until a run of this call has trained: then its measured rate "
-                        f"(times {MEASURED_MARGIN:g}) (default %(default)s: measured on 2 CPU cores with --jobs 2, "
-                        "rounded up)")
+                        "a guess, used until a run of this call has trained: then the slowest rate of the last "
+                        f"{RECENT_RUNS} runs measured, times {MEASURED_MARGIN:g} (default %(default)s: measured on 2 "
+                        "CPU cores with --jobs 2, rounded up)")
     p.add_argument("--ship", action="store_true",
                    help="copy the selected ERM/CLIPood/WiSE-FT runs (those in --variants) and the best peer's, first headline "
                         "seed, into weights/")
