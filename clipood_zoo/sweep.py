@@ -30,6 +30,7 @@ import shlex
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -286,12 +287,18 @@ def run_sweep(jobs: Sequence[Job], table: int, label: str, opts: SweepOptions, d
 
 
 def run_commands(commands: Sequence[Sequence[str]], job: Job, dry_run: bool,
-                 runner: Callable[[Sequence[str]], int]) -> None:
-    """Print each of ``job``'s commands and, unless ``dry_run``, run it; a failure stops with :func:`_check`'s error."""
+                 runner: Callable[[Sequence[str]], int]) -> List[float]:
+    """Print each of ``job``'s commands and, unless ``dry_run``, run it; a failure stops with :func:`_check`'s error.
+    Returns the wall-clock seconds of each command run (none with ``dry_run``): what a time budget learns from."""
+    seconds = []
     for cmd in commands:
         say(shlex.join(cmd))
         if not dry_run:
-            _check(runner(cmd), cmd, job)
+            started = time.monotonic()
+            returncode = runner(cmd)
+            seconds.append(time.monotonic() - started)
+            _check(returncode, cmd, job)
+    return seconds
 
 
 def _check(returncode: int, cmd: Sequence[str], job: Optional[Job]) -> None:

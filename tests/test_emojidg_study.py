@@ -505,6 +505,77 @@ def test_minutes_start_only_the_runs_expected_to_end_in_time(data, tmp_path, mon
         assert exc.value.code == 2 and "--minutes must be >= 0 and --seconds-per-step > 0" in capsys.readouterr().err
 
 
+def test_minutes_learn_the_seconds_per_step_from_the_runs_of_the_call(data, tmp_path, monkeypatch, capsys):
+    """--seconds-per-step is the guess until a run of the call has trained from its first step: then the slowest rate
+    of the last RECENT_RUNS runs, times MEASURED_MARGIN, decides, faster or slower than the guess. A resumed run
+    (its earlier steps are not in its seconds) and a validation-only run measure nothing. A clock the runner advances
+    stands for the machine: train.py takes ``per_step`` seconds a step, validate.py 100 s."""
+    monkeypatch.chdir(REPO)
+    clock, per_step = [0.0], [0.0]
+    monkeypatch.setattr(rb.time, "monotonic", lambda: clock[0])  # sweep.run_commands and Budget read the same clock
+    trained = []
+
+    def runner(cmd):
+        if cmd[1] == "train.py":
+            trained.append(cmd[cmd.index("--experiment") + 1])
+            clock[0] += int(cmd[cmd.index("--steps") + 1]) * per_step[0]
+        else:
+            clock[0] += 100
+        return in_process(cmd)
+    assert (rb.MEASURED_MARGIN, rb.RECENT_RUNS) == (1.5, 2)
+    # the zero-shot evaluation (100 s), then the 1-step run. Guess 1000 s a step: it needs 1000 + 135 s of the 1700
+    # left; measured at 10 s a step, the 3-step run needs 3 * 15 + 135 = 180 s of the 1590 left, where the guess said
+    # 3135
+    args = argv(data, tmp_path / "fast", "--phase", "grid", "--variants", "erm", "--steps", "1", "3")
+    per_step[0] = 10
+    assert rb.main([*args, "--minutes", "30", "--seconds-per-step", "1000"], runner=runner) == 0
+    assert trained == ["erm-3d-lr0.001-st1-s0", "erm-3d-lr0.001-st3-s0"]
+    assert "left for a later call" not in capsys.readouterr().out
+
+    # guess 1 s a step: the 1-step run needs 136 s; measured at 600 s a step (800 s with its validation and the
+    # zero-shot one), the 3-step run needs 3 * 900 + 135 = 2835 s of the 1000 left, where the guess said 138
+    trained.clear()
+    args = argv(data, tmp_path / "slow", "--phase", "grid", "--variants", "erm", "--steps", "1", "3")
+    per_step[0], clock[0] = 600, 0.0
+    assert rb.main([*args, "--minutes", "30", "--seconds-per-step", "1"], runner=runner) == 0
+    assert trained == ["erm-3d-lr0.001-st1-s0"]
+    assert "# left for a later call: erm-3d-lr0.001-st3-s0 needs about 47 min, 17 min are left of --minutes" \
+        in capsys.readouterr().out
+
+    # the 3-step run trains, but its validation fails: a next call has only its validation left
+    with pytest.raises(SystemExit):
+        rb.main([*args, "--minutes", "600", "--seconds-per-step", "1"],
+                runner=lambda cmd: 1 if cmd[1] == "validate.py" else runner(cmd))
+    # and the 1-step run's rows are gone, its folder holding a checkpoint: the next call resumes it (train.py --resume;
+    # the empty checkpoint stands for one, and the runner trains the run afresh). Neither measures a rate.
+    out = tmp_path / "slow"
+    for f in (out / "results" / "erm-3d-lr0.001-st1-s0.json", out / "results" / "erm-3d-lr0.001-st1-s0.run.json"):
+        f.unlink()
+    shutil.rmtree(out / "runs" / "erm-3d-lr0.001-st1-s0")
+    (out / "runs" / "erm-3d-lr0.001-st1-s0").mkdir()
+    (out / "runs" / "erm-3d-lr0.001-st1-s0" / "checkpoint.pt").write_bytes(b"")
+    measured, trained[:] = [], []
+    monkeypatch.setattr(rb.Budget, "measured", lambda self, steps, seconds: measured.append(steps))
+
+    def resumes(cmd):
+        if "--resume" in cmd:
+            i = cmd.index("--resume")
+            (Path(cmd[i + 1]) / "checkpoint.pt").unlink()
+            cmd = cmd[:i] + cmd[i + 2:]
+        return runner(cmd)
+    assert rb.main([*args, "--minutes", "600", "--seconds-per-step", "1"], runner=resumes) == 0
+    assert trained == ["erm-3d-lr0.001-st1-s0"] and measured == []
+    assert (out / "results" / "erm-3d-lr0.001-st3-s0.run.json").is_file()
+
+    # the last RECENT_RUNS runs' slowest own rate: a slow run drops out once two others are measured
+    budget = rb.Budget(deadline=3600, seconds_per_step=2.0)
+    assert budget.rate() == 2.0
+    budget.trained += [(100, 80.0), (300, 60.0)]
+    assert budget.rate() == pytest.approx(1.5 * 0.8)
+    budget.trained.append((1000, 300.0))
+    assert budget.rate() == pytest.approx(1.5 * 0.3)
+
+
 def test_the_runner_writes_an_empty_selection_before_the_first_grid_run(data, tmp_path, monkeypatch):
     """A study packed before any cell is selected still has its selection.json (pack_study.py and report.py read it)."""
     monkeypatch.chdir(REPO)

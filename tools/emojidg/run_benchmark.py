@@ -118,10 +118,13 @@ EMA_DECAY = 0.99  # the EMA every clipood run exports beside its BMA (a 100-step
 WISE_FT_ALPHAS = ("0", "0.25", "0.5", "0.75", "1")
 PHASES = ("grid", "seeds", "ablation")
 # --minutes' estimate of a run, measured here (2 runs side by side on 2 cores, 2026-11-29): 0.58-0.73 s per optimizer
-# step with train.py's own evaluations (the more the machine does besides, the slower); validate.py about 20 s per
-# weights it scores on 4,440 images (ERM's 3: 64 s) after a start of under a minute. Rounded up: a run cut short by the
-# session's end is lost, a run left for the next call is not.
+# step with train.py's own evaluations while tests ran beside them, 0.44 s with nothing else running (0.33-0.39 s on
+# 2026-12-06); validate.py about 20 s per weights it scores on 4,440 images (ERM's 3: 64 s) after a start of under a
+# minute. Rounded up: a run cut short by the session's end is lost, a run left for the next call is not. Once a run of
+# the call has trained, the measured rate replaces SECONDS_PER_STEP (Budget.rate), with a margin for a machine that
+# gets busier while the next run goes (tests beside the runs: up to 0.73 / 0.44 = 1.66 times slower).
 SECONDS_PER_STEP, VALIDATE_START_SECONDS, VALIDATE_SECONDS_PER_WEIGHTS = 0.8, 60.0, 25.0
+MEASURED_MARGIN, RECENT_RUNS = 1.5, 2
 
 # beside the alpha source val chooses, WiSE-FT at the paper's fixed alpha (source val chose 1 in every v1-recipe run)
 EXPORT_WISE_FT = ["--wise-ft-alphas", *WISE_FT_ALPHAS, "--export-wise-ft",
@@ -269,18 +272,37 @@ class Budget:
     ones, later in the plan). A session's machine ends with it, and a run it cuts short is lost with its checkpoint
     (run folders are not committed: tools/emojidg/pack_study.py); a run left for the next session loses nothing. The
     estimate (:meth:`needs`) counts a run's steps in full even when it resumes from a checkpoint (its step is inside
-    the checkpoint), and only the validation of a run whose training is done."""
+    the checkpoint), and only the validation of a run whose training is done.
+
+    The time a step takes is learnt (:meth:`measured`): ``--seconds-per-step`` is only the guess before the first
+    run of this call has trained. A guess safe on the slowest machine wastes the end of a session on a fast one (on a
+    GPU, the whole session), and the machine's speed while the runs go is what decides whether the next one fits."""
 
     deadline: float  # time.monotonic() at which the budget ends
-    seconds_per_step: float
+    seconds_per_step: float  # --seconds-per-step: until this call measures a run
     reported: Set[str] = dataclasses.field(default_factory=set)  # runs already said to wait (each stage re-checks them)
+    trained: List[Tuple[int, float]] = dataclasses.field(default_factory=list)  # (steps, seconds) of this call's runs
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
+    def measured(self, steps: int, seconds: float) -> None:
+        """A run of this call trained ``steps`` from its first step in ``seconds`` (train.py's start and its own
+        evaluations included, side by side with the other --jobs: as the next runs will)."""
+        self.trained.append((steps, seconds))
+
+    def rate(self) -> float:
+        """Seconds per step: the slowest of the last :data:`RECENT_RUNS` runs measured, times :data:`MEASURED_MARGIN`
+        (a machine that got busier shows in the next run, and no average over the call hides it); before the first,
+        ``--seconds-per-step``. A short run's start weighs on its rate: that errs on the safe side."""
+        recent = self.trained[-RECENT_RUNS:]  # one read: the other --jobs thread may append meanwhile
+        if not recent:
+            return self.seconds_per_step
+        return MEASURED_MARGIN * max(seconds / steps for steps, seconds in recent)
+
     def needs(self, run: StudyRun, trains: bool) -> float:
         validate = VALIDATE_START_SECONDS + VALIDATE_SECONDS_PER_WEIGHTS * len(run.weights)
-        return (run.steps * self.seconds_per_step if trains else 0.0) + validate
+        return (run.steps * self.rate() if trains else 0.0) + validate
 
     def defers(self, run: StudyRun, trains: bool) -> bool:
         """Whether ``run`` (with training left, or validation only) waits for a later call; said once per run."""
@@ -514,17 +536,16 @@ def run_phase(phase: str, runs: Sequence[StudyRun], opts: StudyOptions, dry_run:
     own_threads = side_by_side and runner is None  # run_logged's: each run on its share of the cores
     threads = (sweep.threads_env(opts.jobs) if own_threads else os.environ).get("OMP_NUM_THREADS")
 
-    def run_logged(commands: List[List[str]], j: sweep.Job) -> None:
+    def run_logged(commands: List[List[str]], j: sweep.Job) -> List[float]:
         """Run ``j``'s ``commands``; with --jobs > 1 (and the default runner) into their own log, which a failure
-        names, and on the cores' share of one run."""
+        names, and on the cores' share of one run. The seconds each command took (sweep.run_commands)."""
         if not commands or runner is not None or not side_by_side:
-            sweep.run_commands(commands, j, dry_run, runner or sweep.run_subprocess)
-            return
+            return sweep.run_commands(commands, j, dry_run, runner or sweep.run_subprocess)
         log = opts.out / "logs" / f"{j.name}.log"
         sweep.say(f"# {j.name}: output in {log}")
         try:
-            sweep.run_commands(commands, j, dry_run,
-                               functools.partial(sweep.run_subprocess, log=log, env=sweep.threads_env(opts.jobs)))
+            return sweep.run_commands(commands, j, dry_run,
+                                      functools.partial(sweep.run_subprocess, log=log, env=sweep.threads_env(opts.jobs)))
         except TrainingError as e:
             raise TrainingError(f"{e}\nIts output: {log}") from e
 
@@ -536,9 +557,11 @@ def run_phase(phase: str, runs: Sequence[StudyRun], opts: StudyOptions, dry_run:
             commands = sweep.pending_commands(j)
             if commands and opts.budget and not dry_run and opts.budget.defers(run, commands != [j.validate]):
                 return
-            run_logged(commands, j)
+            seconds = run_logged(commands, j)
             if dry_run:
                 return
+            if opts.budget and commands[:1] == [j.train]:  # trained from its first step (a resumed run adds --resume)
+                opts.budget.measured(run.steps, seconds[0])
             record_file = record_path(j.result)
             recorded = record_file.is_file()
             record = (json.loads(record_file.read_text(encoding="utf-8")) if recorded
@@ -818,8 +841,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "time); the runs that fit go on, the rest wait for the next call")
     p.add_argument("--seconds-per-step", type=float, default=SECONDS_PER_STEP,
                    help=f"--minutes' estimate of a run: optimizer steps times this, plus validate.py's "
-                        f"{VALIDATE_START_SECONDS:g} s and {VALIDATE_SECONDS_PER_WEIGHTS:g} s per weights it scores "
-                        "(default %(default)s: measured on 2 CPU cores with --jobs 2, rounded up)")
+                        f"{VALIDATE_START_SECONDS:g} s and {VALIDATE_SECONDS_PER_WEIGHTS:g} s per weights it scores; "
+                        "a guess, used until a run of this call has trained: then the slowest rate of the last "
+                        f"{RECENT_RUNS} runs measured, times {MEASURED_MARGIN:g} (default %(default)s: measured on 2 "
+                        "CPU cores with --jobs 2, rounded up)")
     p.add_argument("--ship", action="store_true",
                    help="copy the selected ERM/CLIPood/WiSE-FT runs (those in --variants) and the best peer's, first headline "
                         "seed, into weights/")
