@@ -32,7 +32,11 @@ class PairedInterval:
         return self.low > 0 or self.high < 0
 
     def __str__(self) -> str:
-        return f"{self.diff:+.1f} [{self.low:+.1f}, {self.high:+.1f}]"
+        """``+1.2 [+0.3, +2.1]``; an end within 0.05 of 0 but not 0 gets two significant digits (``+0.031``): shown
+        as +0.0, an interval that excludes 0 would look as if it touched it."""
+        def end(x: float) -> str:
+            return f"{x:+.2g}" if 0 < abs(x) < 0.05 else f"{x:+.1f}"
+        return f"{self.diff:+.1f} [{end(self.low)}, {end(self.high)}]"
 
 
 def paired_class_bootstrap(correct_a: Sequence[float], correct_b: Sequence[float], classes: Sequence[int], *,

@@ -12,7 +12,7 @@ import pytest
 
 from clipood_zoo.data import emojidg
 from clipood_zoo.errors import ConfigError
-from clipood_zoo.stats import paired_class_bootstrap
+from clipood_zoo.stats import PairedInterval, paired_class_bootstrap
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
@@ -225,11 +225,20 @@ def test_differences_pair_seed_averaged_correctness_against_zero_shot_and_erm(st
 
 
 def test_base_new_and_open_set_are_seed_then_domain_means(study):
+    """Base and new: mean over seeds, then over styles. H: CoOp's harmonic mean of those means (per style, and of the
+    styles' averages), which here, where base and new vary from run to run, is not the mean of the runs' own H."""
     fx, _, results, md = study
-    for metric in ("base_top1", "new_top1", "hm"):
-        for name in ("erm", "clipood"):
-            per_domain = [np.mean([w["row"][metric] for w in selected_cell(fx, name, d)]) for d in DOMAINS]
-            assert results["base_new"][name][metric]["avg"]["mean"] == pytest.approx(np.mean(per_domain), abs=0.0051)
+    for name in ("erm", "clipood"):
+        base, new, runs_h = ([np.mean([w["row"][m] for w in selected_cell(fx, name, d)]) for d in DOMAINS]
+                             for m in ("base_top1", "new_top1", "hm"))
+        cells = results["base_new"][name]
+        assert cells["base_top1"]["avg"]["mean"] == pytest.approx(np.mean(base), abs=0.0051)
+        assert cells["new_top1"]["avg"]["mean"] == pytest.approx(np.mean(new), abs=0.0051)
+        for d, b, n in zip(DOMAINS, base, new):
+            assert cells["hm"][d] == {"mean": pytest.approx(2 * b * n / (b + n), abs=0.0051), "n": 3}
+        b, n = np.mean(base), np.mean(new)
+        assert cells["hm"]["avg"]["mean"] == pytest.approx(2 * b * n / (b + n), abs=0.0051)
+        assert abs(cells["hm"]["avg"]["mean"] - np.mean(runs_h)) > 1
     for metric in study_report.OPEN_SET:
         per_domain = [np.mean([w["open_set"][metric] for w in selected_cell(fx, "clipood", d)]) for d in DOMAINS]
         assert results["open_set"]["clipood"][metric]["3d"]["n"] == 3
@@ -468,6 +477,22 @@ def test_claims_are_generated_from_the_intervals(study):
     assert verdicts["BMA beats a uniform average of the weights"] == "not measured"
 
 
+def test_a_claim_from_unequal_seeds_per_style_is_incomplete():
+    """A study still seeding: A - B averaged over styles where one style has one seed and the others three is no
+    verdict yet (its interval is printed, marked incomplete); with even seeds the interval's side decides."""
+    interval = PairedInterval(diff=1.5, low=0.4, high=2.6, level=0.95, num_classes=8, num_images=64)
+    cells = {**{d: interval for d in DOMAINS}, "avg": interval}
+    even = {d: ["seed"] * 3 for d in DOMAINS}
+    assert study_report.claim_sentence("A beats B", cells, [("clipood", even), ("zeroshot", even)]) == (
+        "holds", "**Holds**: A beats B: +1.5 [+0.4, +2.6] points averaged over the held-out styles; resolved in its "
+                 "favour on 4 and against it on 0 of 4 styles.")
+    uneven = {**even, "line": ["seed"]}
+    assert study_report.claim_sentence("A beats B", cells, [("clipood", uneven), ("zeroshot", even)]) == (
+        "incomplete", "**Incomplete**: A beats B: +1.5 [+0.4, +2.6] points averaged over the held-out styles, from "
+                      "unequal seeds per style (CLIPood (MMS + BMA) 3 / 3 / 3 / 1, 3d / flat / mono / line): no "
+                      "verdict until every style has them all.")
+
+
 def test_cli_refuses_a_folder_without_results(tmp_path):
     (tmp_path / "results").mkdir()
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "emojidg" / "report.py"), "--study", str(tmp_path),
@@ -527,15 +552,20 @@ def test_a_study_with_gzipped_predictions_reports_the_same(study, tmp_path):
 
 
 def test_v1_report_still_reproduces_the_committed_v1_tables(tmp_path):
-    """docs/emojidg/results.{md,json} stay v1: the v1 path rebuilds them from the committed v1 rows (the rows
-    have no predictions, so the only addition is the note saying so), its heading now read from the rows."""
+    """docs/emojidg/results.{md,json} stay v1: the v1 path rebuilds them from the committed v1 rows (which have no
+    predictions, so no paired intervals), its heading read from the rows."""
     v1 = REPO / "docs" / "emojidg"
     text = report.write_v1(v1 / "validate_results", tmp_path)
-    assert text.startswith((v1 / "results.md").read_text())
+    assert text == (v1 / "results.md").read_text()
     assert text.splitlines()[0] == "Held-out domain top-1 (%), 444-way, val split (444 images per domain):"
-    assert "No paired intervals" in text.removeprefix((v1 / "results.md").read_text())
+    assert text.endswith("No paired intervals: the results have no per-image predictions (*.predictions.json, "
+                         "validate.py --predictions-file).\n")
     rebuilt = json.loads((tmp_path / "results.json").read_text())
-    assert rebuilt.pop("paired_differences") == {} and rebuilt == json.loads((v1 / "results.json").read_text())
+    assert rebuilt == json.loads((v1 / "results.json").read_text()) and rebuilt["paired_differences"] == {}
+    for variant in ("zeroshot", "erm", "clipood"):  # H: of the base and new averages (CoOp's), per domain too
+        for cells in rebuilt[variant].values():
+            b, n = cells["base_top1"]["mean"], cells["new_top1"]["mean"]
+            assert cells["hm"]["mean"] == pytest.approx(2 * b * n / (b + n), abs=0.011)
 
 
 def test_the_committed_v2_report_is_rebuilt_from_its_committed_study(tmp_path):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from clipood_zoo.errors import ConfigError
-from clipood_zoo.stats import paired_class_bootstrap
+from clipood_zoo.stats import PairedInterval, paired_class_bootstrap
 
 
 def _tiny_case():
@@ -72,6 +72,15 @@ def test_seeded_and_accepts_seed_averaged_correctness():
     halves = [0.5 * x for x in a]
     assert paired_class_bootstrap(halves, b, classes, seed=3) == paired_class_bootstrap(halves, b, classes, seed=3)
     assert str(paired_class_bootstrap(a, a, classes)) == "+0.0 [+0.0, +0.0]"
+
+
+@pytest.mark.parametrize("low, high, text", [(0.031, 2.14, "+1.0 [+0.031, +2.1]"), (-2.0, -0.0042, "+1.0 [-2.0, -0.0042]"),
+                                            (0.0, 0.26, "+1.0 [+0.0, +0.3]"), (-0.05, 0.05, "+1.0 [-0.1, +0.1]")])
+def test_an_interval_end_near_zero_keeps_its_sign_in_print(low, high, text):
+    """An end that rounds to 0.0 but is not 0 is printed with two significant digits: [+0.0, +2.1] beside a
+    "resolved" star would look as if the interval touched 0."""
+    interval = PairedInterval(diff=1.0, low=low, high=high, level=0.95, num_classes=4, num_images=8)
+    assert str(interval) == text
 
 
 @pytest.mark.parametrize("kwargs, message", [

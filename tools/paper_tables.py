@@ -41,6 +41,7 @@ from clipood_zoo.data.catalog import DOMAINBED
 from clipood_zoo.data.protocols.base2new import DATASETS as B2N_DATASETS
 from clipood_zoo.data.protocols.imagenet import OOD_SHIFTS, SHIFTS
 from clipood_zoo.errors import ConfigError
+from clipood_zoo.metrics import harmonic_mean
 
 DB_ORDER = ("pacs", "vlcs", "officehome", "terraincognita", "domainnet")
 DB_TITLES = {"pacs": "PACS", "vlcs": "VLCS", "officehome": "OfficeHome", "terraincognita": "TerraInc",
@@ -99,10 +100,6 @@ def _top1_columns(row: Dict[str, Any]) -> Dict[str, float]:
 
 def _mean(values: Sequence[float]) -> Optional[float]:
     return sum(values) / len(values) if values else None
-
-
-def harmonic_mean(a: float, b: float) -> float:
-    return 0.0 if a + b == 0 else 2 * a * b / (a + b)
 
 
 # ----------------------------------------------------------------------------- Table 1

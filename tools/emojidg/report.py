@@ -45,6 +45,7 @@ from clipood_zoo import ClipoodError, ConfigError, bma_weights  # noqa: E402
 from clipood_zoo.data import emojidg  # noqa: E402
 from clipood_zoo.models.emoji import RECIPE  # noqa: E402
 from clipood_zoo.fileio import write_text_atomic  # noqa: E402
+from clipood_zoo.metrics import harmonic_mean  # noqa: E402
 from clipood_zoo.stats import PairedInterval, paired_class_bootstrap  # noqa: E402
 from emojidg import study_report  # noqa: E402
 from emojidg.study_results import PREDICTIONS_SUFFIX, load_study, seed_averaged_correctness  # noqa: E402
@@ -134,15 +135,23 @@ def paired_markdown(paired: Dict[str, Dict[str, PairedInterval]]) -> str:
 
 
 def summarise(table: Dict) -> Dict:
+    """variant -> domain (and "avg" when all four have results) -> metric -> mean/std/n over seeds. H ("hm") is
+    CoOp's, as :func:`emojidg.study_report.base_new_cells` says: the harmonic mean of the base and new means."""
     out: Dict = {}
     for variant, domains in table.items():
-        out[variant] = {d: {m: {"mean": round(statistics.mean(v), 2),
-                                "std": round(statistics.stdev(v), 2) if len(v) > 1 else 0.0, "n": len(v)}
-                            for m, v in metrics.items()} for d, metrics in domains.items()}
+        out[variant] = {d: {m: study_report.stat(v) for m, v in metrics.items()} for d, metrics in domains.items()}
         complete = [d for d in emojidg.DOMAINS if d in domains]
         if len(complete) == len(emojidg.DOMAINS):
             out[variant]["avg"] = {m: {"mean": round(statistics.mean(out[variant][d][m]["mean"] for d in complete), 2)}
                                    for m in METRICS}
+        for d, metrics in domains.items():
+            if "base_top1" in metrics and "new_top1" in metrics:
+                out[variant][d]["hm"] = {"mean": round(harmonic_mean(statistics.mean(metrics["base_top1"]),
+                                                                     statistics.mean(metrics["new_top1"])), 2),
+                                         "n": len(metrics["base_top1"])}
+        if "avg" in out[variant]:
+            avg = out[variant]["avg"]
+            avg["hm"] = {"mean": round(harmonic_mean(avg["base_top1"]["mean"], avg["new_top1"]["mean"]), 2)}
     return out
 
 
@@ -163,7 +172,8 @@ def markdown(summary: Dict, rows: List[Tuple[str, dict]]) -> str:
         lines.append(f"| {LABELS[variant]} | " + " | ".join(cell(summary, variant, d, "top1") for d in domains) + " |")
     lines += ["", "Base / new / harmonic mean on the held-out domain (each subset scored over its own "
               f"{len(emojidg.BASE_CLASSES)} classes), "
-              "average over the four held-out domains:", "", "| method | base | new | H |", "|---|---|---|---|"]
+              "average over the four held-out domains; H is the harmonic mean of the base and new averages (as CoOp "
+              "averages), not an average of each run's H:", "", "| method | base | new | H |", "|---|---|---|---|"]
     for variant in LABELS:
         if variant in summary:
             lines.append(f"| {LABELS[variant]} | " + " | ".join(cell(summary, variant, "avg", m)

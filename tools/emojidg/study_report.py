@@ -35,6 +35,7 @@ from clipood_zoo.bma import PAPER_BETA
 from clipood_zoo.data import emojidg
 from clipood_zoo.errors import ConfigError
 from clipood_zoo.fileio import write_bytes_atomic
+from clipood_zoo.metrics import harmonic_mean
 from clipood_zoo.stats import PairedInterval, paired_class_bootstrap
 
 from emojidg.study_results import (
@@ -97,7 +98,7 @@ CLAIMS = (("clipood", "zeroshot", "all", "CLIPood improves on zero-shot CLIP on 
           (FINAL_BMA, "clipood@last", "all", "BMA beats the last weights"))
 CLAIMS_RULE = ("the paired intervals of A - B averaged over the held-out styles: a claim holds when the interval "
                "excludes 0 on A's side, is reversed when it excludes 0 on B's side, and is not resolved when it "
-               "includes 0")
+               "includes 0; it is incomplete while A or B has more seeds in some styles than in others")
 OPEN_SET = ("ood_auroc_mcm", "ood_fpr95_mcm", "ood_auroc_energy", "ood_fpr95_energy")
 PLOT_FILE = "accuracy_vs_steps.png"
 Cells = Dict[str, List[Scored]]  # domain -> the seeds of one arm
@@ -141,18 +142,40 @@ def stat(values: Sequence[float]) -> Dict[str, float]:
             "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0, "n": len(values)}
 
 
+def metric_values(cells: Cells, metric: str) -> Dict[str, List[float]]:
+    """domain -> ``metric`` of each seed (rows lacking it are not counted; a domain with none is left out)."""
+    out = {}
+    for domain, seeds in cells.items():
+        values = [s.row[metric] if metric in s.row else (s.open_set or {}).get(metric) for s in seeds]
+        if values := [v for v in values if v is not None]:
+            out[domain] = values
+    return out
+
+
 def metric_cells(cells: Cells, metric: str) -> Dict[str, Dict[str, float]]:
     """domain -> mean/std/n over seeds of ``metric`` (rows lacking it are not counted), plus "avg" = mean of
     the domains' means when every held-out domain has it."""
     out, means = {}, {}
-    for domain, seeds in cells.items():
-        values = [s.row[metric] if metric in s.row else (s.open_set or {}).get(metric) for s in seeds]
-        values = [v for v in values if v is not None]
-        if values:
-            out[domain], means[domain] = stat(values), statistics.mean(values)
+    for domain, values in metric_values(cells, metric).items():
+        out[domain], means[domain] = stat(values), statistics.mean(values)
     if all(d in out for d in emojidg.DOMAINS):
         out["avg"] = {"mean": round(statistics.mean(means[d] for d in emojidg.DOMAINS), 2)}
     return out
+
+
+def base_new_cells(cells: Cells) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """``{"base_top1": ..., "new_top1": ..., "hm": ...}`` as :func:`metric_cells` gives each. H is CoOp's: the harmonic
+    mean of the mean base and the mean new top-1 (per style over its seeds, and "avg" of the styles' means), not a
+    mean of the runs' own H, which falls below it whenever base and new vary across the runs averaged."""
+    metrics = ("base_top1", "new_top1")
+    base, new = (metric_cells(cells, m) for m in metrics)
+    means = {m: {d: statistics.mean(v) for d, v in metric_values(cells, m).items()} for m in metrics}
+    hm = {d: {"mean": round(harmonic_mean(means["base_top1"][d], means["new_top1"][d]), 2), "n": base[d]["n"]}
+          for d in means["base_top1"] if d in means["new_top1"]}
+    if "avg" in base and "avg" in new:
+        hm["avg"] = {"mean": round(harmonic_mean(*(statistics.mean(means[m][d] for d in emojidg.DOMAINS)
+                                                   for m in metrics)), 2)}
+    return {"base_top1": base, "new_top1": new, "hm": hm}
 
 
 def paired(a: Cells, b: Cells, classes: Optional[Sequence[int]] = None) -> Dict[str, PairedInterval]:
@@ -347,17 +370,26 @@ def plot_steps(curves: Dict[str, Dict[int, Dict]], path: Path) -> None:
     write_bytes_atomic(path, png.getvalue())
 
 
-def claim_sentence(claim: str, cells: Optional[Dict[str, PairedInterval]]) -> Tuple[str, str]:
+def claim_sentence(claim: str, cells: Optional[Dict[str, PairedInterval]], sides: Sequence[Tuple[str, Cells]]
+                   ) -> Tuple[str, str]:
     """(verdict, sentence) for "A beats B" from the interval of A - B: holds / reversed when the average's
-    interval excludes 0, not resolved when it includes 0, not measured when there is none."""
+    interval excludes 0, not resolved when it includes 0, not measured when there is none; incomplete while a side
+    (``sides``: A's and B's label and seeds) has more seeds in some styles than in others, as a study in progress
+    has: the average would weigh a style's one seed like another's five, and the study has not said its word yet."""
     avg = (cells or {}).get("avg")
     if avg is None:
         return "not measured", f"**Not measured**: {claim} (no interval over all four held-out styles)."
-    verdict = ("holds" if avg.diff > 0 else "reversed") if avg.resolved else "not resolved"
+    uneven = [f"{label(name)} {seeds_column(side)}" for name, side in sides
+              if len({len(side.get(d, [])) for d in emojidg.DOMAINS}) > 1]
+    if uneven:
+        return "incomplete", (f"**Incomplete**: {claim}: {avg} points averaged over the held-out styles, from "
+                              f"unequal seeds per style ({'; '.join(uneven)}, {' / '.join(emojidg.DOMAINS)}): no "
+                              "verdict until every style has them all.")
+    verdict = ("holds" if avg.low > 0 else "reversed" if avg.high < 0 else "not resolved")
     styles = [cells[d] for d in emojidg.DOMAINS]
     return verdict, (f"**{verdict[0].upper() + verdict[1:]}**: {claim}: {avg} points averaged over the held-out "
-                     f"styles; resolved in its favour on {sum(c.resolved and c.diff > 0 for c in styles)} and "
-                     f"against it on {sum(c.resolved and c.diff < 0 for c in styles)} of {len(styles)} styles.")
+                     f"styles; resolved in its favour on {sum(c.low > 0 for c in styles)} and "
+                     f"against it on {sum(c.high < 0 for c in styles)} of {len(styles)} styles.")
 
 
 def build(study: Study, out: Path) -> Tuple[str, str, Dict]:
@@ -373,8 +405,8 @@ def build(study: Study, out: Path) -> Tuple[str, str, Dict]:
     group_new_diffs = {g: {(n, names[0]): paired(arms[n], arms[names[0]], emojidg.NEW_CLASSES) for n in names[1:]}
                        for g in WISE_FT_GROUPS for names in [groups[g]]}
     new_diffs = {(a, b): paired(arms[a], arms[b], emojidg.NEW_CLASSES) for a, b in pairs}
-    claims = [(claim, *claim_sentence(claim, paired(arms[a], arms[b],
-                                                    emojidg.NEW_CLASSES if images == "new" else None)))
+    claims = [(claim, *claim_sentence(claim, paired(arms[a], arms[b], emojidg.NEW_CLASSES if images == "new" else None),
+                                      [(a, arms[a]), (b, arms[b])]))
               for a, b, images, claim in CLAIMS]
     tau_rows = {tau: {"mms": metric_cells(arm(study, a), "top1"), "ce": metric_cells(arm(study, b), "top1"),
                       "diff": paired(arm(study, a), arm(study, b))}
@@ -425,8 +457,7 @@ def build(study: Study, out: Path) -> Tuple[str, str, Dict]:
         "held_out_top1": {n: metric_cells(c, "top1") for n, c in headline.items()},
         "held_out_differences": {f"{a} - {b}": interval_json(c) for (a, b), c in diffs.items()},
         "wise_ft_chosen_alpha": {n: chosen_alphas(arms[n]) for n in CHOSEN_ALPHA_ARMS if arms[n]},
-        "base_new": {n: {m: metric_cells(c, m) for m in ("base_top1", "new_top1", "hm")}
-                     for n, c in headline.items()},
+        "base_new": {n: base_new_cells(c) for n, c in headline.items()},
         "new_class_images_differences": {f"{a} - {b}": interval_json(c) for (a, b), c in new_diffs.items()},
         "open_set": {n: {m: metric_cells(c, m) for m in OPEN_SET} for n, c in headline.items()},
         "ablations": {g: {"top1": {n: metric_cells(arms[n], "top1") for n in names},
@@ -537,7 +568,8 @@ def headline_markdown(arms: Dict[str, Cells], diffs: Dict[Tuple[str, str], Dict[
             "each method's seeds), 95% interval from a bootstrap that resamples classes (10,000 resamples); "
             "* = the interval excludes 0 (resolved):\n", differences_markdown(diffs),
             f"Base / new / harmonic mean H on the held-out style (each subset scored over its own "
-            f"{len(emojidg.BASE_CLASSES)} classes), mean over seeds, then over the held-out styles:\n",
+            f"{len(emojidg.BASE_CLASSES)} classes), mean over seeds, then over the held-out styles; H is the harmonic "
+            "mean of the base and new means (as CoOp averages), not a mean of each run's H:\n",
             base_new_markdown(arms),
             f"Paired differences on the new classes' images of the held-out style (classes no fine-tune trained on; "
             f"top-1 over all {len(emojidg.CLASS_NAMES)} classes, so not the table's new-class column, which scores "
@@ -555,8 +587,7 @@ def claims_markdown(claims: Sequence[Tuple[str, str, str]]) -> str:
 def base_new_markdown(arms: Dict[str, Cells]) -> str:
     lines = [f"| method | base | new | H | seeds ({' / '.join(emojidg.DOMAINS)}) |", "|---|---|---|---|---|"]
     for name, cells in arms.items():
-        lines.append(f"| {label(name)} | " + " | ".join(fmt(metric_cells(cells, m).get("avg"))
-                                                       for m in ("base_top1", "new_top1", "hm"))
+        lines.append(f"| {label(name)} | " + " | ".join(fmt(c.get("avg")) for c in base_new_cells(cells).values())
                      + f" | {seeds_column(cells)} |")
     return "\n".join(lines) + "\n"
 
