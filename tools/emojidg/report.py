@@ -50,7 +50,7 @@ from clipood_zoo.stats import PairedInterval, paired_class_bootstrap  # noqa: E4
 from emojidg import study_report  # noqa: E402
 from emojidg.study_results import PREDICTIONS_SUFFIX, load_study, seed_averaged_correctness  # noqa: E402
 
-METRICS = ("top1", "base_top1", "new_top1", "hm")
+METRICS = ("top1", "base_top1", "new_top1")  # read from the rows; H is derived from base and new (summarise)
 LABELS = {"zeroshot": "zero-shot", "erm": "ERM (CE, last weights)", "clipood": "CLIPood (MMS + BMA)",
           "ce_bma": "CE + BMA", "fixed_margin": "fixed margin + BMA", "clipood_ema": "MMS + EMA",
           "clipood_last": "MMS, last weights"}
@@ -139,19 +139,16 @@ def summarise(table: Dict) -> Dict:
     CoOp's, as :func:`emojidg.study_report.base_new_cells` says: the harmonic mean of the base and new means."""
     out: Dict = {}
     for variant, domains in table.items():
-        out[variant] = {d: {m: study_report.stat(v) for m, v in metrics.items()} for d, metrics in domains.items()}
+        out[variant] = {d: {**{m: study_report.stat(v) for m, v in metrics.items()},
+                            "hm": {"mean": round(harmonic_mean(statistics.mean(metrics["base_top1"]),
+                                                               statistics.mean(metrics["new_top1"])), 2),
+                                   "n": len(metrics["base_top1"])}}
+                        for d, metrics in domains.items()}
         complete = [d for d in emojidg.DOMAINS if d in domains]
         if len(complete) == len(emojidg.DOMAINS):
-            out[variant]["avg"] = {m: {"mean": round(statistics.mean(out[variant][d][m]["mean"] for d in complete), 2)}
-                                   for m in METRICS}
-        for d, metrics in domains.items():
-            if "base_top1" in metrics and "new_top1" in metrics:
-                out[variant][d]["hm"] = {"mean": round(harmonic_mean(statistics.mean(metrics["base_top1"]),
-                                                                     statistics.mean(metrics["new_top1"])), 2),
-                                         "n": len(metrics["base_top1"])}
-        if "avg" in out[variant]:
-            avg = out[variant]["avg"]
-            avg["hm"] = {"mean": round(harmonic_mean(avg["base_top1"]["mean"], avg["new_top1"]["mean"]), 2)}
+            avg = {m: {"mean": round(statistics.mean(out[variant][d][m]["mean"] for d in complete), 2)} for m in METRICS}
+            out[variant]["avg"] = {**avg, "hm": {"mean": round(harmonic_mean(avg["base_top1"]["mean"],
+                                                                              avg["new_top1"]["mean"]), 2)}}
     return out
 
 
