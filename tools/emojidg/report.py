@@ -45,7 +45,6 @@ from clipood_zoo import ClipoodError, ConfigError, bma_weights  # noqa: E402
 from clipood_zoo.data import emojidg  # noqa: E402
 from clipood_zoo.models.emoji import RECIPE  # noqa: E402
 from clipood_zoo.fileio import write_text_atomic  # noqa: E402
-from clipood_zoo.metrics import harmonic_mean  # noqa: E402
 from clipood_zoo.stats import PairedInterval, paired_class_bootstrap  # noqa: E402
 from emojidg import study_report  # noqa: E402
 from emojidg.study_results import PREDICTIONS_SUFFIX, load_study, seed_averaged_correctness  # noqa: E402
@@ -136,19 +135,16 @@ def paired_markdown(paired: Dict[str, Dict[str, PairedInterval]]) -> str:
 
 def summarise(table: Dict) -> Dict:
     """variant -> domain (and "avg" when all four have results) -> metric -> mean/std/n over seeds. H ("hm") is
-    CoOp's, as :func:`emojidg.study_report.base_new_cells` says: the harmonic mean of the base and new means."""
+    CoOp's, as :func:`emojidg.study_report.coop_h` derives it: the harmonic mean of the base and new means."""
     out: Dict = {}
     for variant, domains in table.items():
-        out[variant] = {d: {**{m: study_report.stat(v) for m, v in metrics.items()},
-                            "hm": {"mean": round(harmonic_mean(statistics.mean(metrics["base_top1"]),
-                                                               statistics.mean(metrics["new_top1"])), 2),
-                                   "n": len(metrics["base_top1"])}}
+        hm = study_report.coop_h(*({d: metrics[m] for d, metrics in domains.items()} for m in ("base_top1", "new_top1")))
+        out[variant] = {d: {**{m: study_report.stat(v) for m, v in metrics.items()}, "hm": hm[d]}
                         for d, metrics in domains.items()}
         complete = [d for d in emojidg.DOMAINS if d in domains]
         if len(complete) == len(emojidg.DOMAINS):
             avg = {m: {"mean": round(statistics.mean(out[variant][d][m]["mean"] for d in complete), 2)} for m in METRICS}
-            out[variant]["avg"] = {**avg, "hm": {"mean": round(harmonic_mean(avg["base_top1"]["mean"],
-                                                                              avg["new_top1"]["mean"]), 2)}}
+            out[variant]["avg"] = {**avg, "hm": hm["avg"]}
     return out
 
 

@@ -163,19 +163,24 @@ def metric_cells(cells: Cells, metric: str) -> Dict[str, Dict[str, float]]:
     return out
 
 
+def coop_h(base: Dict[str, List[float]], new: Dict[str, List[float]]) -> Dict[str, Dict[str, float]]:
+    """domain -> H, from each domain's base and new top-1 over seeds, plus "avg" when every held-out domain has both.
+    H is CoOp's: the harmonic mean of the mean base and the mean new top-1 (per style over its seeds, and "avg" of the
+    styles' means), not a mean of the runs' own H, which falls below it whenever base and new vary across the runs."""
+    means = {d: (statistics.mean(base[d]), statistics.mean(new[d])) for d in base if d in new}
+    out = {d: {"mean": round(harmonic_mean(*means[d]), 2), "n": len(base[d])} for d in means}
+    if all(d in means for d in emojidg.DOMAINS):
+        out["avg"] = {"mean": round(harmonic_mean(*(statistics.mean(means[d][i] for d in emojidg.DOMAINS)
+                                                    for i in (0, 1))), 2)}
+    return out
+
+
 def base_new_cells(cells: Cells) -> Dict[str, Dict[str, Dict[str, float]]]:
-    """``{"base_top1": ..., "new_top1": ..., "hm": ...}`` as :func:`metric_cells` gives each. H is CoOp's: the harmonic
-    mean of the mean base and the mean new top-1 (per style over its seeds, and "avg" of the styles' means), not a
-    mean of the runs' own H, which falls below it whenever base and new vary across the runs averaged."""
+    """``{"base_top1": ..., "new_top1": ..., "hm": ...}``, base and new as :func:`metric_cells` gives them, H as
+    :func:`coop_h` derives it."""
     metrics = ("base_top1", "new_top1")
-    base, new = (metric_cells(cells, m) for m in metrics)
-    means = {m: {d: statistics.mean(v) for d, v in metric_values(cells, m).items()} for m in metrics}
-    hm = {d: {"mean": round(harmonic_mean(means["base_top1"][d], means["new_top1"][d]), 2), "n": base[d]["n"]}
-          for d in means["base_top1"] if d in means["new_top1"]}
-    if "avg" in base and "avg" in new:
-        hm["avg"] = {"mean": round(harmonic_mean(*(statistics.mean(means[m][d] for d in emojidg.DOMAINS)
-                                                   for m in metrics)), 2)}
-    return {"base_top1": base, "new_top1": new, "hm": hm}
+    return {**{m: metric_cells(cells, m) for m in metrics},
+            "hm": coop_h(*(metric_values(cells, m) for m in metrics))}
 
 
 def paired(a: Cells, b: Cells, classes: Optional[Sequence[int]] = None) -> Dict[str, PairedInterval]:
