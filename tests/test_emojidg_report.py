@@ -17,7 +17,7 @@ from clipood_zoo.stats import PairedInterval, paired_class_bootstrap
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 from emojidg import report, study_report  # noqa: E402
-from emojidg.study_results import load_study  # noqa: E402
+from emojidg.study_results import LONG_EMA_VARIANT, load_study  # noqa: E402
 
 DOMAINS = emojidg.DOMAINS
 TARGET = np.repeat(np.arange(16), 3)  # 16 classes, 3 images each: the same images in every file of a domain
@@ -31,7 +31,9 @@ ACCURACY = {"zeroshot": 0.2, "erm": 0.45, "clipood": 0.8, "clipood@ema": 0.75, "
             "ce_bma": 0.78, "fixed_margin": 0.97, "clipood@bma_beta1.5": 0.7, "clipood@bma_beta0.2": 0.65,
             "clipood@bma_beta1": 0.72, "clipood@bma_beta0.5": 0.82,
             "clipood_lambda0.1": 0.79, "clipood_tau0.05": 0.5, "ce_bma_tau0.05": 0.6, "flyp": 0.9,
-            "erm@wise_ft": 0.45, "clipood@wise_ft": 0.8, "erm@wise_ft_fixed": 0.55, "clipood@wise_ft_fixed": 0.7}
+            "erm@wise_ft": 0.45, "clipood@wise_ft": 0.8, "erm@wise_ft_fixed": 0.55, "clipood@wise_ft_fixed": 0.7,
+            f"{LONG_EMA_VARIANT}": 0.8, f"{LONG_EMA_VARIANT}@ema": 0.85, f"{LONG_EMA_VARIANT}@last": 0.6,
+            f"{LONG_EMA_VARIANT}@bma_beta0.5": 0.75}
 
 
 class Fixture:
@@ -143,6 +145,8 @@ def study(tmp_path_factory):
                         "clipood_tau0.05", "ce_bma_tau0.05"):
             for seed in (0, 1):
                 fx.run(variant, d, lr, steps, seed, "ablation")
+        for seed in (0, 1):  # CLIPood again, exporting a longer EMA beside its own BMA at the end
+            fx.run(LONG_EMA_VARIANT, d, lr, steps, seed, "ablation", ("selected", "ema", "last", "bma_beta0.5"))
         fx.run("ce_bma", d, 1e-5, 3000, 0, "ablation")  # not at CLIPood's configuration: never read
         fx.run("flyp", d, lr, steps, 0, "grid")  # a grid method not selected yet: missing, not read at CLIPood's
     selection = {v: {d: {**candidates(v, d)[0], "candidates": candidates(v, d)} for d in cfg} for v, cfg in SELECTED.items()}
@@ -280,6 +284,28 @@ def test_ablations_read_clipoods_config_and_its_ema_and_last_rows(study):
     assert line.endswith("| missing | missing | 3 / 3 / 3 / 0 |")
 
 
+def test_the_longer_ema_is_set_beside_the_bma_and_last_weights_of_its_own_runs(study):
+    """The clipood_ema0.999 runs, read at CLIPood's config: their EMA and last weights against their own BMA at the
+    end of training (not the CLIPood runs', which have other seeds), in a table of their own and in the claim."""
+    fx, _, results, md = study
+    table = results["ablations"]["long_ema"]
+    long_ema, own_bma = f"{LONG_EMA_VARIANT}@ema", f"{LONG_EMA_VARIANT}@bma_beta0.5"
+    assert list(table["top1"]) == [own_bma, long_ema, f"{LONG_EMA_VARIANT}@last"]
+    for name in table["top1"]:
+        assert table["top1"][name] == expected_top1(fx, name) and table["top1"][name]["3d"]["n"] == 2, name
+    assert_interval(table["differences"][f"{long_ema} - {own_bma}"], fx, long_ema, own_bma)
+    assert "clipood@ema" in results["ablations"]["averaging"]["top1"] and long_ema not in results["ablations"]["averaging"]["top1"]
+    section = md.split("## Ablation: BMA vs a longer EMA (decay 0.999), on the same runs\n\n")[1].split("##")[0]
+    assert section.startswith("CLIPood trained again (clipood_ema0.999 runs) to export an EMA of decay 0.999, which "
+                              "puts half its weight on the last 693 steps")  # 0.999 ** 693 = 0.5000
+    assert "| MMS + EMA (decay 0.999) |" in section and "Paired differences vs the same runs' BMA" in section
+    averaging = md.split("## Ablation: weight averaging")[1].split("##")[0]
+    assert "| MMS + EMA (decay 0.99) |" in averaging and "half its weight on the last 69 steps" in averaging
+    claim = next(c for c in results["claims"] if c["claim"] == "BMA beats an exponential moving average (decay 0.999)")
+    ca, cb = (np.concatenate(x) for x in zip(*[expected_interval(fx, own_bma, long_ema, d) for d in DOMAINS]))
+    assert str(paired_class_bootstrap(ca, cb, np.tile(TARGET, len(DOMAINS)))) in claim["sentence"]
+
+
 def test_wise_ft_tables_set_the_fixed_alpha_beside_each_fine_tune_on_the_same_runs(study):
     """The fine-tune runs' own wise_ft and wise_ft_fixed rows, at the fine-tune's selected config (ERM's differs on
     line), against the fine-tune: held-out top-1 and the paired intervals, on every image and on the new classes'."""
@@ -374,7 +400,8 @@ def test_model_selection_sets_each_selection_beside_the_held_out_val_oracle(stud
             assert config["candidates_scored"] == [len(candidates(variant, d))] * 2
             for side, c in (("selected", selected), ("oracle", oracle)):
                 rows = [w for w in fx.cell(variant, d, lr=c["lr"], steps=c["steps"]) if w["seed"] in c["seeds"]]
-                assert got[variant]["held_out_val_top1"][side][d] == round(np.mean([w["held_out_val"] for w in rows]), 2)
+                assert got[variant]["held_out_val_top1"][side][d] == pytest.approx(  # rounded to 0.01 there
+                    np.mean([w["held_out_val"] for w in rows]), abs=0.0051)
                 assert got[variant]["held_out_top1"][side][d]["mean"] == pytest.approx(
                     100 * grid_correctness(fx, variant, d, c).mean(), abs=0.0051)
             ref = paired_class_bootstrap(grid_correctness(fx, variant, d, selected),
@@ -461,7 +488,7 @@ def test_claims_are_generated_from_the_intervals(study):
     fx, _, results, md = study
     claims = {c["claim"]: c for c in results["claims"]}
     verdicts = {claim: claims[claim]["verdict"] for *_, claim in study_report.CLAIMS}
-    assert len(claims) == len(study_report.CLAIMS) == 8
+    assert len(claims) == len(study_report.CLAIMS) == 9
     for a, b, images, claim in study_report.CLAIMS:
         if claims[claim]["verdict"] == "not measured":
             continue

@@ -81,6 +81,10 @@ def test_ablations_run_at_clipoods_selected_config_of_each_domain():
     flags = {v: rb.StudyRun(v, "3d", 1e-4, 300, 0, "ablation").flags for v in rb.ABLATIONS}
     assert flags["ce_bma"][-2:] == ["--margin-lambda", "0"]
     assert flags["clipood_tau0.02"][-2:] == ["--temperature", "0.02"] and "--fixed-margin" in flags["fixed_margin"]
+    # the longer EMA: CLIPood with its BMA at the end of the same run to compare with; the runner scores all three
+    long_ema = rb.StudyRun("clipood_ema0.999", "3d", 1e-4, 300, 0, "ablation")
+    assert long_ema.flags == ["--method", "clipood", "--export-ema", "0.999", "--export-bma-betas", "0.5"]
+    assert long_ema.weights == {"selected": "", "last": "last", "ema": "ema", "bma_beta0.5": "bma_beta0.5"}
 
 
 def test_phase_all_seeds_the_papers_comparison_before_it_tunes_the_peers(data, tmp_path, capsys):

@@ -24,7 +24,8 @@ peers, then the ablation (:func:`stages`); each runs what is left of it):
 - ``seeds``: the selected config on ``--headline-seeds`` for ERM, CLIPood, WiSE-FT and the best peer (the peer
   of :data:`PEERS` with the best mean selected source val over the domains), ``--other-seeds`` for the rest;
 - ``ablation``: at CLIPood's selected (lr, steps) per domain, :data:`ABLATIONS` on ``--ablation-seeds``
-  (EMA and last weights are not runs: they are the clipood runs' own ``ema``/``last`` rows).
+  (last weights and the beta sweep are not runs: they are the clipood runs' own ``last``/``bma_beta<b>`` rows;
+  ``clipood_ema0.999`` runs CLIPood again to export a longer EMA beside its BMA).
 
 Layout under ``--out`` (read by tools/emojidg/report.py; only ever extended)::
 
@@ -92,6 +93,7 @@ import clipood_zoo  # noqa: E402
 from clipood_zoo import ClipoodError, ConfigError  # noqa: E402
 from clipood_zoo.errors import TrainingError  # noqa: E402
 from clipood_zoo import sweep  # noqa: E402
+from clipood_zoo.bma import PAPER_BETA  # noqa: E402
 from clipood_zoo.data import emojidg  # noqa: E402
 from clipood_zoo.fileio import write_text_atomic  # noqa: E402
 from clipood_zoo.hub import model_card, sha256_file  # noqa: E402
@@ -106,7 +108,8 @@ from emojidg.paths import repo_relative  # noqa: E402
 from emojidg.selection import Selection, best_of, extended, select  # noqa: E402
 from emojidg.shipped import WEIGHTS, record_shipped, source_pins  # noqa: E402
 from emojidg.study_results import (  # noqa: E402
-    RUN_SUFFIX, WISE_FT_FIXED_ALPHA, ZEROSHOT, Study, load_study, predictions_path, read_predictions, record_path,
+    EMA_DECAY, LONG_EMA_DECAY, LONG_EMA_VARIANT, RUN_SUFFIX, WISE_FT_FIXED_ALPHA, ZEROSHOT, Study, load_study,
+    predictions_path, read_predictions, record_path,
 )
 from emojidg.versions import card_section, held_out_split, version_of  # noqa: E402
 
@@ -114,7 +117,6 @@ from emojidg.versions import card_section, held_out_split, version_of  # noqa: E
 GRID = {"lr": (3e-5, 1e-4, 3e-4), "steps": (300, 1000, 3000)}
 WARMUP_SHARE = RECIPE["warmup_steps"] / RECIPE["steps"]  # the recipe's 30 of 300 steps, kept at every length
 LP_SHARE = 0.2  # lp_ft: the share of the steps that trains only the head
-EMA_DECAY = 0.99  # the EMA every clipood run exports beside its BMA (a 100-step horizon: shorter than any run)
 WISE_FT_ALPHAS = ("0", "0.25", "0.5", "0.75", "1")
 PHASES = ("grid", "seeds", "ablation")
 # --minutes' estimate of a run, measured here (2 runs side by side on 2 cores, 2026-11-29): 0.58-0.73 s per optimizer
@@ -168,6 +170,10 @@ ABLATIONS: Dict[str, List[str]] = {
     **{f"clipood_tau{t:g}": ["--method", "clipood", "--temperature", f"{t:g}"] for t in TAUS},
     # the margin is relative to tau (MMS divides (f - lambda t_y) @ T by it): CE at the same taus isolates its effect
     **{f"ce_bma_tau{t:g}": ["--method", "clipood", "--margin-lambda", "0", "--temperature", f"{t:g}"] for t in TAUS},
+    # CLIPood again with a longer EMA (study_results.LONG_EMA_DECAY says why), and the BMA at the end of the same
+    # training to compare it with: the clipood runs' own EMA_DECAY EMA is all but their last weights
+    LONG_EMA_VARIANT: ["--method", "clipood", "--export-ema", f"{LONG_EMA_DECAY:g}",
+                       "--export-bma-betas", beta_key(PAPER_BETA)],
 }
 SHIPPED_VARIANTS = ("clipood", "erm", "wise_ft")  # and the best peer; every method is registered in models/emoji.py
 

@@ -5,7 +5,8 @@ chose it on the source domains' val split; nothing here selects). The ablations 
 selected (lr, steps): ``ce_bma``, ``fixed_margin``, the sweeps ``clipood_lambda<l>``, ``clipood_tau<t>`` and CE
 at those taus ``ce_bma_tau<t>`` (the margin against tau) are runs of their own; EMA, last weights and the beta
 sweep (``bma_beta<b>``, the uniform average at b = 1) are the ``"ema"``/``"last"``/``"bma_beta<b>"`` rows of
-the CLIPood runs themselves (an average never feeds back into training). A cell averages the seeds found there (all
+the CLIPood runs themselves (an average never feeds back into training); the longer EMA is the ``"ema"`` row of
+runs of its own, ``clipood_ema0.999``, set beside their own ``"bma_beta0.5"`` and ``"last"`` rows. A cell averages the seeds found there (all
 phases), and every table shows how many; a cell without results is "missing", and an average over
 the held-out styles exists only when every style has results.
 
@@ -23,6 +24,7 @@ validate.py's ``new_top1`` scores over the new classes alone and has no per-imag
 from __future__ import annotations
 
 import io
+import math
 import re
 import statistics
 from collections import Counter
@@ -39,20 +41,28 @@ from clipood_zoo.metrics import harmonic_mean
 from clipood_zoo.stats import PairedInterval, paired_class_bootstrap
 
 from emojidg.study_results import (
-    WISE_FT_FIXED_ALPHA, ZEROSHOT, Scored, Study, grid_seeds, held_out_val_oracle, oracle_can_choose,
-    seed_averaged_correctness,
+    EMA_DECAY, LONG_EMA_DECAY, LONG_EMA_VARIANT, WISE_FT_FIXED_ALPHA, ZEROSHOT, Scored, Study, grid_seeds,
+    held_out_val_oracle, oracle_can_choose, seed_averaged_correctness,
 )
+
+def half_life(decay: float) -> int:
+    """The steps an EMA of ``decay`` puts half its weight on: the n with decay ** n = 1/2."""
+    return round(math.log(0.5) / math.log(decay))
+
 
 # CLIPood's BMA at the end of training (train.py --export-bma-betas): the reference of every comparison of averages,
 # which are all taken there, while a run's selected export is its BMA at the step source val chose
 FINAL_BMA = f"clipood@bma_beta{PAPER_BETA:g}"
+LONG_EMA_BMA = f"{LONG_EMA_VARIANT}@bma_beta{PAPER_BETA:g}"  # the same at the end of the longer EMA's runs
 HEADLINE = ("zeroshot", "erm", "clipood", "wise_ft", "clipood_wise_ft", "lp_ft", "flyp", "car_ft", "croft")
 LABELS = {"zeroshot": "zero-shot", "erm": "ERM", "clipood": "CLIPood (MMS + BMA)", "wise_ft": "WiSE-FT (on ERM)",
           "clipood_wise_ft": "CLIPood + WiSE-FT", "lp_ft": "LP-FT", "flyp": "FLYP", "car_ft": "CAR-FT",
           "croft": "CRoFT", "ce_bma": "CE + BMA (lambda 0)", "fixed_margin": "fixed margin + BMA",
           FINAL_BMA: "CLIPood (MMS + BMA), at the end of training",
-          "clipood@ema": "MMS + EMA", "clipood@bma_beta1": "MMS + uniform average (beta 1)",
+          "clipood@ema": f"MMS + EMA (decay {EMA_DECAY:g})", "clipood@bma_beta1": "MMS + uniform average (beta 1)",
           "clipood@last": "MMS, last weights",
+          LONG_EMA_BMA: "CLIPood (MMS + BMA), at the end of training", f"{LONG_EMA_VARIANT}@ema":
+          f"MMS + EMA (decay {LONG_EMA_DECAY:g})", f"{LONG_EMA_VARIANT}@last": "MMS, last weights",
           "erm@wise_ft": "WiSE-FT (on ERM), alpha chosen on source val",
           "clipood@wise_ft": "CLIPood + WiSE-FT, alpha chosen on source val",
           "erm@wise_ft_fixed": f"WiSE-FT (on ERM), alpha {WISE_FT_FIXED_ALPHA:g} fixed",
@@ -63,21 +73,30 @@ SWEEPS = {"beta": "beta sweep (the BMA's Beta(beta, beta) weights over steps)",
 # the ablation tables: arms compared with the first (at its selected (lr, steps)), and each table's title
 ABLATIONS = {"loss": ("clipood", "ce_bma", "fixed_margin"),
              "averaging": (FINAL_BMA, "clipood@ema", "clipood@bma_beta1", "clipood@last"),
+             "long_ema": (LONG_EMA_BMA, f"{LONG_EMA_VARIANT}@ema", f"{LONG_EMA_VARIANT}@last"),
              # WiSE-FT's alpha chosen on source val against the paper's fixed alpha, on the same fine-tuning runs
              # (the fine-tune runs' own wise_ft rows, not the WiSE-FT variants, whose selected config may differ)
              "wise_ft_alpha_erm": ("erm", "erm@wise_ft", "erm@wise_ft_fixed"),
              "wise_ft_alpha_clipood": ("clipood", "clipood@wise_ft", "clipood@wise_ft_fixed")}
 TITLES = {"loss": "Ablation: loss (MMS vs CE vs fixed margin)",
           "averaging": "Ablation: weight averaging (BMA vs EMA vs uniform vs last)",
+          "long_ema": f"Ablation: BMA vs a longer EMA (decay {LONG_EMA_DECAY:g}), on the same runs",
           "wise_ft_alpha_erm": "WiSE-FT on ERM: alpha chosen on source val vs fixed",
           "wise_ft_alpha_clipood": "CLIPood + WiSE-FT: alpha chosen on source val vs fixed",
           **{f"{p}_sweep": f"Ablation: {what}" for p, what in SWEEPS.items()}}
 # what a reader must know to read a table's arms: which weights are taken at which step
 AT_THE_END = ("Every arm here is the same CLIPood runs' weights at the end of training, so only the averaging "
               "differs (a run's selected export, in the tables above, is its BMA at the step source val chose).")
-NOTES = {"averaging": AT_THE_END, "beta_sweep": AT_THE_END}
+SHORT_EMA = (f"The EMA (decay {EMA_DECAY:g}) puts half its weight on the last {half_life(EMA_DECAY)} steps: in a "
+             "3000-step run the cosine schedule has all but stopped there, so it is close to the last weights (the "
+             "next table has a longer EMA).")
+LONG_EMA = (f"CLIPood trained again ({LONG_EMA_VARIANT} runs) to export an EMA of decay {LONG_EMA_DECAY:g}, which "
+            f"puts half its weight on the last {half_life(LONG_EMA_DECAY)} steps, beside its BMA and last weights at "
+            "the end of the same training: only the averaging differs.")
+NOTES = {"averaging": f"{AT_THE_END} {SHORT_EMA}", "long_ema": LONG_EMA, "beta_sweep": AT_THE_END}
 # the arm a table compares with, in its sentences
-SHORT = {"clipood": "CLIPood", "erm": "ERM", FINAL_BMA: "CLIPood's BMA at the end of training"}
+SHORT = {"clipood": "CLIPood", "erm": "ERM", FINAL_BMA: "CLIPood's BMA at the end of training",
+         LONG_EMA_VARIANT: "CLIPood", LONG_EMA_BMA: "the same runs' BMA at the end of training"}
 WISE_FT_GROUPS = ("wise_ft_alpha_erm", "wise_ft_alpha_clipood")  # also compared on the new classes' images
 # the arms whose weights are WiSE-FT at the alpha source val chose: the report says which alpha that was, since
 # source val is in the fine-tune's own distribution and can choose alpha 1 (the fine-tune itself) every time
@@ -93,7 +112,9 @@ CLAIMS = (("clipood", "zeroshot", "all", "CLIPood improves on zero-shot CLIP on 
                                     "their images)"),
           ("clipood", "ce_bma", "all", "the margin metric softmax (MMS) beats cross-entropy (both with BMA)"),
           ("clipood", "fixed_margin", "all", "the class-adaptive margin beats a fixed margin"),
-          (FINAL_BMA, "clipood@ema", "all", "BMA beats an exponential moving average"),
+          (FINAL_BMA, "clipood@ema", "all", f"BMA beats an exponential moving average (decay {EMA_DECAY:g})"),
+          (LONG_EMA_BMA, f"{LONG_EMA_VARIANT}@ema", "all",
+           f"BMA beats an exponential moving average (decay {LONG_EMA_DECAY:g})"),
           (FINAL_BMA, "clipood@bma_beta1", "all", "BMA beats a uniform average of the weights"),
           (FINAL_BMA, "clipood@last", "all", "BMA beats the last weights"))
 CLAIMS_RULE = ("the paired intervals of A - B averaged over the held-out styles: a claim holds when the interval "
