@@ -294,7 +294,8 @@ def test_the_longer_ema_is_set_beside_the_bma_and_last_weights_of_its_own_runs(s
     for name in table["top1"]:
         assert table["top1"][name] == expected_top1(fx, name) and table["top1"][name]["3d"]["n"] == 2, name
     assert_interval(table["differences"][f"{long_ema} - {own_bma}"], fx, long_ema, own_bma)
-    assert "clipood@ema" in results["ablations"]["averaging"]["top1"] and long_ema not in results["ablations"]["averaging"]["top1"]
+    averaging_arms = results["ablations"]["averaging"]["top1"]
+    assert "clipood@ema" in averaging_arms and long_ema not in averaging_arms
     section = md.split("## Ablation: BMA vs a longer EMA (decay 0.999), on the same runs\n\n")[1].split("##")[0]
     assert section.startswith("CLIPood trained again (clipood_ema0.999 runs) to export an EMA of decay 0.999, which "
                               "puts half its weight on the last 693 steps")  # 0.999 ** 693 = 0.5000

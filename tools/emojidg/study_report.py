@@ -6,9 +6,9 @@ selected (lr, steps): ``ce_bma``, ``fixed_margin``, the sweeps ``clipood_lambda<
 at those taus ``ce_bma_tau<t>`` (the margin against tau) are runs of their own; EMA, last weights and the beta
 sweep (``bma_beta<b>``, the uniform average at b = 1) are the ``"ema"``/``"last"``/``"bma_beta<b>"`` rows of
 the CLIPood runs themselves (an average never feeds back into training); the longer EMA is the ``"ema"`` row of
-runs of its own, ``clipood_ema0.999``, set beside their own ``"bma_beta0.5"`` and ``"last"`` rows. A cell averages the seeds found there (all
-phases), and every table shows how many; a cell without results is "missing", and an average over
-the held-out styles exists only when every style has results.
+runs of its own, ``clipood_ema0.999``, set beside their own ``"bma_beta0.5"`` and ``"last"`` rows. A cell averages
+the seeds found there (all phases), and every table shows how many; a cell without results is "missing", and an
+average over the held-out styles exists only when every style has results.
 
 Beside each selection, the model-selection table sets the grid configuration with the best held-out val top-1
 (:func:`emojidg.study_results.held_out_val_oracle`, as DomainBed's oracle chooses): what choosing on source val costs,
@@ -45,6 +45,7 @@ from emojidg.study_results import (
     held_out_val_oracle, oracle_can_choose, seed_averaged_correctness,
 )
 
+
 def half_life(decay: float) -> int:
     """The steps an EMA of ``decay`` puts half its weight on: the n with decay ** n = 1/2."""
     return round(math.log(0.5) / math.log(decay))
@@ -61,8 +62,9 @@ LABELS = {"zeroshot": "zero-shot", "erm": "ERM", "clipood": "CLIPood (MMS + BMA)
           FINAL_BMA: "CLIPood (MMS + BMA), at the end of training",
           "clipood@ema": f"MMS + EMA (decay {EMA_DECAY:g})", "clipood@bma_beta1": "MMS + uniform average (beta 1)",
           "clipood@last": "MMS, last weights",
-          LONG_EMA_BMA: "CLIPood (MMS + BMA), at the end of training", f"{LONG_EMA_VARIANT}@ema":
-          f"MMS + EMA (decay {LONG_EMA_DECAY:g})", f"{LONG_EMA_VARIANT}@last": "MMS, last weights",
+          LONG_EMA_BMA: "CLIPood (MMS + BMA), at the end of training",
+          f"{LONG_EMA_VARIANT}@ema": f"MMS + EMA (decay {LONG_EMA_DECAY:g})",
+          f"{LONG_EMA_VARIANT}@last": "MMS, last weights",
           "erm@wise_ft": "WiSE-FT (on ERM), alpha chosen on source val",
           "clipood@wise_ft": "CLIPood + WiSE-FT, alpha chosen on source val",
           "erm@wise_ft_fixed": f"WiSE-FT (on ERM), alpha {WISE_FT_FIXED_ALPHA:g} fixed",
